@@ -1,0 +1,297 @@
+"""Model entries, the per-megapixel price rule (integer micro-dollars) and size resolution."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from pixelrouter.errors import InvalidRequest, NotFound
+
+MICRO_PER_USD = 1_000_000
+PIXELS_PER_MP = 1_048_576
+IMAGE_TOKENS_PER_MP = 4096
+
+MIN_SIDE = 64
+MAX_SIDE = 4096
+SIDE_MULTIPLE = 16
+MAX_PIXELS = 4_194_304
+
+TIERS: dict[str, int] = {"0.5K": 2**18, "1K": 2**20, "2K": 2**22}
+DEFAULT_TIER = "1K"
+ASPECT_RATIOS: dict[str, tuple[int, int]] = {
+    "1:1": (1, 1),
+    "2:3": (2, 3),
+    "3:2": (3, 2),
+    "3:4": (3, 4),
+    "4:3": (4, 3),
+    "4:5": (4, 5),
+    "5:4": (5, 4),
+    "9:16": (9, 16),
+    "16:9": (16, 9),
+    "9:21": (9, 21),
+    "21:9": (21, 9),
+}
+
+
+@dataclass(frozen=True)
+class Price:
+    """What one output image costs, in integer micro-dollars."""
+
+    first_mp: int
+    extra_mp: int
+    input_mp: int = 0
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    id: str
+    canonical_slug: str
+    name: str
+    created: int
+    description: str
+    context_length: int
+    price: Price
+    hf_id: str
+    aliases: tuple[str, ...] = ()
+    input_modalities: tuple[str, ...] = ("text", "image")
+    output_modalities: tuple[str, ...] = ("image",)
+    tokenizer: str = "Qwen3"
+    default_steps: int = 4
+    default_guidance: float = 1.0
+    max_images_per_request: int = 4
+    max_reference_images: int = 4
+    supported_parameters: tuple[str, ...] = (
+        "seed",
+        "n",
+        "image_config",
+        "aspect_ratio",
+        "image_size",
+        "size",
+        "resolution",
+        "steps",
+        "guidance",
+        "output_format",
+        "output_compression",
+        "input_references",
+    )
+
+    @property
+    def modality(self) -> str:
+        return "+".join(self.input_modalities) + "->" + "+".join(self.output_modalities)
+
+    @property
+    def author(self) -> str:
+        return self.id.split("/", 1)[0]
+
+    @property
+    def slug(self) -> str:
+        return self.id.split("/", 1)[1]
+
+
+KLEIN_4B = ModelEntry(
+    id="black-forest-labs/flux.2-klein-4b",
+    canonical_slug="black-forest-labs/flux.2-klein-4b-20260114",
+    name="Black Forest Labs: FLUX.2 Klein 4B",
+    created=1768348800,
+    description=(
+        "FLUX.2 [klein] 4B is the fastest, most cost-effective FLUX.2 model, built for "
+        "high-throughput text-to-image generation and editing with up to 4 reference images. "
+        "It is distilled to 4 steps at guidance 1.0. Pricing: $0.014 for the first megapixel "
+        "of each output image and $0.001 for each further megapixel (rounded up); reference "
+        "images are free."
+    ),
+    context_length=67344,
+    price=Price(first_mp=14_000, extra_mp=1_000, input_mp=0),
+    hf_id="black-forest-labs/FLUX.2-klein-4B",
+    aliases=("black-forest-labs/FLUX.2-klein-4B",),
+)
+
+
+@dataclass
+class Catalog:
+    """The configured models; data, not code."""
+
+    models: list[ModelEntry] = field(default_factory=lambda: [KLEIN_4B])
+
+    def get(self, model_id: str) -> ModelEntry:
+        wanted = model_id.strip().lower()
+        for entry in self.models:
+            if wanted == entry.id.lower() or wanted in (a.lower() for a in entry.aliases):
+                return entry
+            if wanted == entry.canonical_slug.lower():
+                return entry
+        known = ", ".join(m.id for m in self.models)
+        raise NotFound(
+            f"Model {model_id!r} is not served here. Available models: {known}.",
+            error_type="model_not_found",
+        )
+
+    @property
+    def default(self) -> ModelEntry:
+        return self.models[0]
+
+
+# ---------------------------------------------------------------- prices and tokens
+
+
+def billable_megapixels(width: int, height: int) -> int:
+    """`max(1, ceil(width*height / 2**20))`."""
+    return max(1, -(-(width * height) // PIXELS_PER_MP))
+
+
+def image_price(price: Price, width: int, height: int) -> int:
+    """Micro-dollars for one output image of this size."""
+    return price.first_mp + (billable_megapixels(width, height) - 1) * price.extra_mp
+
+
+def image_tokens(width: int, height: int) -> int:
+    """Completion (image) tokens reported for one image: 4096 per billable megapixel."""
+    return IMAGE_TOKENS_PER_MP * billable_megapixels(width, height)
+
+
+def micro_to_usd(micro: int) -> float:
+    """The only place money becomes a float: JSON output (`usage.cost`)."""
+    return micro / MICRO_PER_USD
+
+
+def per_token_price_string(micro_per_mp: int) -> str:
+    """USD per image token as the models API prints it: 0.014/4096 -> '0.00000341796875'."""
+    value = Decimal(micro_per_mp) / Decimal(MICRO_PER_USD) / Decimal(IMAGE_TOKENS_PER_MP)
+    text = format(value, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def estimate_prompt_tokens(prompt: str) -> int:
+    """Prompt tokens when no tokenizer is loaded: one per 4 UTF-8 bytes, at least 1."""
+    return max(1, math.ceil(len(prompt.encode("utf-8")) / 4))
+
+
+# ---------------------------------------------------------------- sizes
+
+
+def size_is_valid(width: int, height: int) -> bool:
+    return (
+        width % SIDE_MULTIPLE == 0
+        and height % SIDE_MULTIPLE == 0
+        and MIN_SIDE <= width <= MAX_SIDE
+        and MIN_SIDE <= height <= MAX_SIDE
+        and width * height <= MAX_PIXELS
+    )
+
+
+def nearest_valid_size(width: int, height: int) -> tuple[int, int]:
+    """The valid size closest to (width, height) with about the same aspect ratio."""
+    w, h = float(max(width, 1)), float(max(height, 1))
+    if w * h > MAX_PIXELS:
+        scale = math.sqrt(MAX_PIXELS / (w * h))
+        w, h = w * scale, h * scale
+
+    def snap(side: float, floor: bool) -> int:
+        n = math.floor(side / SIDE_MULTIPLE) if floor else round(side / SIDE_MULTIPLE)
+        return min(MAX_SIDE, max(MIN_SIDE, n * SIDE_MULTIPLE))
+
+    sw, sh = snap(w, False), snap(h, False)
+    if sw * sh > MAX_PIXELS:
+        sw, sh = snap(w, True), snap(h, True)
+    while sw * sh > MAX_PIXELS:  # clamping to 64 can push the other side over
+        if sw >= sh:
+            sw -= SIDE_MULTIPLE
+        else:
+            sh -= SIDE_MULTIPLE
+    return sw, sh
+
+
+def check_size(width: int, height: int) -> None:
+    """Raise a 400 naming the nearest valid size when (width, height) breaks SPEC §2."""
+    if size_is_valid(width, height):
+        return
+    nw, nh = nearest_valid_size(width, height)
+    raise InvalidRequest(
+        f"Size {width}x{height} is not supported: each side must be a multiple of 16 between "
+        f"{MIN_SIDE} and {MAX_SIDE}, and the image at most {MAX_PIXELS} pixels (4 MP). "
+        f"The nearest valid size is {nw}x{nh}.",
+        metadata={"nearest_valid_size": f"{nw}x{nh}"},
+    )
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """Parse 'WxH' (also 'W*H', 'W X H'); a 400 when it is not two positive integers."""
+    cleaned = text.strip().lower().replace("*", "x").replace(" ", "")
+    parts = cleaned.split("x")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise InvalidRequest(
+            f"size {text!r} is not understood: use 'WIDTHxHEIGHT' such as '1024x1024', "
+            f"or a tier: {', '.join(TIERS)}."
+        )
+    return int(parts[0]), int(parts[1])
+
+
+def normalize_tier(text: str) -> str:
+    for tier in TIERS:
+        if text.strip().upper() == tier.upper():
+            return tier
+    raise InvalidRequest(
+        f"image_size / resolution {text!r} is not supported: use one of {', '.join(TIERS)}."
+    )
+
+
+def normalize_aspect_ratio(text: str) -> str:
+    cleaned = text.strip().lower()
+    if cleaned == "auto" or cleaned in ASPECT_RATIOS:
+        return cleaned
+    raise InvalidRequest(
+        f"aspect_ratio {text!r} is not supported: use one of {', '.join(ASPECT_RATIOS)} or auto."
+    )
+
+
+def size_for_ratio(a: int, b: int, tier: str) -> tuple[int, int]:
+    """`w = 16*floor(sqrt(A*a/b)/16)`, `h = 16*floor(sqrt(A*b/a)/16)`, in exact integers."""
+    area = TIERS[tier]
+    w = SIDE_MULTIPLE * (math.isqrt(area * a // b) // SIDE_MULTIPLE)
+    h = SIDE_MULTIPLE * (math.isqrt(area * b // a) // SIDE_MULTIPLE)
+    return min(MAX_SIDE, max(MIN_SIDE, w)), min(MAX_SIDE, max(MIN_SIDE, h))
+
+
+def ratio_matches(width: int, height: int, a: int, b: int) -> bool:
+    """True when WxH is a:b up to the 16-pixel rounding of each side."""
+    return abs(width * b - height * a) < SIDE_MULTIPLE * (a + b)
+
+
+def resolve_size(
+    *,
+    size: str | None = None,
+    aspect_ratio: str | None = None,
+    tier: str | None = None,
+    reference_size: tuple[int, int] | None = None,
+) -> tuple[int, int]:
+    """The output size of a request, per SPEC §2.
+
+    `size` may be 'WxH' or a tier name; an explicit 'WxH' wins, and conflicts with an
+    `aspect_ratio` are a 400. With no size and no ratio (or 'auto'): 1:1, or the first
+    reference image's ratio when references are given.
+    """
+    ratio = normalize_aspect_ratio(aspect_ratio) if aspect_ratio else None
+    chosen_tier = normalize_tier(tier) if tier else DEFAULT_TIER
+    if size is not None and size.strip().lower() not in ("", "auto"):
+        stripped = size.strip()
+        if any(stripped.upper() == t.upper() for t in TIERS):
+            chosen_tier = normalize_tier(stripped)
+        else:
+            width, height = parse_size(stripped)
+            check_size(width, height)
+            if ratio and ratio != "auto":
+                a, b = ASPECT_RATIOS[ratio]
+                if not ratio_matches(width, height, a, b):
+                    raise InvalidRequest(
+                        f"size {width}x{height} conflicts with aspect_ratio {ratio}: "
+                        "give one of them, or a size with that ratio."
+                    )
+            return width, height
+    if ratio and ratio != "auto":
+        a, b = ASPECT_RATIOS[ratio]
+        return size_for_ratio(a, b, chosen_tier)
+    if reference_size is not None:
+        rw, rh = reference_size
+        return size_for_ratio(rw, rh, chosen_tier)
+    return size_for_ratio(1, 1, chosen_tier)

@@ -1,0 +1,133 @@
+"""The one internal request type and the one result type every edge translates to and from."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+OutputFormat = Literal["png", "jpeg", "webp"]
+MEDIA_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+
+@dataclass(frozen=True)
+class ReferenceImage:
+    """A validated reference image: RGB pixels already resized to at most 1 MP for the model."""
+
+    rgb: bytes
+    width: int
+    height: int
+    source_width: int
+    source_height: int
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.rgb).hexdigest()
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """Who asked: the app (HTTP-Referer / X-OpenRouter-Title / X-Title) and the end user."""
+
+    referer: str | None = None
+    title: str | None = None
+    categories: tuple[str, ...] = ()
+    user: str | None = None
+
+
+@dataclass(frozen=True)
+class ProviderPrefs:
+    """The SPEC §4 `provider` object, already validated."""
+
+    order: tuple[str, ...] = ()
+    allow_fallbacks: bool = True
+    require_parameters: bool = False
+    only: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
+    sort: Literal["price", "throughput", "latency"] | None = None
+    max_price_image_micro: int | None = None
+    max_price_request_micro: int | None = None
+    data_collection: Literal["allow", "deny"] = "allow"
+    # {provider slug: {"steps": .., "guidance": ..}} passthrough options
+    options: tuple[tuple[str, tuple[tuple[str, float | int | bool], ...]], ...] = ()
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """One generation request, whatever wire shape it came in."""
+
+    id: str  # "gen-..." generation id, also the X-Generation-Id header
+    model: str  # canonical model id from the catalogue
+    prompt: str
+    width: int
+    height: int
+    n: int = 1
+    seed: int = 0  # image i uses torch.Generator("cpu").manual_seed(seed + i)
+    seed_given: bool = False
+    steps: int | None = None  # None: the model's default
+    guidance: float | None = None  # None: the model's default
+    references: tuple[ReferenceImage, ...] = ()
+    output_format: OutputFormat = "png"
+    output_compression: int | None = None
+    batching: bool = True  # False: run alone, for exact bytes
+    stream: bool = False
+    fallback_models: tuple[str, ...] = ()
+    prefs: ProviderPrefs = field(default_factory=ProviderPrefs)
+    attribution: Attribution = field(default_factory=Attribution)
+    ignored_parameters: tuple[str, ...] = ()
+    key_hash: str | None = None
+
+    @property
+    def media_type(self) -> str:
+        return MEDIA_TYPES[self.output_format]
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    """One delivered, encoded image."""
+
+    data: bytes
+    media_type: str
+    width: int
+    height: int
+    seed: int
+    index: int
+
+
+@dataclass(frozen=True)
+class ProviderAttempt:
+    """One try at one provider, as listed in the generation's `provider_responses`."""
+
+    provider_name: str
+    status: int  # HTTP-like status of the attempt (200 ok)
+    latency_ms: int
+    error: str | None = None
+
+
+@dataclass
+class ImageResult:
+    """What a provider delivered for a request."""
+
+    request_id: str
+    model: str
+    provider_slug: str
+    provider_name: str  # display name, e.g. "Local (demo weights)"
+    images: list[GeneratedImage]
+    generation_time_ms: int
+    prompt_tokens: int
+    failed_images: int = 0
+    attempts: list[ProviderAttempt] = field(default_factory=list)
+    demo: bool = False
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """Denoising progress of one request: step `step` of `total_steps` finished."""
+
+    request_id: str
+    step: int
+    total_steps: int
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
