@@ -1,0 +1,1 @@
+"""Keys, prices and the ledger: who may spend what (no HTTP here)."""

@@ -1,0 +1,231 @@
+"""API key rows: create, bootstrap the management key, find, list, update, delete, usage."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Row, case, delete, func, insert, select, text, update
+
+from pixelrouter.billing.keys import (
+    KEY_KINDS,
+    LIMIT_RESETS,
+    KeyKind,
+    LimitReset,
+    generate_key,
+    hash_key,
+    key_label,
+    looks_like_key,
+    period_end,
+    period_start,
+)
+from pixelrouter.store.db import utcnow, write_transaction
+from pixelrouter.store.records import KeyRecord, KeyUsage
+from pixelrouter.store.tables import api_keys, generations
+
+ADMIN_KEY_NAME = "admin"
+# pg_advisory_xact_lock id serialising the management-key bootstrap across replicas.
+_BOOTSTRAP_LOCK_ID = 0x70786B6579  # "pxkey"
+UPDATABLE_KEY_FIELDS = frozenset(
+    {
+        "name",
+        "disabled",
+        "limit_micro",
+        "limit_reset",
+        "expires_at",
+        "rate_limit_requests",
+        "rate_limit_interval_s",
+    }
+)
+
+
+class KeyRecords:
+    """Key methods of `Store`; plaintext keys are returned once and never written anywhere."""
+
+    engine: Engine
+
+    def create_key(
+        self,
+        name: str,
+        kind: KeyKind = "inference",
+        limit_micro: int | None = None,
+        limit_reset: LimitReset | None = None,
+        expires_at: datetime | None = None,
+        rate_limit_requests: int | None = None,
+        rate_limit_interval_s: int | None = None,
+    ) -> tuple[KeyRecord, str]:
+        """Store a new random key; return its record and the plaintext (show it once)."""
+        if kind not in KEY_KINDS:
+            raise ValueError(f"unknown key kind {kind!r}; expected one of {', '.join(KEY_KINDS)}")
+        values = _validated(
+            {
+                "name": name,
+                "limit_micro": limit_micro,
+                "limit_reset": limit_reset,
+                "expires_at": expires_at,
+                "rate_limit_requests": rate_limit_requests,
+                "rate_limit_interval_s": rate_limit_interval_s,
+            }
+        )
+        plaintext = generate_key()
+        with write_transaction(self.engine) as conn:
+            record = _insert_key(conn, plaintext, kind=kind, **values)
+        return record, plaintext
+
+    def ensure_management_key(self, plaintext: str | None = None) -> str | None:
+        """Make sure a management key exists; return a new plaintext only if one was made.
+
+        With `plaintext` (PIXELROUTER_ADMIN_KEY) its hash is stored as the management key
+        "admin" unless already there. Without it, and with no management key stored, a key is
+        generated and its plaintext returned for the caller to print once.
+        """
+        if plaintext is not None and not looks_like_key(plaintext):
+            raise ValueError(
+                "the admin key must look like sk-pr-v1- followed by 64 lowercase hex digits"
+            )
+        with write_transaction(self.engine) as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _BOOTSTRAP_LOCK_ID})
+            if plaintext is not None:
+                kind = conn.scalar(
+                    select(api_keys.c.kind).where(api_keys.c.hash == hash_key(plaintext))
+                )
+                if kind is None:
+                    _insert_key(conn, plaintext, kind="management", name=ADMIN_KEY_NAME)
+                elif kind != "management":
+                    raise ValueError("the admin key is already stored as an inference key")
+                return None
+            exists = conn.scalar(
+                select(api_keys.c.hash).where(api_keys.c.kind == "management").limit(1)
+            )
+            if exists is not None:
+                return None
+            new_plaintext = generate_key()
+            _insert_key(conn, new_plaintext, kind="management", name=ADMIN_KEY_NAME)
+            return new_plaintext
+
+    def find_key(self, key_hash: str) -> KeyRecord | None:
+        """The key stored under `key_hash` (see `billing.keys.hash_key`), if any."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(api_keys).where(api_keys.c.hash == key_hash)).first()
+        return None if row is None else _key_record(row)
+
+    def list_keys(self, kind: KeyKind | None = None) -> list[KeyRecord]:
+        """All keys (or those of one kind), oldest first."""
+        stmt = select(api_keys).order_by(api_keys.c.created_at, api_keys.c.hash)
+        if kind is not None:
+            stmt = stmt.where(api_keys.c.kind == kind)
+        with self.engine.connect() as conn:
+            return [_key_record(row) for row in conn.execute(stmt)]
+
+    def update_key(self, key_hash: str, **changes: Any) -> KeyRecord | None:
+        """Change some of name, disabled, limit_micro, limit_reset, expires_at, rate limits.
+
+        Returns the updated record, or None when no key has this hash.
+        """
+        unknown = set(changes) - UPDATABLE_KEY_FIELDS
+        if unknown:
+            raise TypeError(f"cannot update key field(s): {', '.join(sorted(unknown))}")
+        values = _validated(changes)
+        values["updated_at"] = utcnow()
+        with write_transaction(self.engine) as conn:
+            result = conn.execute(
+                update(api_keys).where(api_keys.c.hash == key_hash).values(**values)
+            )
+            if result.rowcount == 0:
+                return None
+            row = conn.execute(select(api_keys).where(api_keys.c.hash == key_hash)).one()
+        return _key_record(row)
+
+    def delete_key(self, key_hash: str) -> bool:
+        """Delete a key; its generation records stay. Returns whether a key was deleted."""
+        with write_transaction(self.engine) as conn:
+            result = conn.execute(delete(api_keys).where(api_keys.c.hash == key_hash))
+        return result.rowcount > 0
+
+    def key_usage(self, key_hash: str, now: datetime | None = None) -> KeyUsage:
+        """Cost of the key's finished generations: in all, and in the UTC day, Monday week and
+        month that hold `now`.
+
+        A generation counts in the period in which it finished (when its cost was settled).
+        """
+        now = now or utcnow()
+        cost = generations.c.total_cost_micro
+        finished_at = generations.c.finished_at
+
+        def within(reset: str) -> Any:
+            start, end = period_start(reset, now), period_end(reset, now)
+            in_period = (finished_at >= start) & (finished_at < end)
+            return func.coalesce(func.sum(case((in_period, cost), else_=0)), 0)
+
+        stmt = select(
+            func.coalesce(func.sum(cost), 0), within("daily"), within("weekly"), within("monthly")
+        ).where(generations.c.key_hash == key_hash, generations.c.state != "pending")
+        with self.engine.connect() as conn:
+            total, daily, weekly, monthly = conn.execute(stmt).one()
+        return KeyUsage(
+            total=int(total), daily=int(daily), weekly=int(weekly), monthly=int(monthly)
+        )
+
+
+def _insert_key(conn: Connection, plaintext: str, *, kind: str, **values: Any) -> KeyRecord:
+    now = utcnow()
+    row = {
+        "hash": hash_key(plaintext),
+        "label": key_label(plaintext),
+        "kind": kind,
+        "disabled": False,
+        "limit_micro": None,
+        "limit_reset": None,
+        "expires_at": None,
+        "rate_limit_requests": None,
+        "rate_limit_interval_s": None,
+        "created_at": now,
+        "updated_at": now,
+        **values,
+    }
+    conn.execute(insert(api_keys).values(**row))
+    return KeyRecord(**row)
+
+
+def _validated(values: dict[str, Any]) -> dict[str, Any]:
+    """Check key fields a caller may set; the database CHECKs are the last line."""
+    if "name" in values and not isinstance(values["name"], str):
+        raise ValueError("name must be a string")
+    if "disabled" in values and not isinstance(values["disabled"], bool):
+        raise ValueError("disabled must be true or false")
+    for field in ("limit_micro", "rate_limit_requests", "rate_limit_interval_s"):
+        value = values.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"{field} must be an integer or null")
+        if value is not None and value < (1 if field == "rate_limit_interval_s" else 0):
+            raise ValueError(
+                f"{field} must be {'positive' if field.endswith('_s') else 'zero or more'}"
+            )
+    reset = values.get("limit_reset")
+    if reset is not None and reset not in LIMIT_RESETS:
+        raise ValueError(f"limit_reset must be one of {', '.join(LIMIT_RESETS)} or null")
+    expires_at = values.get("expires_at")
+    if expires_at is not None and (
+        not isinstance(expires_at, datetime) or expires_at.tzinfo is None
+    ):
+        raise ValueError("expires_at must be a timezone-aware datetime or null")
+    return dict(values)
+
+
+def _key_record(row: Row[Any]) -> KeyRecord:
+    m = row._mapping
+    return KeyRecord(
+        hash=m["hash"],
+        name=m["name"],
+        label=m["label"],
+        kind=m["kind"],
+        disabled=bool(m["disabled"]),
+        limit_micro=None if m["limit_micro"] is None else int(m["limit_micro"]),
+        limit_reset=m["limit_reset"],
+        expires_at=m["expires_at"],
+        created_at=m["created_at"],
+        updated_at=m["updated_at"],
+        rate_limit_requests=m["rate_limit_requests"],
+        rate_limit_interval_s=m["rate_limit_interval_s"],
+    )

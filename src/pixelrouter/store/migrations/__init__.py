@@ -1,0 +1,1 @@
+"""Alembic migrations of the pixelrouter schema (run by `Store.migrate()`)."""

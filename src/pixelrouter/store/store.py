@@ -1,0 +1,53 @@
+"""`Store`: one database (SQLite file or PostgreSQL) holding keys and generation records."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from sqlalchemy import Engine
+
+from pixelrouter.store import migrate as migrations
+from pixelrouter.store.db import DEFAULT_DATABASE_URL, create_db_engine, normalize_url
+from pixelrouter.store.generation_records import GenerationRecords
+from pixelrouter.store.key_records import KeyRecords
+
+
+class Store(KeyRecords, GenerationRecords):
+    """Sync, thread-safe access to the database; each method is one short transaction.
+
+    Call `migrate()` once at start. Async callers run methods in a thread pool.
+    """
+
+    def __init__(self, url: str = DEFAULT_DATABASE_URL) -> None:
+        self.url = normalize_url(url)
+        self.engine: Engine = create_db_engine(self.url)
+
+    @property
+    def backend(self) -> str:
+        """`sqlite` or `postgresql`."""
+        return self.engine.dialect.name
+
+    def migrate(self) -> None:
+        """Upgrade the schema to the newest migration (Alembic `upgrade head`)."""
+        migrations.upgrade(self.engine)
+
+    def schema_revision(self) -> str | None:
+        """The migration the database is at (None: empty); compare with `head_revision()`."""
+        return migrations.current_revision(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({self.engine.url.render_as_string(hide_password=True)!r})"

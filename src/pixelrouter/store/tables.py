@@ -1,0 +1,126 @@
+"""The schema as SQLAlchemy Core tables; Alembic migrations create it, this module describes it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.types import TypeDecorator
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored as UTC and always read back tz-aware UTC, on SQLite and PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value.isoformat()}: pass a tz-aware UTC datetime")
+        value = value.astimezone(UTC)
+        # SQLite has no time zones: store naive UTC text, which also sorts correctly.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def JSONList() -> Any:  # noqa: N802 - reads as a type in column definitions
+    """A JSON column (JSONB on PostgreSQL) holding a list."""
+    return JSON().with_variant(JSONB(), "postgresql")
+
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("hash", String(64), primary_key=True),  # SHA-256 hex of the plaintext key
+    Column("name", String(200), nullable=False),
+    Column("label", String(32), nullable=False),  # sk-pr-v1-abc...f09
+    Column("kind", String(16), nullable=False),
+    Column("disabled", Boolean, nullable=False, default=False),
+    Column("limit_micro", BigInteger, nullable=True),  # credit limit, micro-dollars
+    Column("limit_reset", String(16), nullable=True),
+    Column("expires_at", UTCDateTime, nullable=True),
+    Column("rate_limit_requests", Integer, nullable=True),
+    Column("rate_limit_interval_s", Integer, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    CheckConstraint("kind IN ('inference', 'management')", name="kind"),
+    CheckConstraint(
+        "limit_reset IS NULL OR limit_reset IN ('daily', 'weekly', 'monthly')", name="limit_reset"
+    ),
+    CheckConstraint("limit_micro IS NULL OR limit_micro >= 0", name="limit_micro"),
+)
+
+generations = Table(
+    "generations",
+    metadata,
+    Column("id", String(64), primary_key=True),  # gen-...
+    # No foreign key: the record outlives a deleted key (activity and stats keep it).
+    Column("key_hash", String(64), nullable=True),
+    Column("api", String(16), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("provider_name", String(200), nullable=True),
+    Column("provider_slug", String(200), nullable=True),
+    Column("state", String(16), nullable=False),
+    Column("total_cost_micro", BigInteger, nullable=False, default=0),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime, nullable=True),
+    Column("latency_ms", Integer, nullable=True),
+    Column("generation_time_ms", Integer, nullable=True),
+    Column("streamed", Boolean, nullable=False, default=False),
+    Column("cancelled", Boolean, nullable=False, default=False),
+    Column("finish_reason", String(32), nullable=True),
+    Column("tokens_prompt", Integer, nullable=True),
+    Column("tokens_completion", Integer, nullable=True),
+    Column("num_images", Integer, nullable=False, default=0),  # delivered
+    Column("n", Integer, nullable=False),  # requested
+    Column("width", Integer, nullable=True),
+    Column("height", Integer, nullable=True),
+    Column("seed", BigInteger, nullable=True),
+    Column("http_referer", Text, nullable=True),
+    Column("app_title", Text, nullable=True),
+    Column("app_categories", JSONList(), nullable=False),
+    Column("end_user", Text, nullable=True),
+    Column("provider_responses", JSONList(), nullable=False),
+    Column("ignored_parameters", JSONList(), nullable=False),
+    Column("error_message", Text, nullable=True),
+    Column("error_status", Integer, nullable=True),
+    CheckConstraint("state IN ('pending', 'succeeded', 'failed', 'cancelled')", name="state"),
+    CheckConstraint("api IN ('chat', 'images', 'openai_images')", name="api"),
+    CheckConstraint("total_cost_micro >= 0", name="total_cost_micro"),
+    Index("ix_generations_key_hash_created_at", "key_hash", "created_at"),
+    Index("ix_generations_created_at", "created_at"),
+)
