@@ -1,0 +1,78 @@
+"""Settings from flags, the environment (`PIXELROUTER_*`) and defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_MODEL = "black-forest-labs/FLUX.2-klein-4B"
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else default
+
+
+@dataclass
+class Settings:
+    """Everything `pixelrouter serve` can be told. Flags win over the environment."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = field(default_factory=lambda: Path(".pixelrouter"))
+    database_url: str | None = None  # None: SQLite file in data_dir
+    admin_key: str | None = None  # PIXELROUTER_ADMIN_KEY; None: generate one at first start
+    # engine
+    engine: bool = True  # False: a pure gateway with no local engine
+    demo: bool = False
+    model: str = DEFAULT_MODEL
+    device: str | None = None
+    dtype: str | None = None
+    max_batch_size: int = 4
+    # limits
+    max_body_bytes: int = 64 * 1024 * 1024
+    request_timeout_s: float = 600.0
+    keepalive_interval_s: float = 5.0
+    # reference images by URL
+    fetch_image_urls: bool = False
+    allow_private_image_urls: bool = False
+    max_image_url_bytes: int = 20 * 1024 * 1024
+    image_url_timeout_s: float = 10.0
+    # the "url" response format needs an image store; none in this release
+    image_store_url: str | None = None
+    public_url: str | None = None
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        settings = cls(
+            host=os.environ.get("PIXELROUTER_HOST", "127.0.0.1"),
+            port=_env_int("PIXELROUTER_PORT", 8000),
+            data_dir=Path(os.environ.get("PIXELROUTER_DATA_DIR", ".pixelrouter")),
+            database_url=os.environ.get("PIXELROUTER_DATABASE_URL") or None,
+            admin_key=os.environ.get("PIXELROUTER_ADMIN_KEY") or None,
+            demo=_env_bool("PIXELROUTER_DEMO", False),
+            model=os.environ.get("PIXELROUTER_MODEL", DEFAULT_MODEL),
+            device=os.environ.get("PIXELROUTER_DEVICE") or None,
+            dtype=os.environ.get("PIXELROUTER_DTYPE") or None,
+            max_batch_size=_env_int("PIXELROUTER_MAX_BATCH_SIZE", 4),
+            fetch_image_urls=_env_bool("PIXELROUTER_FETCH_IMAGE_URLS", False),
+            allow_private_image_urls=_env_bool("PIXELROUTER_ALLOW_PRIVATE_IMAGE_URLS", False),
+        )
+        for name, value in overrides.items():
+            if value is not None:
+                setattr(settings, name, value)
+        return settings
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'pixelrouter.db').as_posix()}"

@@ -1,0 +1,141 @@
+"""Reference image validation (SPEC §2): formats, bounds, bombs, odd modes, base64, URLs."""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import zlib
+
+import pytest
+from PIL import Image
+
+from pixelrouter.errors import (
+    ImageTooLarge,
+    ImageTooSmall,
+    InvalidImage,
+    InvalidRequest,
+    UnsupportedImageFormat,
+)
+from pixelrouter.refimages import (
+    FetchPolicy,
+    decode_base64_image,
+    decode_reference,
+    load_reference,
+)
+
+
+def encode(image: Image.Image, fmt: str, **kwargs: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def gradient(width: int, height: int, mode: str = "RGB") -> Image.Image:
+    image = Image.linear_gradient("L").resize((width, height))
+    return image.convert(mode)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "GIF"])
+def test_accepted_formats_decode_to_rgb(fmt: str) -> None:
+    ref = decode_reference(encode(gradient(300, 200), fmt))
+    assert (ref.width, ref.height) == (300, 200)
+    assert len(ref.rgb) == 300 * 200 * 3
+
+
+def test_large_references_are_resized_to_one_megapixel() -> None:
+    ref = decode_reference(encode(gradient(2048, 1024), "PNG"))
+    assert ref.width * ref.height <= 1024 * 1024
+    assert (ref.source_width, ref.source_height) == (2048, 1024)
+    assert abs(ref.width / ref.height - 2.0) < 0.01
+
+
+def test_unsupported_format() -> None:
+    with pytest.raises(UnsupportedImageFormat) as info:
+        decode_reference(encode(gradient(100, 100), "BMP"))
+    assert info.value.status == 400 and info.value.error_type == "unsupported_image_format"
+    with pytest.raises(UnsupportedImageFormat):
+        decode_reference(b"this is not an image at all")
+
+
+def test_too_small_and_bad_aspect() -> None:
+    with pytest.raises(ImageTooSmall):
+        decode_reference(encode(gradient(63, 200), "PNG"))
+    with pytest.raises(InvalidImage, match="aspect ratio"):
+        decode_reference(encode(gradient(1000, 100), "PNG"))
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims a huge size but carries almost no data: a decompression bomb."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+
+
+@pytest.mark.parametrize(("w", "h"), [(5000, 4000), (100_000, 100_000), (100_000, 1)])
+def test_bombs_and_huge_images_are_rejected_before_decoding(w: int, h: int) -> None:
+    with pytest.raises((ImageTooLarge, InvalidImage)) as info:
+        decode_reference(png_header_only(w, h))
+    assert info.value.status == 400
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "CMYK", "I;16", "L", "1"])
+def test_odd_modes_become_rgb(mode: str) -> None:
+    fmt = "JPEG" if mode == "CMYK" else "PNG"
+    ref = decode_reference(encode(gradient(128, 96, mode), fmt))
+    assert len(ref.rgb) == ref.width * ref.height * 3
+
+
+def test_alpha_is_flattened_onto_white() -> None:
+    clear = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    ref = decode_reference(encode(clear, "PNG"))
+    assert set(ref.rgb) == {255}
+
+
+def test_animated_gif_uses_the_first_frame() -> None:
+    frames = [Image.new("RGB", (80, 80), c) for c in ((255, 0, 0), (0, 0, 255))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+    ref = decode_reference(buffer.getvalue())
+    r, g, b = ref.rgb[0], ref.rgb[1], ref.rgb[2]
+    assert r > 200 and b < 50
+
+
+def test_base64_forms() -> None:
+    data = encode(gradient(64, 64), "PNG")
+    text = base64.b64encode(data).decode()
+    assert decode_base64_image("data:image/png;base64," + text) == data
+    assert decode_base64_image(text) == data
+    with pytest.raises(InvalidImage, match="malformed"):
+        decode_base64_image("data:image/png;base64,@@@not-base64@@@")
+    with pytest.raises(InvalidImage):
+        decode_base64_image("data:image/png,rawbytes")
+
+
+def test_truncated_image_is_a_clear_400() -> None:
+    data = encode(gradient(256, 256), "PNG")
+    with pytest.raises(InvalidImage) as info:
+        decode_reference(data[: len(data) // 2])
+    assert info.value.status == 400
+
+
+async def test_urls_are_refused_unless_enabled_and_public() -> None:
+    with pytest.raises(InvalidRequest, match="disabled"):
+        await load_reference("https://example.com/cat.png", FetchPolicy(enabled=False))
+    for url in (
+        "http://127.0.0.1:9/x.png",
+        "http://localhost/x.png",
+        "http://169.254.169.254/latest/meta-data",
+        "http://10.0.0.1/x.png",
+        "http://[::1]/x.png",
+    ):
+        with pytest.raises(InvalidRequest, match="private, loopback or link-local"):
+            await load_reference(url, FetchPolicy(enabled=True))
