@@ -1,0 +1,1 @@
+"""Routing: choose providers for a request and try them in turn."""
