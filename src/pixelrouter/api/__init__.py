@@ -1,0 +1,1 @@
+"""The HTTP API: wire shapes in, one internal request type through, wire shapes out."""

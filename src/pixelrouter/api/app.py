@@ -1,0 +1,118 @@
+"""The app factory: store, providers, router and routes wired into one FastAPI app."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+
+from fastapi import Depends, FastAPI
+
+from pixelrouter import __version__
+from pixelrouter.catalog import Catalog
+from pixelrouter.config import Settings
+from pixelrouter.providers.base import Provider
+from pixelrouter.routing.router import Router
+from pixelrouter.service import GenerationService
+from pixelrouter.store import Store, utcnow
+
+from .auth import current_key
+from .errors import install_error_handlers
+from .middleware import EdgeMiddleware
+from .responses import OrjsonResponse
+from .routes import catalog, chat, generations, images, keys, openai_images, service
+from .state import AppState
+
+log = logging.getLogger("pixelrouter")
+
+DESCRIPTION = """\
+FLUX.2 [klein] 4B behind an OpenRouter-compatible API. Every `/api/v1` call takes
+`Authorization: Bearer sk-pr-v1-...`. Errors use the envelope
+`{"error": {"code", "message", "metadata": {"error_type"}}}`.
+"""
+
+
+def default_providers(settings: Settings) -> list[Provider]:
+    """With no provider configuration: this process's engine, unless `--no-engine`."""
+    if not settings.engine:
+        return []
+    from pixelrouter.providers import local_provider
+
+    return [local_provider(settings)]
+
+
+def create_app(
+    settings: Settings,
+    *,
+    providers: list[Provider] | None = None,
+    store: Store | None = None,
+) -> FastAPI:
+    catalog_ = Catalog()
+    store_ = store or Store(settings.resolved_database_url)
+    # The app closes the providers it builds; injected ones belong to their creator.
+    owned = providers is None
+    providers_ = default_providers(settings) if providers is None else providers
+    router_ = Router(providers_, deadline_s=settings.request_timeout_s)
+    px = AppState(
+        settings=settings,
+        catalog=catalog_,
+        store=store_,
+        providers=providers_,
+        router=router_,
+        service=GenerationService(store_, router_, catalog_),
+        demo=settings.demo,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if store_.url.startswith("sqlite"):
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(store_.migrate)
+        generated = await asyncio.to_thread(store_.ensure_management_key, settings.admin_key)
+        if generated:
+            # Shown once, never stored in plain text and never logged.
+            print(
+                "\nA management key was created for this server. It is shown only now; "
+                f"keep it safe:\n\n    {generated}\n\n"
+                "Use it to create inference keys: pixelrouter keys create --name my-app\n",
+                file=sys.stderr,
+                flush=True,
+            )
+        # Generations left pending by a crashed process cost nothing; close them.
+        stale_before = utcnow() - timedelta(seconds=settings.request_timeout_s * 2)
+        swept = await asyncio.to_thread(store_.mark_stale_pending, stale_before)
+        if swept:
+            log.warning("closed %d generation(s) left pending by an earlier process", swept)
+        try:
+            yield
+        finally:
+            px.accepting = False
+            if owned:
+                for provider in providers_:
+                    await provider.aclose()
+            if store is None:
+                store_.close()
+
+    app = FastAPI(
+        title="pixelrouter",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        default_response_class=OrjsonResponse,
+    )
+    app.state.px = px
+    install_error_handlers(app)
+    authed = [Depends(current_key)]
+    app.include_router(chat.router, prefix="/api/v1")
+    app.include_router(images.router, prefix="/api/v1")
+    app.include_router(openai_images.router, prefix="/api/v1")
+    app.include_router(catalog.router, prefix="/api/v1", dependencies=authed)
+    app.include_router(generations.router, prefix="/api/v1")
+    app.include_router(keys.router, prefix="/api/v1")
+    app.include_router(service.engine_router, prefix="/api/v1")
+    app.include_router(service.router)
+    app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes, demo=settings.demo)
+    return app

@@ -1,0 +1,221 @@
+"""The catalogue: `/models`, a model's `/endpoints`, and the Image API's model listing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+
+from pixelrouter.catalog import (
+    ASPECT_RATIOS,
+    TIERS,
+    ModelEntry,
+    Price,
+    micro_to_usd,
+    per_token_price_string,
+)
+from pixelrouter.errors import InvalidRequest
+from pixelrouter.providers.base import Provider
+
+from ..responses import OrjsonResponse
+from ..state import AppState, app_state
+
+router = APIRouter(tags=["catalogue"])
+
+NO_TOOL_CHOICE = {"auto": False, "function": False, "none": False, "required": False}
+
+
+def token_pricing(price: Price) -> dict[str, str]:
+    """SPEC §1: USD per token at 4096 image tokens per megapixel."""
+    return {
+        "prompt": per_token_price_string(price.extra_mp),
+        "completion": per_token_price_string(price.extra_mp),
+        "image_output": per_token_price_string(price.first_mp),
+        "request": "0",
+        "image": per_token_price_string(price.input_mp) if price.input_mp else "0",
+    }
+
+
+def megapixel_pricing(price: Price) -> list[dict[str, Any]]:
+    return [
+        {"billable": "output_image", "unit": "megapixel", "cost_usd": micro_to_usd(price.first_mp)},
+        {
+            "billable": "output_image",
+            "unit": "megapixel",
+            "cost_usd": micro_to_usd(price.extra_mp),
+            "variant": "additional",
+        },
+    ]
+
+
+def architecture(entry: ModelEntry) -> dict[str, Any]:
+    return {
+        "modality": entry.modality,
+        "input_modalities": list(entry.input_modalities),
+        "output_modalities": list(entry.output_modalities),
+        "tokenizer": entry.tokenizer,
+        "instruct_type": None,
+    }
+
+
+def endpoints_url(entry: ModelEntry, images_api: bool = False) -> str:
+    prefix = "/api/v1/images/models" if images_api else "/api/v1/models"
+    return f"{prefix}/{entry.id}/endpoints"
+
+
+def model_json(entry: ModelEntry) -> dict[str, Any]:
+    return {
+        "id": entry.id,
+        "canonical_slug": entry.canonical_slug,
+        "hugging_face_id": entry.hf_id,
+        "name": entry.name,
+        "created": entry.created,
+        "description": entry.description,
+        "context_length": entry.context_length,
+        "architecture": architecture(entry),
+        "pricing": token_pricing(entry.price),
+        "top_provider": {
+            "context_length": entry.context_length,
+            "max_completion_tokens": None,
+            "is_moderated": False,
+        },
+        "per_request_limits": None,
+        "supported_parameters": list(entry.supported_parameters),
+        "default_parameters": {"steps": entry.default_steps, "guidance": entry.default_guidance},
+        "supported_voices": None,
+        "links": {"details": endpoints_url(entry)},
+    }
+
+
+def _status(provider: Provider) -> int:
+    ready, _ = provider.readiness()
+    return 0 if ready else -2
+
+
+def endpoint_json(entry: ModelEntry, provider: Provider) -> dict[str, Any]:
+    info = provider.info
+    return {
+        "name": f"{info.display_name} | {entry.id}",
+        "model_id": entry.id,
+        "model_name": entry.name,
+        "provider_name": info.display_name,
+        "tag": info.slug,
+        "context_length": entry.context_length,
+        "max_completion_tokens": None,
+        "max_prompt_tokens": None,
+        "pricing": token_pricing(info.price),
+        "quantization": info.quantization,
+        "service_tier": None,
+        "status": _status(provider),
+        "supported_parameters": list(info.supported_parameters or entry.supported_parameters),
+        "supports_implicit_caching": False,
+        "supports_tool_choice": NO_TOOL_CHOICE,
+        "supports_diarization": False,
+        "supports_image_reference": True,
+        "native_tools": {},
+        "uptime_last_5m": None,
+        "uptime_last_30m": None,
+        "uptime_last_1d": None,
+        "latency_last_30m": None,
+        "throughput_last_30m": None,
+    }
+
+
+def capability_descriptors(entry: ModelEntry) -> dict[str, dict[str, Any]]:
+    return {
+        "n": {"type": "range", "min": 1, "max": entry.max_images_per_request},
+        "seed": {"type": "range", "min": 0, "max": 2**53},
+        "size": {"type": "enum", "values": list(TIERS)},
+        "resolution": {"type": "enum", "values": list(TIERS)},
+        "aspect_ratio": {"type": "enum", "values": [*ASPECT_RATIOS, "auto"]},
+        "output_format": {"type": "enum", "values": ["png", "jpeg", "webp"]},
+        "output_compression": {"type": "range", "min": 0, "max": 100},
+        "background": {"type": "enum", "values": ["auto", "opaque"]},
+        "input_references": {"type": "range", "min": 0, "max": entry.max_reference_images},
+    }
+
+
+def _models_for(px: AppState, output_modalities: str | None) -> list[ModelEntry]:
+    wanted = (output_modalities or "all").strip().lower()
+    if wanted == "all":
+        return list(px.catalog.models)
+    kinds = {k.strip() for k in wanted.split(",") if k.strip()}
+    known = {"text", "image", "audio", "embeddings", "video"}
+    if not kinds <= known:
+        raise InvalidRequest(
+            "output_modalities must be 'all' or a comma-separated list of "
+            "text, image, audio, embeddings, video."
+        )
+    return [m for m in px.catalog.models if kinds & set(m.output_modalities)]
+
+
+@router.get("/models", summary="List models")
+async def list_models(
+    request: Request,
+    output_modalities: str | None = Query(default=None),
+) -> OrjsonResponse:
+    px = app_state(request)
+    return OrjsonResponse({"data": [model_json(m) for m in _models_for(px, output_modalities)]})
+
+
+@router.get("/models/{author}/{slug}/endpoints", summary="List a model's endpoints")
+async def list_endpoints(author: str, slug: str, request: Request) -> OrjsonResponse:
+    px = app_state(request)
+    entry = px.catalog.get(f"{author}/{slug}")
+    return OrjsonResponse(
+        {
+            "data": {
+                "id": entry.id,
+                "name": entry.name,
+                "created": entry.created,
+                "description": entry.description,
+                "architecture": architecture(entry),
+                "endpoints": [endpoint_json(entry, p) for p in px.router.serves(entry.id)],
+            }
+        }
+    )
+
+
+def image_model_json(entry: ModelEntry) -> dict[str, Any]:
+    return {
+        "id": entry.id,
+        "canonical_slug": entry.canonical_slug,
+        "name": entry.name,
+        "created": entry.created,
+        "description": entry.description,
+        "architecture": {
+            "input_modalities": list(entry.input_modalities),
+            "output_modalities": list(entry.output_modalities),
+        },
+        "endpoints": endpoints_url(entry, images_api=True),
+        "pricing": megapixel_pricing(entry.price),
+        "supported_parameters": capability_descriptors(entry),
+        "supports_streaming": True,
+    }
+
+
+@router.get("/images/models", summary="List image models (Image API)")
+async def list_image_models(request: Request) -> OrjsonResponse:
+    px = app_state(request)
+    models = [m for m in px.catalog.models if "image" in m.output_modalities]
+    return OrjsonResponse({"data": [image_model_json(m) for m in models]})
+
+
+@router.get("/images/models/{author}/{slug}/endpoints", summary="List an image model's endpoints")
+async def list_image_endpoints(author: str, slug: str, request: Request) -> OrjsonResponse:
+    px = app_state(request)
+    entry = px.catalog.get(f"{author}/{slug}")
+    endpoints = [
+        {
+            "provider_name": p.info.display_name,
+            "provider_slug": p.info.slug,
+            "provider_tag": p.info.slug,
+            "status": _status(p),
+            "pricing": megapixel_pricing(p.info.price),
+            "supported_parameters": capability_descriptors(entry),
+            "supports_streaming": True,
+            "allowed_passthrough_parameters": ["steps", "guidance", "batching"],
+        }
+        for p in px.router.serves(entry.id)
+    ]
+    return OrjsonResponse({"id": entry.id, "name": entry.name, "endpoints": endpoints})

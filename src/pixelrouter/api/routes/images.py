@@ -1,0 +1,79 @@
+"""`POST /api/v1/images`: the OpenRouter Image API, plain and SSE."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from pixelrouter.errors import PixelrouterError
+from pixelrouter.service import Delivery
+from pixelrouter.store import KeyRecord
+from pixelrouter.types import ImageRequest
+
+from .. import render, wire
+from ..auth import inference_key
+from ..responses import OrjsonResponse
+from ..schemas import ImagesRequest
+from ..state import AppState, app_state
+from ..streaming import KEEPALIVE, Tick
+from .common import deliver, delivery_events, edge, sse_response
+
+router = APIRouter(tags=["images"])
+
+
+@router.post("/images", summary="Generate images (OpenRouter Image API)")
+async def create_images(
+    body: ImagesRequest,
+    request: Request,
+    key: KeyRecord = Depends(inference_key),
+) -> Response:
+    image_request = await wire.from_images(body, edge(request, key))
+    if image_request.stream:
+        return sse_response(_images_stream(app_state(request), image_request))
+    delivery = await deliver(request, image_request, "images")
+    return OrjsonResponse(render.images_response(delivery))
+
+
+def stream_error(error: PixelrouterError) -> dict[str, Any]:
+    return {
+        "type": "error",
+        "error": {
+            "message": error.message,
+            "code": str(error.status),
+            "type": error.error_type,
+            "param": None,
+        },
+    }
+
+
+async def _images_stream(px: AppState, image_request: ImageRequest) -> AsyncIterator[bytes]:
+    yield render.sse_comment(KEEPALIVE)
+    async for item in delivery_events(px, image_request, "images"):
+        if isinstance(item, Tick):
+            if item.progress is not None:
+                yield render.sse_comment(
+                    f"PIXELROUTER PROGRESS {item.progress.step}/{item.progress.total_steps}"
+                )
+            else:
+                yield render.sse_comment(KEEPALIVE)
+        elif isinstance(item, PixelrouterError):
+            yield render.sse_data(stream_error(item))
+        elif isinstance(item, Delivery):
+            images = item.result.images
+            created = int(time.time())
+            for i, image in enumerate(images):
+                event: dict[str, Any] = {
+                    "type": "image_generation.completed",
+                    "b64_json": render.b64(image),
+                    "media_type": image.media_type,
+                    "created": created,
+                    "index": i,
+                }
+                if i == len(images) - 1:  # the request's usage, once
+                    event["usage"] = render.usage(item)
+                yield render.sse_data(event)
+    yield render.sse_data("[DONE]")

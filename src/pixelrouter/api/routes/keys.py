@@ -1,0 +1,226 @@
+"""Keys and credits: `GET /key`, management `POST|GET /keys`, `GET|PATCH|DELETE /keys/{hash}`,
+`GET /credits`."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+
+from pixelrouter.catalog import MICRO_PER_USD, micro_to_usd
+from pixelrouter.errors import InvalidRequest, NotFound
+from pixelrouter.store import KeyRecord, KeyUsage
+
+from ..auth import current_key, management_key
+from ..responses import OrjsonResponse
+from ..schemas import CreateKeyRequest, UpdateKeyRequest
+from ..state import app_state
+
+router = APIRouter(tags=["keys"])
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
+
+
+def _limit_remaining(record: KeyRecord, usage: KeyUsage) -> float | None:
+    if record.limit_micro is None:
+        return None
+    return micro_to_usd(max(0, record.limit_micro - usage.in_period(record.limit_reset)))
+
+
+def _usage_fields(record: KeyRecord, usage: KeyUsage) -> dict[str, Any]:
+    return {
+        "limit": micro_to_usd(record.limit_micro) if record.limit_micro is not None else None,
+        "limit_remaining": _limit_remaining(record, usage),
+        "limit_reset": record.limit_reset,
+        "usage": micro_to_usd(usage.total),
+        "usage_daily": micro_to_usd(usage.daily),
+        "usage_weekly": micro_to_usd(usage.weekly),
+        "usage_monthly": micro_to_usd(usage.monthly),
+        "byok_usage": 0.0,
+        "byok_usage_daily": 0.0,
+        "byok_usage_weekly": 0.0,
+        "byok_usage_monthly": 0.0,
+        "include_byok_in_limit": False,
+        "expires_at": _iso(record.expires_at),
+    }
+
+
+def key_json(record: KeyRecord, usage: KeyUsage) -> dict[str, Any]:
+    """The SPEC §3.5 `Key`, with the fields OpenRouter's SDKs also read."""
+    return {
+        "hash": record.hash,
+        "name": record.name,
+        "label": record.label,
+        "disabled": record.disabled,
+        **_usage_fields(record, usage),
+        "created_at": _iso(record.created_at),
+        "updated_at": _iso(record.updated_at),
+        "last_used_at": None,
+        "creator_user_id": None,
+        "external_user": None,
+        "workspace_id": "default",
+        "is_management_key": record.is_management,
+    }
+
+
+def _rate_limit(record: KeyRecord) -> dict[str, Any]:
+    if record.rate_limit_requests is None:
+        return {"requests": -1, "interval": "10s", "note": "not rate limited"}
+    return {
+        "requests": record.rate_limit_requests,
+        "interval": f"{record.rate_limit_interval_s or 10}s",
+        "note": "per key",
+    }
+
+
+@router.get("/key", summary="The calling key's limits and usage")
+async def get_current_key(
+    request: Request, key: KeyRecord = Depends(current_key)
+) -> OrjsonResponse:
+    store = app_state(request).store
+    usage = await asyncio.to_thread(store.key_usage, key.hash)
+    return OrjsonResponse(
+        {
+            "data": {
+                "label": key.label,
+                "name": key.name,
+                **_usage_fields(key, usage),
+                "is_management_key": key.is_management,
+                "is_provisioning_key": key.is_management,
+                "is_free_tier": False,
+                "rate_limit": _rate_limit(key),
+                "allowed_data_regions": ["global"],
+                "budgets": [],
+                "effective_budget": None,
+                "free_model_daily_requests": {"limit": 0, "remaining": 0, "used": 0},
+                "creator_user_id": None,
+                "organization_id": None,
+                "workspace_id": None,
+            }
+        }
+    )
+
+
+def _parse_expiry(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise InvalidRequest(
+            f"expires_at {text!r} is not an ISO 8601 date-time such as 2027-01-01T00:00:00Z."
+        ) from exc
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    if value <= datetime.now(UTC):
+        raise InvalidRequest("expires_at must be in the future.")
+    return value
+
+
+def _usd_to_micro(value: float | None) -> int | None:
+    return None if value is None else round(value * MICRO_PER_USD)
+
+
+@router.post("/keys", status_code=201, summary="Create an inference key (management)")
+async def create_key(
+    body: CreateKeyRequest, request: Request, _: KeyRecord = Depends(management_key)
+) -> OrjsonResponse:
+    store = app_state(request).store
+    record, plaintext = await asyncio.to_thread(
+        store.create_key,
+        name=body.name,
+        limit_micro=_usd_to_micro(body.limit),
+        limit_reset=body.limit_reset,
+        expires_at=_parse_expiry(body.expires_at),
+    )
+    return OrjsonResponse({"data": key_json(record, KeyUsage()), "key": plaintext}, status_code=201)
+
+
+@router.get("/keys", summary="List keys (management)")
+async def list_keys(
+    request: Request,
+    include_disabled: bool = True,
+    offset: int = 0,
+    _: KeyRecord = Depends(management_key),
+) -> OrjsonResponse:
+    store = app_state(request).store
+
+    def collect() -> list[dict[str, Any]]:
+        records = [r for r in store.list_keys() if include_disabled or not r.disabled]
+        return [key_json(r, store.key_usage(r.hash)) for r in records[max(0, offset) :]]
+
+    return OrjsonResponse({"data": await asyncio.to_thread(collect)})
+
+
+async def _find(request: Request, key_hash: str) -> KeyRecord:
+    record = await asyncio.to_thread(app_state(request).store.find_key, key_hash)
+    if record is None:
+        raise NotFound(f"No key with hash {key_hash!r}.")
+    return record
+
+
+@router.get("/keys/{key_hash}", summary="Get a key (management)")
+async def get_key(
+    key_hash: str, request: Request, _: KeyRecord = Depends(management_key)
+) -> OrjsonResponse:
+    record = await _find(request, key_hash)
+    usage = await asyncio.to_thread(app_state(request).store.key_usage, record.hash)
+    return OrjsonResponse({"data": key_json(record, usage)})
+
+
+@router.patch("/keys/{key_hash}", summary="Update a key (management)")
+async def update_key(
+    key_hash: str,
+    body: UpdateKeyRequest,
+    request: Request,
+    _: KeyRecord = Depends(management_key),
+) -> OrjsonResponse:
+    await _find(request, key_hash)
+    changes: dict[str, Any] = {}
+    sent = body.model_fields_set
+    if "name" in sent and body.name is not None:
+        changes["name"] = body.name
+    if "disabled" in sent and body.disabled is not None:
+        changes["disabled"] = body.disabled
+    if "limit" in sent:
+        changes["limit_micro"] = _usd_to_micro(body.limit)
+    if "limit_reset" in sent:
+        changes["limit_reset"] = body.limit_reset
+    if "expires_at" in sent:
+        changes["expires_at"] = _parse_expiry(body.expires_at)
+    store = app_state(request).store
+    record = await asyncio.to_thread(store.update_key, key_hash, **changes)
+    if record is None:
+        raise NotFound(f"No key with hash {key_hash!r}.")
+    usage = await asyncio.to_thread(store.key_usage, record.hash)
+    return OrjsonResponse({"data": key_json(record, usage)})
+
+
+@router.delete("/keys/{key_hash}", summary="Delete a key (management)")
+async def delete_key(
+    key_hash: str, request: Request, _: KeyRecord = Depends(management_key)
+) -> OrjsonResponse:
+    deleted = await asyncio.to_thread(app_state(request).store.delete_key, key_hash)
+    if not deleted:
+        raise NotFound(f"No key with hash {key_hash!r}.")
+    return OrjsonResponse({"deleted": True, "data": {"success": True}})
+
+
+@router.get("/credits", summary="Total credits and usage (management)")
+async def get_credits(request: Request, _: KeyRecord = Depends(management_key)) -> OrjsonResponse:
+    store = app_state(request).store
+
+    def totals() -> tuple[int, int]:
+        keys = store.list_keys()
+        limits = sum(k.limit_micro or 0 for k in keys if not k.is_management)
+        used = sum(store.key_usage(k.hash).total for k in keys)
+        return limits, used
+
+    limits, used = await asyncio.to_thread(totals)
+    return OrjsonResponse(
+        {"data": {"total_credits": micro_to_usd(limits), "total_usage": micro_to_usd(used)}}
+    )

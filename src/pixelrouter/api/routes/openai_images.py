@@ -1,0 +1,159 @@
+"""OpenAI Images API: `POST /api/v1/images/generations` and `POST /api/v1/images/edits`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from pixelrouter.errors import InvalidRequest, PixelrouterError
+from pixelrouter.service import Delivery
+from pixelrouter.store import KeyRecord
+from pixelrouter.types import ImageRequest
+
+from .. import render, wire
+from ..auth import inference_key
+from ..responses import OrjsonResponse
+from ..schemas import OpenAIImagesRequest
+from ..state import AppState, app_state
+from ..streaming import KEEPALIVE, Tick
+from .common import deliver, delivery_events, edge, sse_response
+from .images import stream_error
+
+router = APIRouter(tags=["openai-images"])
+
+
+@router.post("/images/generations", summary="Create images (OpenAI Images API)")
+async def create_generation(
+    body: OpenAIImagesRequest,
+    request: Request,
+    key: KeyRecord = Depends(inference_key),
+) -> Response:
+    px = app_state(request)
+    image_request = wire.from_openai(
+        body, edge(request, key), image_store=px.settings.image_store_url is not None
+    )
+    return await _respond(request, px, image_request)
+
+
+@router.post(
+    "/images/edits",
+    summary="Edit images (OpenAI Images API, multipart/form-data)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["prompt", "image"],
+                        "properties": {
+                            "prompt": {"type": "string"},
+                            "image": {"type": "string", "format": "binary"},
+                            "model": {"type": "string"},
+                            "n": {"type": "integer", "minimum": 1, "maximum": 4},
+                            "size": {"type": "string"},
+                            "response_format": {"type": "string", "enum": ["b64_json", "url"]},
+                            "output_format": {"type": "string", "enum": ["png", "jpeg", "webp"]},
+                            "seed": {"type": "integer"},
+                        },
+                    }
+                }
+            },
+        }
+    },
+)
+async def create_edit(request: Request, key: KeyRecord = Depends(inference_key)) -> Response:
+    px = app_state(request)
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raise InvalidRequest("images/edits takes multipart/form-data with image and prompt.")
+    try:
+        form = await request.form(max_files=8, max_fields=64)
+    except PixelrouterError:
+        raise
+    except Exception as exc:
+        raise InvalidRequest("The multipart body could not be parsed.") from exc
+    uploads: list[bytes] = []
+    fields: dict[str, Any] = {}
+    try:
+        for name, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if name in ("image", "image[]"):
+                    uploads.append(await value.read())
+                elif name == "mask":
+                    fields.setdefault("mask", "uploaded")
+                continue
+            fields[name] = value
+    finally:
+        await form.close()
+    if not uploads:
+        raise InvalidRequest("images/edits needs at least one 'image' file.")
+    ignored_mask = fields.pop("mask", None) is not None
+    for name in ("n", "seed", "output_compression", "partial_images"):
+        if name in fields:
+            fields[name] = _form_int(name, fields[name])
+    if "stream" in fields:
+        fields["stream"] = str(fields["stream"]).lower() in ("true", "1")
+    try:
+        body = OpenAIImagesRequest(**fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidRequest(f"Invalid request: {where}: {first['msg']}.") from exc
+    the_edge = edge(request, key)
+    entry = px.catalog.get(body.model) if body.model else px.catalog.default
+    references = await wire.decode_uploads(uploads, entry)
+    image_request = wire.from_openai(
+        body, the_edge, references, image_store=px.settings.image_store_url is not None
+    )
+    if ignored_mask:
+        import dataclasses
+
+        image_request = dataclasses.replace(
+            image_request, ignored_parameters=(*image_request.ignored_parameters, "mask")
+        )
+    return await _respond(request, px, image_request)
+
+
+def _form_int(name: str, value: Any) -> int:
+    try:
+        return int(str(value))
+    except ValueError as exc:
+        raise InvalidRequest(f"{name} must be an integer; got {value!r}.") from exc
+
+
+async def _respond(request: Request, px: AppState, image_request: ImageRequest) -> Response:
+    if image_request.stream:
+        return sse_response(_openai_stream(px, image_request))
+    delivery = await deliver(request, image_request, "openai_images")
+    return OrjsonResponse(render.openai_images_response(delivery))
+
+
+async def _openai_stream(px: AppState, image_request: ImageRequest) -> AsyncIterator[bytes]:
+    yield render.sse_comment(KEEPALIVE)
+    async for item in delivery_events(px, image_request, "openai_images"):
+        if isinstance(item, Tick):
+            yield render.sse_comment(KEEPALIVE)
+        elif isinstance(item, PixelrouterError):
+            yield b"event: error\n" + render.sse_data(stream_error(item))
+        elif isinstance(item, Delivery):
+            usage = render.openai_usage(item)
+            created = int(time.time())
+            for image in item.result.images:
+                event = {
+                    "type": "image_generation.completed",
+                    "b64_json": render.b64(image),
+                    "created_at": created,
+                    "size": f"{image.width}x{image.height}",
+                    "quality": "auto",
+                    "background": "opaque",
+                    "output_format": image_request.output_format,
+                    "usage": usage,
+                }
+                yield b"event: image_generation.completed\n" + render.sse_data(event)

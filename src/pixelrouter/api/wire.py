@@ -1,0 +1,403 @@
+"""Translate the three request wire shapes into the one internal `ImageRequest`."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from pixelrouter.catalog import Catalog, ModelEntry, resolve_size
+from pixelrouter.errors import InvalidRequest
+from pixelrouter.refimages import MAX_REFERENCES, FetchPolicy, decode_reference, load_reference
+from pixelrouter.types import Attribution, ImageRequest, ProviderPrefs, ReferenceImage
+
+from .schemas import (
+    ChatCompletionRequest,
+    ImagesRequest,
+    OpenAIImagesRequest,
+    ProviderPreferences,
+)
+
+MAX_SEED = 2**63 - 1 - 16  # seed + i must stay a valid torch seed
+MAX_STEPS = 100
+MAX_GUIDANCE = 30.0
+OUTPUT_FORMATS = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}
+KNOWN_QUALITIES = {"auto", "low", "medium", "high", "standard", "hd", "xhigh", "max"}
+
+
+@dataclass(frozen=True)
+class Edge:
+    """What every translation needs besides the body."""
+
+    generation_id: str
+    key_hash: str | None
+    attribution: Attribution
+    catalog: Catalog
+    fetch: FetchPolicy
+
+
+def _resolve_models(catalog: Catalog, model: str | None, models: list[str] | None):
+    names = [m for m in ([model] if model else []) + list(models or []) if m]
+    if not names:
+        return catalog.default, ()
+    primary = catalog.get(names[0])
+    fallbacks: list[str] = []
+    for name in names[1:]:
+        try:
+            entry = catalog.get(name)
+        except Exception:  # a fallback model this server does not serve is skipped
+            continue
+        if entry.id != primary.id and entry.id not in fallbacks:
+            fallbacks.append(entry.id)
+    return primary, tuple(fallbacks)
+
+
+def _check_n(n: int | None, entry: ModelEntry) -> int:
+    if n is None:
+        return 1
+    if not 1 <= n <= entry.max_images_per_request:
+        raise InvalidRequest(
+            f"n must be between 1 and {entry.max_images_per_request}; got {n}.",
+            metadata={"param": "n"},
+        )
+    return n
+
+
+def _resolve_seed(seed: int | None) -> tuple[int, bool]:
+    if seed is None:
+        return secrets.randbelow(2**32), False
+    if not 0 <= seed <= MAX_SEED:
+        raise InvalidRequest(f"seed must be between 0 and {MAX_SEED}; got {seed}.")
+    return seed, True
+
+
+def _check_steps(steps: int | None) -> int | None:
+    if steps is not None and not 1 <= steps <= MAX_STEPS:
+        raise InvalidRequest(f"steps must be between 1 and {MAX_STEPS}; got {steps}.")
+    return steps
+
+
+def _check_guidance(guidance: float | None) -> float | None:
+    if guidance is not None and not 0.0 <= guidance <= MAX_GUIDANCE:
+        raise InvalidRequest(f"guidance must be between 0 and {MAX_GUIDANCE}; got {guidance}.")
+    return guidance
+
+
+def _output_format(fmt: str | None) -> str:
+    if fmt is None:
+        return "png"
+    chosen = OUTPUT_FORMATS.get(fmt.strip().lower())
+    if chosen is None:
+        raise InvalidRequest(f"output_format {fmt!r} is not supported: use png, jpeg or webp.")
+    return chosen
+
+
+def _output_compression(value: int | None, fmt: str) -> int | None:
+    if value is None:
+        return None
+    if not 0 <= value <= 100:
+        raise InvalidRequest(f"output_compression must be between 0 and 100; got {value}.")
+    return value
+
+
+def _usd_to_micro(value: float | str | None, name: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        usd = float(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest(f"provider.max_price.{name} must be a number of USD.") from exc
+    if usd < 0:
+        raise InvalidRequest(f"provider.max_price.{name} must not be negative.")
+    return round(usd * 1_000_000)
+
+
+def provider_prefs(p: ProviderPreferences | None) -> ProviderPrefs:
+    if p is None:
+        return ProviderPrefs()
+    sort = p.sort.get("by") if isinstance(p.sort, dict) else p.sort
+    if sort is not None and sort not in ("price", "throughput", "latency"):
+        raise InvalidRequest("provider.sort must be one of price, throughput, latency.")
+    options: list[tuple[str, tuple[tuple[str, Any], ...]]] = []
+    for slug, values in (p.options or {}).items():
+        if not isinstance(values, dict):
+            raise InvalidRequest(f"provider.options.{slug} must be an object.")
+        allowed = {}
+        for key, value in values.items():
+            if key == "steps":
+                allowed[key] = _check_steps(_as_int(value, "steps"))
+            elif key == "guidance":
+                allowed[key] = _check_guidance(_as_float(value, "guidance"))
+            elif key == "batching":
+                allowed[key] = bool(value)
+        options.append((slug, tuple(sorted(allowed.items()))))
+    return ProviderPrefs(
+        order=tuple(p.order or ()),
+        allow_fallbacks=True if p.allow_fallbacks is None else p.allow_fallbacks,
+        require_parameters=bool(p.require_parameters),
+        only=tuple(p.only or ()),
+        ignore=tuple(p.ignore or ()),
+        sort=sort,
+        max_price_image_micro=_usd_to_micro(p.max_price.image, "image") if p.max_price else None,
+        max_price_request_micro=(
+            _usd_to_micro(p.max_price.request, "request") if p.max_price else None
+        ),
+        data_collection=p.data_collection or "allow",
+        options=tuple(options),
+    )
+
+
+def _as_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+        raise InvalidRequest(f"{name} must be an integer.")
+    return int(value)
+
+
+def _as_float(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidRequest(f"{name} must be a number.")
+    return float(value)
+
+
+def _ignored(body: BaseModel, also: tuple[str, ...] = ()) -> tuple[str, ...]:
+    extra = sorted((body.model_extra or {}).keys())
+    return tuple(extra) + also
+
+
+def _require_parameters(prefs: ProviderPrefs, ignored: tuple[str, ...]) -> None:
+    if prefs.require_parameters and ignored:
+        raise InvalidRequest(
+            "No provider supports every parameter of this request "
+            f"(provider.require_parameters is true): {', '.join(ignored)}.",
+            metadata={"unsupported_parameters": list(ignored)},
+        )
+
+
+def _check_prompt(prompt: str, entry: ModelEntry) -> str:
+    if not prompt.strip():
+        raise InvalidRequest("The prompt is empty: send the text of the image to make.")
+    if len(prompt) > entry.context_length * 4:
+        raise InvalidRequest(
+            f"The prompt is longer than the model's context ({entry.context_length} tokens)."
+        )
+    return prompt
+
+
+async def _load_references(urls: list[str], edge: Edge, entry: ModelEntry):
+    if len(urls) > min(MAX_REFERENCES, entry.max_reference_images):
+        raise InvalidRequest(
+            f"At most {entry.max_reference_images} reference images per request; got {len(urls)}."
+        )
+    return tuple(
+        await asyncio.gather(
+            *(load_reference(url, edge.fetch, position=i + 1) for i, url in enumerate(urls))
+        )
+    )
+
+
+def _reference_size(references: tuple[ReferenceImage, ...]) -> tuple[int, int] | None:
+    if not references:
+        return None
+    return references[0].source_width, references[0].source_height
+
+
+def _url_of(image_url: Any) -> str:
+    if isinstance(image_url, str):
+        return image_url
+    return image_url.url
+
+
+# ------------------------------------------------------------------------------- chat
+
+
+CHAT_IGNORED_IF_PRESENT = ("temperature", "top_p", "max_tokens", "tools", "stop")
+
+
+def chat_prompt_and_references(body: ChatCompletionRequest) -> tuple[str, list[str]]:
+    """The last user message's text parts (joined by a newline) and its image URLs."""
+    for message in reversed(body.messages):
+        if message.role != "user":
+            continue
+        if isinstance(message.content, str):
+            return message.content, []
+        texts: list[str] = []
+        urls: list[str] = []
+        for part in message.content or []:
+            if part.type == "text" and part.text is not None:
+                texts.append(part.text)
+            elif part.type in ("image_url", "input_image") and part.image_url is not None:
+                urls.append(_url_of(part.image_url))
+        return "\n".join(texts), urls
+    raise InvalidRequest("messages holds no user message: the last user message is the prompt.")
+
+
+async def from_chat(body: ChatCompletionRequest, edge: Edge) -> ImageRequest:
+    entry, fallbacks = _resolve_models(edge.catalog, body.model, body.models)
+    if body.modalities is not None and "image" not in body.modalities:
+        raise InvalidRequest(
+            f'{entry.id} only outputs images: set modalities to ["image"] or '
+            '["image", "text"], or leave it out.'
+        )
+    prompt, urls = chat_prompt_and_references(body)
+    _check_prompt(prompt, entry)
+    cfg = body.image_config
+    references = await _load_references(urls, edge, entry)
+    width, height = resolve_size(
+        aspect_ratio=cfg.aspect_ratio if cfg else None,
+        tier=cfg.image_size if cfg else None,
+        reference_size=_reference_size(references),
+    )
+    seed, seed_given = _resolve_seed(cfg.seed if cfg and cfg.seed is not None else body.seed)
+    prefs = provider_prefs(body.provider)
+    ignored = _ignored(body, tuple(sorted((cfg.model_extra or {}).keys())) if cfg else ())
+    _require_parameters(prefs, ignored)
+    return ImageRequest(
+        id=edge.generation_id,
+        model=entry.id,
+        prompt=prompt,
+        width=width,
+        height=height,
+        n=_check_n(body.n, entry),
+        seed=seed,
+        seed_given=seed_given,
+        steps=_check_steps(cfg.steps if cfg else None),
+        guidance=_check_guidance(cfg.guidance if cfg else None),
+        references=references,
+        batching=cfg.batching if cfg and cfg.batching is not None else True,
+        stream=bool(body.stream),
+        fallback_models=fallbacks,
+        prefs=prefs,
+        attribution=_with_user(edge.attribution, body.user),
+        ignored_parameters=ignored,
+        key_hash=edge.key_hash,
+    )
+
+
+def _with_user(attribution: Attribution, user: str | None) -> Attribution:
+    if user is None:
+        return attribution
+    return Attribution(attribution.referer, attribution.title, attribution.categories, user[:256])
+
+
+# ------------------------------------------------------------------- OpenRouter Image API
+
+
+def _check_background(background: str | None) -> None:
+    if background is not None and background.strip().lower() == "transparent":
+        raise InvalidRequest(
+            "background 'transparent' is not supported: this model makes opaque images "
+            "(no alpha channel). Use 'opaque' or 'auto'."
+        )
+
+
+async def from_images(body: ImagesRequest, edge: Edge) -> ImageRequest:
+    entry, fallbacks = _resolve_models(edge.catalog, body.model, body.models)
+    _check_prompt(body.prompt, entry)
+    _check_background(body.background)
+    urls = [_url_of(ref.image_url) for ref in body.input_references or []]
+    references = await _load_references(urls, edge, entry)
+    width, height = resolve_size(
+        size=body.size,
+        aspect_ratio=body.aspect_ratio,
+        tier=body.resolution,
+        reference_size=_reference_size(references),
+    )
+    fmt = _output_format(body.output_format)
+    seed, seed_given = _resolve_seed(body.seed)
+    prefs = provider_prefs(body.provider)
+    ignored = _ignored(body)
+    _require_parameters(prefs, ignored)
+    return ImageRequest(
+        id=edge.generation_id,
+        model=entry.id,
+        prompt=body.prompt,
+        width=width,
+        height=height,
+        n=_check_n(body.n, entry),
+        seed=seed,
+        seed_given=seed_given,
+        steps=_check_steps(body.steps),
+        guidance=_check_guidance(body.guidance),
+        references=references,
+        output_format=fmt,  # type: ignore[arg-type]
+        output_compression=_output_compression(body.output_compression, fmt),
+        stream=bool(body.stream),
+        fallback_models=fallbacks,
+        prefs=prefs,
+        attribution=_with_user(edge.attribution, body.user),
+        ignored_parameters=ignored,
+        key_hash=edge.key_hash,
+    )
+
+
+# --------------------------------------------------------------------- OpenAI Images API
+
+
+def _openai_common(body: OpenAIImagesRequest, edge: Edge, image_store: bool):
+    entry, _ = _resolve_models(edge.catalog, body.model, None)
+    _check_prompt(body.prompt, entry)
+    _check_background(body.background)
+    if body.response_format not in (None, "b64_json"):
+        if body.response_format == "url" and not image_store:
+            raise InvalidRequest(
+                "response_format 'url' needs an image store, and none is configured on this "
+                "server: use response_format 'b64_json'."
+            )
+        if body.response_format != "url":
+            raise InvalidRequest("response_format must be 'b64_json' or 'url'.")
+    ignored = _ignored(body)
+    for name in ("moderation", "style", "partial_images"):
+        if getattr(body, name) is not None:
+            ignored = (*ignored, name)
+    return entry, ignored
+
+
+def from_openai(
+    body: OpenAIImagesRequest,
+    edge: Edge,
+    references: tuple[ReferenceImage, ...] = (),
+    *,
+    image_store: bool = False,
+) -> ImageRequest:
+    entry, ignored = _openai_common(body, edge, image_store)
+    width, height = resolve_size(size=body.size, reference_size=_reference_size(references))
+    fmt = _output_format(body.output_format)
+    seed, seed_given = _resolve_seed(body.seed)
+    prefs = provider_prefs(body.provider)
+    _require_parameters(prefs, ignored)
+    return ImageRequest(
+        id=edge.generation_id,
+        model=entry.id,
+        prompt=body.prompt,
+        width=width,
+        height=height,
+        n=_check_n(body.n, entry),
+        seed=seed,
+        seed_given=seed_given,
+        references=references,
+        output_format=fmt,  # type: ignore[arg-type]
+        output_compression=_output_compression(body.output_compression, fmt),
+        stream=bool(body.stream),
+        prefs=prefs,
+        attribution=_with_user(edge.attribution, body.user),
+        ignored_parameters=ignored,
+        key_hash=edge.key_hash,
+    )
+
+
+async def decode_uploads(uploads: list[bytes], entry: ModelEntry) -> tuple[ReferenceImage, ...]:
+    if len(uploads) > entry.max_reference_images:
+        raise InvalidRequest(
+            f"At most {entry.max_reference_images} images per edit; got {len(uploads)}."
+        )
+    return tuple(
+        await asyncio.gather(
+            *(
+                asyncio.to_thread(decode_reference, data, position=i + 1)
+                for i, data in enumerate(uploads)
+            )
+        )
+    )

@@ -1,0 +1,111 @@
+"""Shared fixtures: one demo engine per test run, and the real app in process over httpx."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import sys
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from dbutil import BACKENDS, database_url  # noqa: E402
+
+from pixelrouter.billing.keys import generate_key  # noqa: E402
+from pixelrouter.config import Settings  # noqa: E402
+
+ADMIN_KEY = generate_key()
+
+
+@pytest.fixture(scope="session")
+def demo_provider() -> Iterator[object]:
+    """The demo engine (real Flux2KleinPipeline, tiny random weights), shared by all tests."""
+    import torch
+
+    torch.set_num_threads(1)
+    from pixelrouter.engine.pipeline import EngineConfig
+    from pixelrouter.providers.local import LocalProvider
+
+    provider = LocalProvider(config=EngineConfig(demo=True, device="cpu"))
+    assert provider.engine.wait_ready(180), provider.readiness()
+    yield provider
+    provider.engine.shutdown()
+
+
+@dataclass
+class Api:
+    """An in-process client of the real app, with a management and an inference key."""
+
+    client: httpx.AsyncClient
+    app: object
+    admin_key: str
+    key: str
+    backend: str
+
+    def auth(self, key: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key or self.key}"}
+
+    async def post(self, path: str, key: str | None = None, **kwargs: object) -> httpx.Response:
+        headers = {**self.auth(key), **kwargs.pop("headers", {})}  # type: ignore[dict-item]
+        return await self.client.post(path, headers=headers, **kwargs)  # type: ignore[arg-type]
+
+    async def get(self, path: str, key: str | None = None, **kwargs: object) -> httpx.Response:
+        headers = {**self.auth(key), **kwargs.pop("headers", {})}  # type: ignore[dict-item]
+        return await self.client.get(path, headers=headers, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    with database_url(request.param, tmp_path) as url:
+        yield url
+
+
+async def make_api(
+    tmp_path: Path, db: str, providers: list[object], **overrides: object
+) -> AsyncIterator[Api]:
+    from pixelrouter.api.app import create_app
+
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        database_url=db,
+        admin_key=ADMIN_KEY,
+        demo=True,
+        keepalive_interval_s=0.2,
+        **overrides,  # type: ignore[arg-type]
+    )
+    app = create_app(settings, providers=providers)  # type: ignore[arg-type]
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://pixelrouter.test", timeout=60
+        ) as client:
+            created = await client.post(
+                "/api/v1/keys",
+                json={"name": "tests"},
+                headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+            )
+            assert created.status_code == 201, created.text
+            backend = "postgresql" if db.startswith("postgresql") else "sqlite"
+            yield Api(client, app, ADMIN_KEY, created.json()["key"], backend)
+
+
+@pytest.fixture
+async def api(tmp_path: Path, db_url: str, demo_provider: object) -> AsyncIterator[Api]:
+    """The app on both backends (SQLite file and a fresh PostgreSQL database)."""
+    async for harness in make_api(tmp_path, db_url, [demo_provider]):
+        yield harness
+
+
+@pytest.fixture
+async def sqlite_api(tmp_path: Path, demo_provider: object) -> AsyncIterator[Api]:
+    """The app on SQLite only, for tests whose subject is not storage."""
+    async for harness in make_api(tmp_path, f"sqlite:///{tmp_path / 'px.db'}", [demo_provider]):
+        yield harness

@@ -1,0 +1,158 @@
+"""Every error a user can cause so far: status, `error.code`, `error_type` and a useful message."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import png_data_url
+
+from pixelrouter.billing.keys import generate_key
+
+
+def assert_error(response, status: int, error_type: str, words: str) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == status
+    assert error["metadata"]["error_type"] == error_type
+    assert words.lower() in error["message"].lower(), error["message"]
+    assert "Traceback" not in response.text
+    assert response.headers["x-generation-id"].startswith("gen-")
+    return error
+
+
+async def test_missing_malformed_and_unknown_keys_are_401(api) -> None:
+    body = {"prompt": "x", "size": "256x256"}
+    r = await api.client.post("/api/v1/images", json=body)
+    assert_error(r, 401, "authentication", "missing api key")
+    r = await api.client.post("/api/v1/images", json=body, headers={"Authorization": "Bearer nope"})
+    assert_error(r, 401, "authentication", "format")
+    r = await api.post("/api/v1/images", key=generate_key(), json=body)
+    assert_error(r, 401, "authentication", "invalid api key")
+    r = await api.client.get("/api/v1/models")
+    assert_error(r, 401, "authentication", "missing api key")
+
+
+async def test_key_kinds_are_separate(api) -> None:
+    r = await api.post("/api/v1/images", key=api.admin_key, json={"prompt": "x"})
+    assert_error(r, 403, "permission_denied", "management keys cannot generate")
+    r = await api.post("/api/v1/keys", json={"name": "sneaky"})
+    assert_error(r, 403, "permission_denied", "management key")
+    r = await api.get("/api/v1/keys")
+    assert_error(r, 403, "permission_denied", "management key")
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ({"prompt": "x", "size": "1000x1000"}, "nearest valid size is 992x992"),
+        ({"prompt": "x", "size": "5000x5000"}, "nearest valid size is 2048x2048"),
+        ({"prompt": "x", "size": "1024x1024", "aspect_ratio": "16:9"}, "conflicts"),
+        ({"prompt": "x", "aspect_ratio": "7:3"}, "aspect_ratio"),
+        ({"prompt": "x", "resolution": "8K"}, "resolution"),
+        ({"prompt": "x", "n": 5}, "n must be between 1 and 4"),
+        ({"prompt": "x", "n": 0}, "n must be between 1 and 4"),
+        ({"prompt": "   "}, "prompt is empty"),
+        ({"prompt": "x", "background": "transparent"}, "transparent"),
+        ({"prompt": "x", "output_format": "gif"}, "output_format"),
+        ({"prompt": "x", "output_compression": 101}, "output_compression"),
+        ({"prompt": "x", "seed": -1}, "seed"),
+        ({"prompt": "x", "steps": 0}, "steps"),
+        ({"prompt": "x", "n": "many"}, "n"),
+        ({}, "prompt is required"),
+        ({"prompt": "x", "provider": {"require_parameters": True}, "temperature": 1}, "temperature"),
+        ({"prompt": "x", "provider": {"sort": "fastest"}}, "provider.sort"),
+    ],
+)
+async def test_invalid_image_requests_are_400(api, body, words) -> None:
+    r = await api.post("/api/v1/images", json=body)
+    assert_error(r, 400, "invalid_request", words)
+
+
+async def test_invalid_json_is_400(api) -> None:
+    r = await api.post(
+        "/api/v1/chat/completions",
+        content=b'{"model": "x", "messages": [',
+        headers={"Content-Type": "application/json"},
+    )
+    assert_error(r, 400, "invalid_request", "not valid json")
+
+
+async def test_chat_specific_errors(api) -> None:
+    r = await api.post("/api/v1/chat/completions", json={"messages": []})
+    assert_error(r, 400, "invalid_request", "messages")
+    r = await api.post(
+        "/api/v1/chat/completions",
+        json={"messages": [{"role": "system", "content": "hi"}]},
+    )
+    assert_error(r, 400, "invalid_request", "no user message")
+    r = await api.post(
+        "/api/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "x"}], "modalities": ["text"]},
+    )
+    assert_error(r, 400, "invalid_request", "only outputs images")
+    r = await api.post(
+        "/api/v1/chat/completions",
+        json={"model": "openai/gpt-5", "messages": [{"role": "user", "content": "x"}]},
+    )
+    assert_error(r, 404, "model_not_found", "not served here")
+
+
+@pytest.mark.parametrize(
+    ("url", "status", "error_type", "words"),
+    [
+        ("data:image/png;base64,%%%%", 400, "invalid_image", "malformed"),
+        ("data:image/png;base64," + "QUJD" * 10, 400, "unsupported_image_format", "png, jpeg"),
+        (png_data_url(32, 32), 400, "image_too_small", "at least 64"),
+        ("https://example.com/cat.png", 400, "invalid_request", "disabled"),
+    ],
+)
+async def test_bad_reference_images(api, url, status, error_type, words) -> None:
+    refs = [{"type": "image_url", "image_url": {"url": url}}]
+    r = await api.post("/api/v1/images", json={"prompt": "x", "input_references": refs})
+    assert_error(r, status, error_type, words)
+
+
+async def test_too_many_references(api) -> None:
+    refs = [{"type": "image_url", "image_url": {"url": png_data_url()}}] * 5
+    r = await api.post("/api/v1/images", json={"prompt": "x", "input_references": refs})
+    assert_error(r, 400, "invalid_request", "at most 4")
+
+
+async def test_openai_specific_errors(api) -> None:
+    r = await api.post(
+        "/api/v1/images/generations", json={"prompt": "x", "response_format": "url"}
+    )
+    assert_error(r, 400, "invalid_request", "image store")
+    r = await api.post("/api/v1/images/edits", data={"prompt": "x"}, files={"other": b"123"})
+    assert_error(r, 400, "invalid_request", "at least one 'image'")
+    r = await api.post("/api/v1/images/edits", json={"prompt": "x"})
+    assert_error(r, 400, "invalid_request", "multipart")
+
+
+async def test_body_over_the_limit_is_413(api) -> None:
+    big = b'{"prompt": "' + b"x" * (65 * 1024 * 1024) + b'"}'
+    r = await api.post(
+        "/api/v1/images", content=big, headers={"Content-Type": "application/json"}
+    )
+    assert_error(r, 413, "payload_too_large", "larger than")
+
+
+async def test_unknown_generation_and_route(api) -> None:
+    r = await api.get("/api/v1/generation?id=gen-123-nope")
+    assert_error(r, 404, "not_found", "not found")
+    r = await api.get("/api/v1/no-such-thing")
+    assert_error(r, 404, "not_found", "no such endpoint")
+    r = await api.client.delete("/health")
+    assert_error(r, 405, "method_not_allowed", "method not allowed")
+
+
+async def test_generation_of_another_key_reads_as_unknown(api) -> None:
+    r = await api.post("/api/v1/images", json={"prompt": "x", "size": "128x128"})
+    generation_id = r.headers["x-generation-id"]
+    other = (
+        await api.post("/api/v1/keys", key=api.admin_key, json={"name": "other"})
+    ).json()["key"]
+    assert_error(
+        await api.get(f"/api/v1/generation?id={generation_id}", key=other), 404, "not_found", ""
+    )
+    admin_view = await api.get(f"/api/v1/generation?id={generation_id}", key=api.admin_key)
+    assert admin_view.status_code == 200

@@ -1,0 +1,59 @@
+"""The `pixelrouter keys` commands against a real database file, and config-file parsing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from pixelrouter.billing.keys import hash_key, looks_like_key
+from pixelrouter.cli import app
+from pixelrouter.store import Store
+
+
+def test_keys_create_list_disable(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'px.db'}"
+    runner = CliRunner()
+    created = runner.invoke(
+        app, ["keys", "create", "--name", "cli", "--limit", "5", "--reset", "monthly", "--db", db]
+    )
+    assert created.exit_code == 0, created.output
+    plaintext = created.stdout.strip().splitlines()[-1]
+    assert looks_like_key(plaintext)
+    with Store(db) as store:
+        record = store.find_key(hash_key(plaintext))
+        assert record is not None
+        assert record.limit_micro == 5_000_000 and record.limit_reset == "monthly"
+
+    listed = runner.invoke(app, ["keys", "list", "--db", db])
+    assert listed.exit_code == 0 and "cli" in listed.stdout
+    assert plaintext not in listed.stdout
+
+    disabled = runner.invoke(app, ["keys", "disable", record.hash[:12], "--db", db])
+    assert disabled.exit_code == 0, disabled.output
+    with Store(db) as store:
+        assert store.find_key(record.hash).disabled is True
+
+    missing = runner.invoke(app, ["keys", "disable", "ffffffffffff", "--db", db])
+    assert missing.exit_code == 1
+    bad_reset = runner.invoke(app, ["keys", "create", "--reset", "hourly", "--db", db])
+    assert bad_reset.exit_code != 0
+
+
+def test_config_file_values_and_unknown_settings(tmp_path: Path) -> None:
+    from pixelrouter.cli import _settings
+
+    config = tmp_path / "pixelrouter.toml"
+    config.write_text('[server]\nport = 9123\ndb = "sqlite:///x.db"\nmax_batch_size = 8\n')
+    settings = _settings(config, host="0.0.0.0")
+    assert (settings.port, settings.database_url, settings.max_batch_size) == (
+        9123,
+        "sqlite:///x.db",
+        8,
+    )
+    assert settings.host == "0.0.0.0"
+    assert _settings(config, port=7000).port == 7000  # flags win over the file
+    config.write_text("[server]\nbogus = 1\n")
+    runner = CliRunner()
+    result = runner.invoke(app, ["keys", "list", "--config", str(config)])
+    assert result.exit_code != 0
