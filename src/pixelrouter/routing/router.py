@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import secrets
 import time
 from collections.abc import Callable, Sequence
 
@@ -107,6 +108,13 @@ class Router:
         errors: list[dict[str, object]] = []
         deadline = time.monotonic() + self.deadline_s
         last_unavailable: ProviderError | None = None
+
+        def failed(provider: Provider, started: float, status: int, message: str) -> None:
+            latency = int((time.monotonic() - started) * 1000)
+            name = provider.info.display_name
+            attempts.append(ProviderAttempt(name, status, latency, message))
+            errors.append({"provider": name, "status": status, "message": message})
+
         for model in (request.model, *request.fallback_models):
             for provider in self.candidates(request, model):
                 remaining = deadline - time.monotonic()
@@ -121,36 +129,16 @@ class Router:
                         provider.generate(attempt_request, on_progress), timeout=remaining
                     )
                 except ProviderError as exc:
-                    latency = int((time.monotonic() - started) * 1000)
-                    attempts.append(
-                        ProviderAttempt(
-                            provider.info.display_name, exc.status, latency, exc.message
-                        )
-                    )
-                    errors.append(
-                        {
-                            "provider": provider.info.display_name,
-                            "status": exc.status,
-                            "message": exc.message,
-                        }
-                    )
+                    failed(provider, started, exc.status, exc.message)
                     if exc.status == 503:
                         last_unavailable = exc
                     if not request.prefs.allow_fallbacks:
                         break
                     continue
+                except (PixelrouterError, asyncio.CancelledError):
+                    raise  # the client's fault (4xx) or the client went away: no fallback
                 except TimeoutError:
-                    latency = int((time.monotonic() - started) * 1000)
-                    attempts.append(
-                        ProviderAttempt(provider.info.display_name, 408, latency, "timed out")
-                    )
-                    errors.append(
-                        {
-                            "provider": provider.info.display_name,
-                            "status": 408,
-                            "message": "timed out",
-                        }
-                    )
+                    failed(provider, started, 408, "timed out")
                     raise RoutingFailed(
                         RequestTimeout(
                             f"The request did not finish within {self.deadline_s:.0f} s.",
@@ -158,6 +146,17 @@ class Router:
                         ),
                         attempts,
                     ) from None
+                except Exception:
+                    # A bug in one provider's code must not lose the request: log it with an
+                    # id, count it as that provider's failure and try the next one.
+                    error_id = secrets.token_hex(8)
+                    log.exception("provider %s failed (error id %s)", provider.info.slug, error_id)
+                    failed(
+                        provider, started, 500, f"internal error in the provider (id {error_id})"
+                    )
+                    if not request.prefs.allow_fallbacks:
+                        break
+                    continue
                 latency = int((time.monotonic() - started) * 1000)
                 attempts.append(ProviderAttempt(provider.info.display_name, 200, latency))
                 result.attempts = attempts
