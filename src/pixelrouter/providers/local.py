@@ -1,0 +1,89 @@
+"""The `local` provider: this process's engine behind the `Provider` protocol.
+
+The module imports without torch; the engine (and with it torch and diffusers) is imported when a
+`LocalProvider` is built without an engine passed in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from pixelrouter.catalog import KLEIN_4B, Price
+from pixelrouter.providers.base import ProviderInfo, ProviderUnavailable
+from pixelrouter.types import ImageRequest, ImageResult, ProgressEvent
+
+if TYPE_CHECKING:
+    from pixelrouter.engine.pipeline import EngineConfig
+    from pixelrouter.engine.scheduler import Engine
+
+LOCAL_SLUG = "local"
+
+
+class LocalProvider:
+    """Sends requests to the in-process `Engine`; routing sees its queue through `status()`."""
+
+    def __init__(
+        self,
+        engine: Engine | None = None,
+        *,
+        config: EngineConfig | None = None,
+        models: tuple[str, ...] = (KLEIN_4B.id,),
+        price: Price = KLEIN_4B.price,
+        supported_parameters: tuple[str, ...] = KLEIN_4B.supported_parameters,
+        start: bool = True,
+    ) -> None:
+        if engine is None:
+            from pixelrouter.engine.scheduler import Engine
+
+            engine = Engine(config)
+        self.engine = engine
+        self._models = models
+        self._price = price
+        self._supported_parameters = supported_parameters
+        if start:
+            engine.start()
+
+    @property
+    def info(self) -> ProviderInfo:  # a property: the display name is known once loaded
+        return ProviderInfo(
+            slug=LOCAL_SLUG,
+            display_name=self.engine.display_name,
+            models=self._models,
+            price=self._price,
+            kind="local",
+            quantization=self._quantization(),
+            data_collection="deny",
+            supported_parameters=self._supported_parameters,
+        )
+
+    def _quantization(self) -> str | None:
+        loaded = self.engine.loaded
+        if loaded is None:
+            return None
+        return {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(
+            str(loaded.dtype).removeprefix("torch.")
+        )
+
+    async def generate(
+        self,
+        request: ImageRequest,
+        on_progress: Callable[[ProgressEvent], None] | None = None,
+    ) -> ImageResult:
+        ready, reason = self.engine.readiness()
+        if not ready:
+            raise ProviderUnavailable(f"The local engine cannot take work: {reason.rstrip('.')}.")
+        return await self.engine.generate(request, on_progress)
+
+    def readiness(self) -> tuple[bool, str]:
+        return self.engine.readiness()
+
+    def status(self) -> dict[str, Any]:
+        return self.engine.status()
+
+    def count_prompt_tokens(self, prompt: str) -> int | None:
+        return self.engine.count_prompt_tokens(prompt)
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.engine.shutdown)
