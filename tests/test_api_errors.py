@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from helpers import png_data_url
 
+from helpers import png_data_url
 from pixelrouter.billing.keys import generate_key
 
 
@@ -58,7 +58,10 @@ async def test_key_kinds_are_separate(api) -> None:
         ({"prompt": "x", "steps": 0}, "steps"),
         ({"prompt": "x", "n": "many"}, "n"),
         ({}, "prompt is required"),
-        ({"prompt": "x", "provider": {"require_parameters": True}, "temperature": 1}, "temperature"),
+        (
+            {"prompt": "x", "provider": {"require_parameters": True}, "temperature": 1},
+            "temperature",
+        ),
         ({"prompt": "x", "provider": {"sort": "fastest"}}, "provider.sort"),
     ],
 )
@@ -118,9 +121,7 @@ async def test_too_many_references(api) -> None:
 
 
 async def test_openai_specific_errors(api) -> None:
-    r = await api.post(
-        "/api/v1/images/generations", json={"prompt": "x", "response_format": "url"}
-    )
+    r = await api.post("/api/v1/images/generations", json={"prompt": "x", "response_format": "url"})
     assert_error(r, 400, "invalid_request", "image store")
     r = await api.post("/api/v1/images/edits", data={"prompt": "x"}, files={"other": b"123"})
     assert_error(r, 400, "invalid_request", "at least one 'image'")
@@ -130,9 +131,7 @@ async def test_openai_specific_errors(api) -> None:
 
 async def test_body_over_the_limit_is_413(api) -> None:
     big = b'{"prompt": "' + b"x" * (65 * 1024 * 1024) + b'"}'
-    r = await api.post(
-        "/api/v1/images", content=big, headers={"Content-Type": "application/json"}
-    )
+    r = await api.post("/api/v1/images", content=big, headers={"Content-Type": "application/json"})
     assert_error(r, 413, "payload_too_large", "larger than")
 
 
@@ -148,9 +147,9 @@ async def test_unknown_generation_and_route(api) -> None:
 async def test_generation_of_another_key_reads_as_unknown(api) -> None:
     r = await api.post("/api/v1/images", json={"prompt": "x", "size": "128x128"})
     generation_id = r.headers["x-generation-id"]
-    other = (
-        await api.post("/api/v1/keys", key=api.admin_key, json={"name": "other"})
-    ).json()["key"]
+    other = (await api.post("/api/v1/keys", key=api.admin_key, json={"name": "other"})).json()[
+        "key"
+    ]
     assert_error(
         await api.get(f"/api/v1/generation?id={generation_id}", key=other), 404, "not_found", ""
     )

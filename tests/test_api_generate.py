@@ -7,8 +7,9 @@ import io
 
 import numpy as np
 import pytest
-from helpers import data_url_image, png_data_url, png_size, sse_events, tiny_png
 from PIL import Image
+
+from helpers import data_url_image, png_data_url, png_size, sse_events, tiny_png
 
 MODEL = "black-forest-labs/flux.2-klein-4b"
 
@@ -143,8 +144,12 @@ async def test_images_api_sizes_and_formats(sqlite_api) -> None:
     for fmt, pil_name in (("jpeg", "JPEG"), ("webp", "WEBP")):
         response = await sqlite_api.post(
             "/api/v1/images",
-            json={"prompt": "a cat", "size": "256x128", "output_format": fmt,
-                  "output_compression": 50},
+            json={
+                "prompt": "a cat",
+                "size": "256x128",
+                "output_format": fmt,
+                "output_compression": 50,
+            },
         )
         assert response.status_code == 200, response.text
         item = response.json()["data"][0]

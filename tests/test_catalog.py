@@ -43,7 +43,10 @@ def test_every_ratio_and_tier_follows_the_formula(ratio: str, tier: str) -> None
 
     a, b = ASPECT_RATIOS[ratio]
     area = TIERS[tier]
-    want = (16 * math.floor(math.sqrt(area * a / b) / 16), 16 * math.floor(math.sqrt(area * b / a) / 16))
+    want = (
+        16 * math.floor(math.sqrt(area * a / b) / 16),
+        16 * math.floor(math.sqrt(area * b / a) / 16),
+    )
     got = resolve_size(aspect_ratio=ratio, tier=tier)
     assert got == want
     assert size_is_valid(*got)

@@ -10,11 +10,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from pixelrouter.catalog import Catalog, estimate_prompt_tokens, image_price, image_tokens
 from pixelrouter.errors import PixelrouterError
 from pixelrouter.routing.router import Router, RoutingFailed
-from pixelrouter.store import NewGeneration, Store
+from pixelrouter.store import GenerationApi, NewGeneration, Store
 from pixelrouter.types import ImageRequest, ImageResult, ProgressEvent, ProviderAttempt
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class GenerationService:
         self,
         request: ImageRequest,
         *,
-        api: str,
+        api: GenerationApi,
         streamed: bool = False,
         on_progress: Callable[[ProgressEvent], None] | None = None,
     ) -> Delivery:
@@ -131,7 +132,7 @@ class GenerationService:
         return Delivery(request, result, cost, prompt_tokens, completion, latency_ms)
 
 
-async def _finish_quietly(store: Store, generation_id: str, **fields: object) -> None:
+async def _finish_quietly(store: Store, generation_id: str, **fields: Any) -> None:
     """Record a final state even while the task is being cancelled."""
     try:
         await asyncio.shield(asyncio.to_thread(store.finish_generation, generation_id, **fields))
@@ -139,7 +140,7 @@ async def _finish_quietly(store: Store, generation_id: str, **fields: object) ->
         log.exception("could not record the end of generation %s", generation_id)
 
 
-def _new_record(request: ImageRequest, api: str, streamed: bool) -> NewGeneration:
+def _new_record(request: ImageRequest, api: GenerationApi, streamed: bool) -> NewGeneration:
     return NewGeneration(
         id=request.id,
         key_hash=request.key_hash,

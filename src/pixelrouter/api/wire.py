@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, cast
 
 from pydantic import BaseModel
 
@@ -25,7 +25,7 @@ MAX_SEED = 2**63 - 1 - 16  # seed + i must stay a valid torch seed
 MAX_STEPS = 100
 MAX_GUIDANCE = 30.0
 OUTPUT_FORMATS = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}
-KNOWN_QUALITIES = {"auto", "low", "medium", "high", "standard", "hd", "xhigh", "max"}
+SortBy = Literal["price", "throughput", "latency"]
 
 
 @dataclass(frozen=True)
@@ -119,13 +119,13 @@ def provider_prefs(p: ProviderPreferences | None) -> ProviderPrefs:
     if p is None:
         return ProviderPrefs()
     sort = p.sort.get("by") if isinstance(p.sort, dict) else p.sort
-    if sort is not None and sort not in ("price", "throughput", "latency"):
+    if sort not in (None, "price", "throughput", "latency"):
         raise InvalidRequest("provider.sort must be one of price, throughput, latency.")
     options: list[tuple[str, tuple[tuple[str, Any], ...]]] = []
     for slug, values in (p.options or {}).items():
         if not isinstance(values, dict):
             raise InvalidRequest(f"provider.options.{slug} must be an object.")
-        allowed = {}
+        allowed: dict[str, Any] = {}
         for key, value in values.items():
             if key == "steps":
                 allowed[key] = _check_steps(_as_int(value, "steps"))
@@ -140,7 +140,7 @@ def provider_prefs(p: ProviderPreferences | None) -> ProviderPrefs:
         require_parameters=bool(p.require_parameters),
         only=tuple(p.only or ()),
         ignore=tuple(p.ignore or ()),
-        sort=sort,
+        sort=cast(SortBy | None, sort),
         max_price_image_micro=_usd_to_micro(p.max_price.image, "image") if p.max_price else None,
         max_price_request_micro=(
             _usd_to_micro(p.max_price.request, "request") if p.max_price else None

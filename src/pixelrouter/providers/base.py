@@ -41,7 +41,10 @@ class ProviderUnavailable(ProviderError):
 
 @runtime_checkable
 class Provider(Protocol):
-    info: ProviderInfo
+    @property
+    def info(self) -> ProviderInfo:
+        """Slug, display name, models, price (it may change once weights are loaded)."""
+        ...
 
     async def generate(
         self,

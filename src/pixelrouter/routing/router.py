@@ -37,7 +37,15 @@ def apply_provider_options(request: ImageRequest, slug: str) -> ImageRequest:
     """`provider.options.<slug>` passthrough (steps, guidance, batching) for one provider."""
     for option_slug, values in request.prefs.options:
         if option_slug == slug:
-            return dataclasses.replace(request, **dict(values))
+            options = dict(values)
+            return dataclasses.replace(
+                request,
+                steps=int(options["steps"]) if "steps" in options else request.steps,
+                guidance=(
+                    float(options["guidance"]) if "guidance" in options else request.guidance
+                ),
+                batching=bool(options.get("batching", request.batching)),
+            )
     return request
 
 

@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from pixelrouter.errors import InternalError, PixelrouterError
 from pixelrouter.service import Delivery
-from pixelrouter.store import KeyRecord
+from pixelrouter.store import GenerationApi, KeyRecord
 from pixelrouter.types import ImageRequest
 
 from ..auth import attribution
@@ -34,14 +34,14 @@ def edge(request: Request, key: KeyRecord) -> Edge:
     )
 
 
-async def deliver(request: Request, image_request: ImageRequest, api: str) -> Delivery:
+async def deliver(request: Request, image_request: ImageRequest, api: GenerationApi) -> Delivery:
     """Generate without streaming; a client that goes away cancels its queued work."""
     px = app_state(request)
     return await until_disconnect(request, px.service.generate(image_request, api=api))
 
 
 async def delivery_events(
-    px: AppState, image_request: ImageRequest, api: str
+    px: AppState, image_request: ImageRequest, api: GenerationApi
 ) -> AsyncIterator[Tick | Delivery | PixelrouterError]:
     """Ticks while the image is made, then the delivery or the error (never raised)."""
     try:
