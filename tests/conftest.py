@@ -7,6 +7,8 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import logging
+import re
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -18,11 +20,35 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from dbutil import BACKENDS, database_url  # noqa: E402
-
 from pixelrouter.billing.keys import generate_key  # noqa: E402
 from pixelrouter.config import Settings  # noqa: E402
 
 ADMIN_KEY = generate_key()
+
+# Every log record of the whole run, at DEBUG, goes to this file; at the end of the session it
+# must hold no API key (SPEC §7: never log a key).
+KEY_PATTERN = re.compile(r"sk-pr-v1-[0-9a-f]{64}")
+LOG_FILE = Path(os.environ.get("PIXELROUTER_TEST_LOG", "test-artifacts/test-run.log"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    LOG_FILE.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(LOG_FILE, mode="w", encoding="utf-8")
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    for noisy in ("PIL", "asyncio", "urllib3", "httpcore", "filelock", "fsspec"):
+        logging.getLogger(noisy).setLevel(logging.INFO)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    logging.shutdown()
+    leaked = sorted(set(KEY_PATTERN.findall(LOG_FILE.read_text(errors="replace"))))
+    if leaked:
+        print(f"\nFAILED: {len(leaked)} API key(s) appear in the test run's log {LOG_FILE}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

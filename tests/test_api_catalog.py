@@ -63,8 +63,12 @@ async def test_image_api_catalogue(api) -> None:
     [endpoint] = body["endpoints"]
     assert endpoint["pricing"] == [
         {"billable": "output_image", "unit": "megapixel", "cost_usd": 0.014},
-        {"billable": "output_image", "unit": "megapixel", "cost_usd": 0.001,
-         "variant": "additional"},
+        {
+            "billable": "output_image",
+            "unit": "megapixel",
+            "cost_usd": 0.001,
+            "variant": "additional",
+        },
     ]
 
 

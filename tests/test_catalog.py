@@ -60,6 +60,8 @@ def test_spec_examples() -> None:
     assert resolve_size() == (1024, 1024)
     assert resolve_size(aspect_ratio="auto") == (1024, 1024)
     assert resolve_size(tier="2k") == (2048, 2048)  # tiers are case-insensitive
+    assert resolve_size(tier="512") == (512, 512)  # the OpenRouter SDK's name for 0.5K
+    assert resolve_size(size="512", aspect_ratio="16:9") == (672, 384)
 
 
 def test_explicit_size_wins_and_tier_names_work_as_size() -> None:
@@ -100,7 +102,7 @@ def test_invalid_sizes_name_the_nearest_valid_size(size: str, nearest: str) -> N
     assert size_is_valid(*map(int, nearest.split("x")))
 
 
-@pytest.mark.parametrize("text", ["big", "1024", "1024x", "x1024", "-16x64", "1.5x2"])
+@pytest.mark.parametrize("text", ["big", "1000", "1024x", "x1024", "-16x64", "1.5x2"])
 def test_unparseable_sizes(text: str) -> None:
     with pytest.raises(InvalidRequest):
         resolve_size(size=text)

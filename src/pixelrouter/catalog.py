@@ -227,9 +227,14 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
+# Other names clients send for a tier: the OpenRouter SDK's "512" is the 0.5K area (512²).
+TIER_ALIASES = {"512": "0.5K", "1024": "1K", "2048": "2K"}
+
+
 def normalize_tier(text: str) -> str:
+    cleaned = TIER_ALIASES.get(text.strip(), text.strip())
     for tier in TIERS:
-        if text.strip().upper() == tier.upper():
+        if cleaned.upper() == tier.upper():
             return tier
     raise InvalidRequest(
         f"image_size / resolution {text!r} is not supported: use one of {', '.join(TIERS)}."
@@ -275,7 +280,7 @@ def resolve_size(
     chosen_tier = normalize_tier(tier) if tier else DEFAULT_TIER
     if size is not None and size.strip().lower() not in ("", "auto"):
         stripped = size.strip()
-        if any(stripped.upper() == t.upper() for t in TIERS):
+        if stripped in TIER_ALIASES or any(stripped.upper() == t.upper() for t in TIERS):
             chosen_tier = normalize_tier(stripped)
         else:
             width, height = parse_size(stripped)

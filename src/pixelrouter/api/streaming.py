@@ -57,6 +57,7 @@ async def with_keepalive(
     (the client went away) cancels the generation."""
     events: asyncio.Queue[ProgressEvent] = asyncio.Queue()
     task = asyncio.ensure_future(start(events.put_nowait))
+    getter: asyncio.Task[ProgressEvent] | None = None
     try:
         while not task.done():
             getter = asyncio.create_task(events.get())
@@ -73,6 +74,8 @@ async def with_keepalive(
             yield Tick(events.get_nowait())
         yield task.result()
     finally:
+        if getter is not None and not getter.done():
+            getter.cancel()
         if not task.done():
             task.cancel()
             with contextlib.suppress(BaseException):

@@ -153,9 +153,22 @@ def _models_for(px: AppState, output_modalities: str | None) -> list[ModelEntry]
 async def list_models(
     request: Request,
     output_modalities: str | None = Query(default=None),
+    offset: int = Query(default=0, ge=0),
+    limit: int | None = Query(default=None, ge=1),
 ) -> OrjsonResponse:
     px = app_state(request)
-    return OrjsonResponse({"data": [model_json(m) for m in _models_for(px, output_modalities)]})
+    models = _models_for(px, output_modalities)
+    end = len(models) if limit is None else min(len(models), offset + limit)
+    # The official SDK's `ModelsListResponse` requires `links` and `total_count` (it pages
+    # with `offset` and `limit`).
+    next_url = str(request.url.include_query_params(offset=end)) if end < len(models) else None
+    return OrjsonResponse(
+        {
+            "data": [model_json(m) for m in models[offset:end]],
+            "links": {"next": next_url},
+            "total_count": len(models),
+        }
+    )
 
 
 @router.get("/models/{author}/{slug}/endpoints", summary="List a model's endpoints")
