@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
-from pixelrouter.store import NewGeneration, Store
+from pixelrouter.store import NewGeneration, Store, utcnow
 
 THREADS = 50
 
@@ -25,15 +26,19 @@ def _run_together(count: int, work) -> list:  # type: ignore[no-untyped-def]
 def test_fifty_threads_write_generations(store: Store) -> None:
     key, _ = store.create_key("busy")
 
-    def work(i: int) -> tuple[bool, bool]:
+    def work(i: int) -> tuple[bool, bool, bool, bool]:
         gen_id = f"gen-thread-{i}"
+        expires_at = utcnow() + timedelta(minutes=10)
+        assert store.reserve(
+            generation_id=gen_id, key_hash=key.hash, amount_micro=14_000, expires_at=expires_at
+        )
         store.start_generation(NewGeneration(id=gen_id, model="m", api="chat", key_hash=key.hash))
         first = store.finish_generation(gen_id, state="succeeded", total_cost_micro=14_000)
         second = store.finish_generation(gen_id, state="failed")
-        return first, second
+        return first, second, store.settle(gen_id, 14_000), store.release(gen_id)
 
     results = _run_together(THREADS, work)
-    assert results == [(True, False)] * THREADS
+    assert results == [(True, False, True, False)] * THREADS
     generations = store.list_generations(key.hash, limit=1000)
     assert len(generations) == THREADS
     assert {g.state for g in generations} == {"succeeded"}

@@ -1,4 +1,4 @@
-"""Key usage: finished generations' cost, in all and per UTC day, Monday week and month."""
+"""Key usage: what the ledger settled, in all and per UTC day, Monday week and month."""
 
 from __future__ import annotations
 
@@ -8,18 +8,22 @@ from pixelrouter.store import KeyUsage, NewGeneration, Store
 
 
 def _spend(store: Store, key_hash: str, gen_id: str, cost: int, finished_at: datetime) -> None:
+    """A generation as the service runs it: reserved at admission, settled when it finished."""
+    created_at = finished_at - timedelta(seconds=2)
+    assert store.reserve(
+        generation_id=gen_id,
+        key_hash=key_hash,
+        amount_micro=cost,
+        expires_at=finished_at + timedelta(hours=1),
+        now=created_at,
+    )
     store.start_generation(
-        NewGeneration(
-            id=gen_id,
-            model="m",
-            api="images",
-            key_hash=key_hash,
-            created_at=finished_at - timedelta(seconds=2),
-        )
+        NewGeneration(id=gen_id, model="m", api="images", key_hash=key_hash, created_at=created_at)
     )
     assert store.finish_generation(
         gen_id, state="succeeded", total_cost_micro=cost, finished_at=finished_at
     )
+    assert store.settle(gen_id, cost, now=finished_at)
 
 
 def test_usage_windows_across_a_monday_and_a_month_boundary(store: Store) -> None:

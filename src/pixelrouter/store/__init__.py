@@ -2,23 +2,31 @@
 
 from pixelrouter.store.db import DEFAULT_DATABASE_URL, normalize_url, utcnow
 from pixelrouter.store.records import (
+    ActivityRow,
     GenerationApi,
     GenerationRecord,
     GenerationState,
+    KeyBalance,
     KeyRecord,
     KeyUsage,
+    LedgerEntry,
     NewGeneration,
+    Reservation,
 )
 from pixelrouter.store.store import Store
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
+    "ActivityRow",
     "GenerationApi",
     "GenerationRecord",
     "GenerationState",
+    "KeyBalance",
     "KeyRecord",
     "KeyUsage",
+    "LedgerEntry",
     "NewGeneration",
+    "Reservation",
     "Store",
     "normalize_url",
     "utcnow",

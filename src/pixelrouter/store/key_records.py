@@ -1,11 +1,25 @@
-"""API key rows: create, bootstrap the management key, find, list, update, delete, usage."""
+"""API key rows: create, bootstrap the management key, find, list, update, delete; usage from
+the ledger."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, case, delete, func, insert, select, text, update
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Engine,
+    Row,
+    case,
+    cast,
+    delete,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 
 from pixelrouter.billing.keys import (
     KEY_KINDS,
@@ -21,7 +35,7 @@ from pixelrouter.billing.keys import (
 )
 from pixelrouter.store.db import utcnow, write_transaction
 from pixelrouter.store.records import KeyRecord, KeyUsage
-from pixelrouter.store.tables import api_keys, generations
+from pixelrouter.store.tables import api_keys, ledger_entries
 
 ADMIN_KEY_NAME = "admin"
 # pg_advisory_xact_lock id serialising the management-key bootstrap across replicas.
@@ -144,28 +158,33 @@ class KeyRecords:
         return result.rowcount > 0
 
     def key_usage(self, key_hash: str, now: datetime | None = None) -> KeyUsage:
-        """Cost of the key's finished generations: in all, and in the UTC day, Monday week and
+        """What the ledger settled for the key: in all, and in the UTC day, Monday week and
         month that hold `now`.
 
-        A generation counts in the period in which it finished (when its cost was settled).
+        A charge counts in the period in which it was settled.
         """
         now = now or utcnow()
-        cost = generations.c.total_cost_micro
-        finished_at = generations.c.finished_at
+        amount = ledger_entries.c.amount_micro
+        settled_at = ledger_entries.c.created_at
 
         def within(reset: str) -> Any:
             start, end = period_start(reset, now), period_end(reset, now)
-            in_period = (finished_at >= start) & (finished_at < end)
-            return func.coalesce(func.sum(case((in_period, cost), else_=0)), 0)
+            in_period = (settled_at >= start) & (settled_at < end)
+            return _sum(case((in_period, amount), else_=0))
 
-        stmt = select(
-            func.coalesce(func.sum(cost), 0), within("daily"), within("weekly"), within("monthly")
-        ).where(generations.c.key_hash == key_hash, generations.c.state != "pending")
+        stmt = select(_sum(amount), within("daily"), within("weekly"), within("monthly")).where(
+            ledger_entries.c.key_hash == key_hash, ledger_entries.c.kind == "settle"
+        )
         with self.engine.connect() as conn:
             total, daily, weekly, monthly = conn.execute(stmt).one()
         return KeyUsage(
             total=int(total), daily=int(daily), weekly=int(weekly), monthly=int(monthly)
         )
+
+
+def _sum(column: Any) -> Any:
+    """SUM as a bigint, 0 when there are no rows (PostgreSQL sums bigints as numeric)."""
+    return cast(func.coalesce(func.sum(column), 0), BigInteger)
 
 
 def _insert_key(conn: Connection, plaintext: str, *, kind: str, **values: Any) -> KeyRecord:

@@ -1,13 +1,15 @@
-"""What the store hands out and takes in: frozen records of keys, usage and generations."""
+"""What the store hands out and takes in: frozen records of keys, usage, generations, the
+ledger and activity."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Literal
 
 from pixelrouter.billing.keys import KeyKind, LimitReset
+from pixelrouter.billing.ledger import LedgerEntryKind, ReservationState
 
 GenerationState = Literal["pending", "succeeded", "failed", "cancelled"]
 GenerationApi = Literal["chat", "images", "openai_images"]
@@ -123,3 +125,59 @@ class GenerationRecord:
     @property
     def finished(self) -> bool:
         return self.state != "pending"
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A generation's maximum cost held against its key until it is settled or released."""
+
+    generation_id: str
+    key_hash: str
+    amount_micro: int  # reserved: the request's maximum cost
+    state: ReservationState
+    settled_micro: int  # charged: 0 while open or when released
+    created_at: datetime
+    expires_at: datetime  # the sweeper releases it after this
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class KeyBalance:
+    """A key's spend as the ledger counters hold it, in micro-dollars."""
+
+    period_used: int  # settled in the key's current limit period (all time without a reset)
+    reserved: int  # open reservations
+    total_used: int  # settled, all time
+
+    def remaining(self, limit_micro: int | None) -> int | None:
+        """What the key may still reserve under `limit_micro` (None: no limit)."""
+        if limit_micro is None:
+            return None
+        return max(0, limit_micro - self.period_used - self.reserved)
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One append-only ledger row: a reservation made, a charge settled, or the rest released."""
+
+    id: int
+    key_hash: str
+    generation_id: str
+    kind: LedgerEntryKind
+    amount_micro: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ActivityRow:
+    """Succeeded generations of one UTC day, model and provider (GET /activity)."""
+
+    date: date
+    model: str
+    provider_name: str | None
+    requests: int
+    images: int
+    megapixels: int  # billable megapixels of the delivered images
+    prompt_tokens: int
+    completion_tokens: int
+    usage_micro: int

@@ -1,4 +1,5 @@
-"""`Store`: one database (SQLite file or PostgreSQL) holding keys and generation records."""
+"""`Store`: one database (SQLite file or PostgreSQL) holding keys, generation records, the
+billing ledger and rate-limit counters."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ from types import TracebackType
 from sqlalchemy import Engine
 
 from pixelrouter.store import migrate as migrations
+from pixelrouter.store.activity_records import ActivityRecords
 from pixelrouter.store.db import DEFAULT_DATABASE_URL, create_db_engine, normalize_url
 from pixelrouter.store.generation_records import GenerationRecords
 from pixelrouter.store.key_records import KeyRecords
+from pixelrouter.store.ledger_records import LedgerRecords
+from pixelrouter.store.rate_limits import RateLimits
 
 
-class Store(KeyRecords, GenerationRecords):
+class Store(KeyRecords, GenerationRecords, LedgerRecords, RateLimits, ActivityRecords):
     """Sync, thread-safe access to the database; each method is one short transaction.
 
     Call `migrate()` once at start. Async callers run methods in a thread pool.

@@ -13,12 +13,14 @@ from sqlalchemy import (
     Column,
     DateTime,
     Dialect,
+    ForeignKey,
     Index,
     Integer,
     MetaData,
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeDecorator
@@ -123,4 +125,73 @@ generations = Table(
     CheckConstraint("total_cost_micro >= 0", name="total_cost_micro"),
     Index("ix_generations_key_hash_created_at", "key_hash", "created_at"),
     Index("ix_generations_created_at", "created_at"),
+)
+
+# SQLite autoincrements only an INTEGER PRIMARY KEY (its rowid, 64-bit anyway).
+LEDGER_ID = BigInteger().with_variant(Integer(), "sqlite")
+
+key_balances = Table(
+    "key_balances",
+    metadata,
+    # Counters kept in step with `ledger_entries` (same transactions), read without summing.
+    Column(
+        "key_hash",
+        String(64),
+        ForeignKey("api_keys.hash", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    # Start of the limit period `period_used_micro` covers; NULL: all time (no reset). When it
+    # is not the current period's start, the period's usage is summed from the ledger again.
+    Column("period_start", UTCDateTime, nullable=True),
+    Column("period_used_micro", BigInteger, nullable=False, default=0),
+    Column("reserved_micro", BigInteger, nullable=False, default=0),  # open reservations
+    Column("total_used_micro", BigInteger, nullable=False, default=0),
+    Column("updated_at", UTCDateTime, nullable=False),
+    CheckConstraint("period_used_micro >= 0", name="period_used_micro"),
+    CheckConstraint("reserved_micro >= 0", name="reserved_micro"),
+    CheckConstraint("total_used_micro >= 0", name="total_used_micro"),
+)
+
+reservations = Table(
+    "reservations",
+    metadata,
+    Column("generation_id", String(64), primary_key=True),
+    # No foreign key: the record outlives a deleted key, like the ledger.
+    Column("key_hash", String(64), nullable=False),
+    Column("amount_micro", BigInteger, nullable=False),  # the request's maximum cost
+    Column("state", String(16), nullable=False),
+    Column("settled_micro", BigInteger, nullable=False, default=0),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),  # the sweeper releases it after this
+    Column("finished_at", UTCDateTime, nullable=True),
+    CheckConstraint("state IN ('open', 'settled', 'released')", name="state"),
+    CheckConstraint("amount_micro >= 0", name="amount_micro"),
+    CheckConstraint("settled_micro >= 0 AND settled_micro <= amount_micro", name="settled_micro"),
+    Index("ix_reservations_state_expires_at", "state", "expires_at"),
+    Index("ix_reservations_key_hash", "key_hash"),
+)
+
+# Append-only: rows are inserted, never updated or deleted (database triggers refuse both).
+ledger_entries = Table(
+    "ledger_entries",
+    metadata,
+    Column("id", LEDGER_ID, primary_key=True, autoincrement=True),
+    Column("key_hash", String(64), nullable=False),
+    Column("generation_id", String(64), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("amount_micro", BigInteger, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    CheckConstraint("kind IN ('reserve', 'settle', 'release')", name="kind"),
+    CheckConstraint("amount_micro >= 0", name="amount_micro"),
+    UniqueConstraint("generation_id", "kind"),  # exactly once per generation and kind
+    Index("ix_ledger_entries_key_hash_kind_created_at", "key_hash", "kind", "created_at"),
+)
+
+rate_windows = Table(
+    "rate_windows",
+    metadata,
+    # Fixed-window request counters shared by every process on the database.
+    Column("key_hash", String(64), primary_key=True),
+    Column("window_start", BigInteger, primary_key=True),  # epoch seconds
+    Column("count", Integer, nullable=False),
 )

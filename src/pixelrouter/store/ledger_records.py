@@ -1,0 +1,403 @@
+"""The billing ledger: reserve a generation's maximum cost, settle or release it exactly once.
+
+Every change appends `ledger_entries` rows and moves the key's `key_balances` counters in the
+same transaction, so the counters always equal what the ledger sums to. A reservation is one
+conditional UPDATE of the key's balance row: under PostgreSQL READ COMMITTED the row lock
+makes concurrent reservations queue and re-check the limit on the newest row, and SQLite's
+BEGIN IMMEDIATE runs them one at a time, so settled cost never exceeds the limit.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Connection,
+    Engine,
+    Row,
+    case,
+    cast,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+
+from pixelrouter.billing.keys import period_end
+from pixelrouter.billing.ledger import check_aware, check_micro, limit_period_start
+from pixelrouter.store.db import utcnow, write_transaction
+from pixelrouter.store.records import KeyBalance, LedgerEntry, Reservation
+from pixelrouter.store.tables import api_keys, key_balances, ledger_entries, reservations
+
+_balance = key_balances.c
+_entry = ledger_entries.c
+_reservation = reservations.c
+
+
+class LedgerRecords:
+    """Ledger methods of `Store`: each is one short transaction, safe under any concurrency."""
+
+    engine: Engine
+
+    def reserve(
+        self,
+        *,
+        generation_id: str,
+        key_hash: str,
+        amount_micro: int,
+        expires_at: datetime,
+        now: datetime | None = None,
+    ) -> Reservation | None:
+        """Hold `amount_micro` against the key's limit for this generation, atomically.
+
+        Returns None when the limit (in the period holding `now`) cannot cover it. A second
+        reservation for the same generation is a ValueError, as is an unknown key.
+        """
+        check_micro("amount_micro", amount_micro)
+        check_aware("expires_at", expires_at)
+        now = check_aware("now", now or utcnow())
+        with write_transaction(self.engine) as conn:
+            key = conn.execute(
+                select(api_keys.c.limit_micro, api_keys.c.limit_reset).where(
+                    api_keys.c.hash == key_hash
+                )
+            ).first()
+            if key is None:
+                raise ValueError(f"no key with hash {key_hash!r}")
+            start = limit_period_start(key.limit_reset, now)
+            _lock_balance(conn, key_hash, start, now)
+            if _reservation_exists(conn, generation_id):
+                raise ValueError(f"generation {generation_id} already has a reservation")
+            used = _period_used(key_hash, start)
+            stmt = (
+                update(key_balances)
+                .where(_balance.key_hash == key_hash)
+                .values(
+                    period_start=start,
+                    period_used_micro=used,
+                    reserved_micro=_balance.reserved_micro + amount_micro,
+                    updated_at=now,
+                )
+            )
+            if key.limit_micro is not None:
+                stmt = stmt.where(
+                    used + _balance.reserved_micro + amount_micro <= int(key.limit_micro)
+                )
+            if conn.execute(stmt).rowcount != 1:
+                return None
+            row: dict[str, Any] = {
+                "generation_id": generation_id,
+                "key_hash": key_hash,
+                "amount_micro": amount_micro,
+                "state": "open",
+                "settled_micro": 0,
+                "created_at": now,
+                "expires_at": expires_at,
+                "finished_at": None,
+            }
+            try:
+                conn.execute(insert(reservations).values(**row))
+            except IntegrityError as exc:  # the same id reserved at once on another key
+                raise ValueError(f"generation {generation_id} already has a reservation") from exc
+            _append(conn, [(key_hash, generation_id, "reserve", amount_micro)], now)
+        return Reservation(**row)
+
+    def settle(self, generation_id: str, delivered_micro: int, now: datetime | None = None) -> bool:
+        """Charge what was delivered and release the rest, exactly once per generation.
+
+        True if this call settled it; False if it was not open (already settled, released or
+        swept, or never reserved): then nothing is charged. Usage counts in the period holding
+        `now`. More than was reserved is a ValueError.
+        """
+        check_micro("delivered_micro", delivered_micro)
+        now = check_aware("now", now or utcnow())
+        with write_transaction(self.engine) as conn:
+            closed = conn.execute(
+                update(reservations)
+                .where(
+                    _reservation.generation_id == generation_id,
+                    _reservation.state == "open",
+                    _reservation.amount_micro >= delivered_micro,
+                )
+                .values(state="settled", settled_micro=delivered_micro, finished_at=now)
+                .returning(_reservation.key_hash, _reservation.amount_micro)
+            ).first()
+            if closed is None:
+                amount = conn.scalar(
+                    select(_reservation.amount_micro).where(
+                        _reservation.generation_id == generation_id
+                    )
+                )
+                if amount is not None and delivered_micro > amount:
+                    raise ValueError(
+                        f"cannot settle {delivered_micro} µ$ for generation {generation_id}: "
+                        f"only {amount} µ$ were reserved"
+                    )
+                return False
+            key_hash, amount = closed.key_hash, int(closed.amount_micro)
+            if delivered_micro == 0:
+                _append_release(conn, [(key_hash, generation_id, amount)], now)
+                return True
+            reset = conn.scalar(select(api_keys.c.limit_reset).where(api_keys.c.hash == key_hash))
+            start = limit_period_start(reset, now)
+            # Hold the row before summing the ledger: a later statement then sees every
+            # settlement committed for this key (READ COMMITTED takes a snapshot per statement).
+            conn.execute(
+                select(_balance.key_hash).where(_balance.key_hash == key_hash).with_for_update()
+            )
+            _append(
+                conn,
+                [
+                    (key_hash, generation_id, "settle", delivered_micro),
+                    (key_hash, generation_id, "release", amount - delivered_micro),
+                ],
+                now,
+            )
+            # The period's usage: the counter plus this charge, or (in a new period) the
+            # ledger's sum since its start, which already holds this charge.
+            same = _same_period(start)
+            conn.execute(
+                update(key_balances)
+                .where(_balance.key_hash == key_hash)
+                .values(
+                    period_start=start,
+                    period_used_micro=case(
+                        (same, _balance.period_used_micro + delivered_micro),
+                        else_=_settled(key_hash, start),
+                    ),
+                    reserved_micro=_balance.reserved_micro - amount,
+                    total_used_micro=_balance.total_used_micro + delivered_micro,
+                    updated_at=now,
+                )
+            )
+        return True
+
+    def release(self, generation_id: str, now: datetime | None = None) -> bool:
+        """Give back the whole reservation (nothing delivered); False if it was not open."""
+        now = check_aware("now", now or utcnow())
+        with write_transaction(self.engine) as conn:
+            closed = conn.execute(
+                update(reservations)
+                .where(_reservation.generation_id == generation_id, _reservation.state == "open")
+                .values(state="released", settled_micro=0, finished_at=now)
+                .returning(_reservation.key_hash, _reservation.amount_micro)
+            ).first()
+            if closed is None:
+                return False
+            _append_release(conn, [(closed.key_hash, generation_id, closed.amount_micro)], now)
+        return True
+
+    def sweep_reservations(self, now: datetime | None = None) -> int:
+        """Release every open reservation whose `expires_at` has passed (left by a crash)."""
+        now = check_aware("now", now or utcnow())
+        with write_transaction(self.engine) as conn:
+            swept = conn.execute(
+                update(reservations)
+                .where(_reservation.state == "open", _reservation.expires_at <= now)
+                .values(state="released", settled_micro=0, finished_at=now)
+                .returning(
+                    _reservation.key_hash, _reservation.generation_id, _reservation.amount_micro
+                )
+            ).all()
+            if swept:
+                _append_release(
+                    conn, [(r.key_hash, r.generation_id, int(r.amount_micro)) for r in swept], now
+                )
+        return len(swept)
+
+    def get_reservation(self, generation_id: str) -> Reservation | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(reservations).where(_reservation.generation_id == generation_id)
+            ).first()
+        return None if row is None else _reservation_record(row)
+
+    def open_reservations(self, key_hash: str | None = None) -> list[Reservation]:
+        """Open reservations (of one key or all), oldest first."""
+        stmt = (
+            select(reservations)
+            .where(_reservation.state == "open")
+            .order_by(_reservation.created_at, _reservation.generation_id)
+        )
+        if key_hash is not None:
+            stmt = stmt.where(_reservation.key_hash == key_hash)
+        with self.engine.connect() as conn:
+            return [_reservation_record(row) for row in conn.execute(stmt)]
+
+    def key_balance(self, key_hash: str, now: datetime | None = None) -> KeyBalance:
+        """The key's counters; `period_used` is for its limit period holding `now`."""
+        now = check_aware("now", now or utcnow())
+        with self.engine.connect() as conn:
+            reset = conn.scalar(select(api_keys.c.limit_reset).where(api_keys.c.hash == key_hash))
+            start = limit_period_start(reset, now)
+            end = None if reset is None else period_end(reset, now)
+            in_period = _settled(key_hash, start, end)
+            row = conn.execute(
+                select(
+                    case((_same_period(start), _balance.period_used_micro), else_=in_period),
+                    _balance.reserved_micro,
+                    _balance.total_used_micro,
+                ).where(_balance.key_hash == key_hash)
+            ).first()
+            if row is None:  # never reserved (or the key is gone): what the ledger says
+                row = conn.execute(
+                    select(in_period, _open_sum(key_hash), _settled(key_hash, None))
+                ).one()
+        period_used, reserved, total_used = (int(value) for value in row)
+        return KeyBalance(period_used=period_used, reserved=reserved, total_used=total_used)
+
+    def ledger_total(self, key_hash: str | None = None) -> int:
+        """Micro-dollars settled (charged), of one key or of all keys."""
+        stmt = select(_sum(_entry.amount_micro)).where(_entry.kind == "settle")
+        if key_hash is not None:
+            stmt = stmt.where(_entry.key_hash == key_hash)
+        with self.engine.connect() as conn:
+            return int(conn.scalar(stmt) or 0)
+
+    def ledger_entries(
+        self, *, key_hash: str | None = None, generation_id: str | None = None
+    ) -> list[LedgerEntry]:
+        """Ledger rows in the order they were appended (for audits and tests)."""
+        stmt = select(ledger_entries).order_by(_entry.id)
+        if key_hash is not None:
+            stmt = stmt.where(_entry.key_hash == key_hash)
+        if generation_id is not None:
+            stmt = stmt.where(_entry.generation_id == generation_id)
+        with self.engine.connect() as conn:
+            return [
+                LedgerEntry(
+                    id=int(row.id),
+                    key_hash=row.key_hash,
+                    generation_id=row.generation_id,
+                    kind=row.kind,
+                    amount_micro=int(row.amount_micro),
+                    created_at=row.created_at,
+                )
+                for row in conn.execute(stmt)
+            ]
+
+
+def _sum(column: Any) -> ColumnElement[int]:
+    """SUM as a bigint, 0 when there are no rows (PostgreSQL sums bigints as numeric)."""
+    return cast(func.coalesce(func.sum(column), 0), BigInteger)
+
+
+def _settled(key_hash: str, start: datetime | None, end: datetime | None = None) -> Any:
+    """Scalar subquery: the key's settled micro-dollars from `start` (None: all time)."""
+    stmt = select(_sum(_entry.amount_micro)).where(
+        _entry.key_hash == key_hash, _entry.kind == "settle"
+    )
+    if start is not None:
+        stmt = stmt.where(_entry.created_at >= start)
+    if end is not None:
+        stmt = stmt.where(_entry.created_at < end)
+    return stmt.scalar_subquery()
+
+
+def _open_sum(key_hash: str) -> Any:
+    return (
+        select(_sum(_reservation.amount_micro))
+        .where(_reservation.key_hash == key_hash, _reservation.state == "open")
+        .scalar_subquery()
+    )
+
+
+def _same_period(start: datetime | None) -> ColumnElement[bool]:
+    """Whether the balance row's counter is for the period starting at `start`."""
+    return _balance.period_start.is_(None) if start is None else _balance.period_start == start
+
+
+def _period_used(key_hash: str, start: datetime | None) -> Any:
+    """The key's usage in the period starting at `start`: the counter when it is for that
+    period, else the ledger's sum since `start` (a new period starts from what was settled in
+    it, nothing when none was)."""
+    return case((_same_period(start), _balance.period_used_micro), else_=_settled(key_hash, start))
+
+
+def _lock_balance(conn: Connection, key_hash: str, start: datetime | None, now: datetime) -> None:
+    """Create the key's balance row if missing and hold its lock until the transaction ends
+    (an upsert that touches the row locks it on PostgreSQL; SQLite holds the database)."""
+    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    stmt = dialect_insert(key_balances).values(
+        key_hash=key_hash,
+        period_start=start,
+        period_used_micro=0,
+        reserved_micro=0,
+        total_used_micro=0,
+        updated_at=now,
+    )
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[_balance.key_hash], set_={"updated_at": stmt.excluded.updated_at}
+        )
+    )
+
+
+def _reservation_exists(conn: Connection, generation_id: str) -> bool:
+    found = conn.scalar(
+        select(_reservation.generation_id).where(_reservation.generation_id == generation_id)
+    )
+    return found is not None
+
+
+def _append(conn: Connection, entries: list[tuple[str, str, str, int]], now: datetime) -> None:
+    """Append ledger rows `(key_hash, generation_id, kind, amount_micro)`: never an update."""
+    conn.execute(
+        insert(ledger_entries),
+        [
+            {
+                "key_hash": key_hash,
+                "generation_id": generation_id,
+                "kind": kind,
+                "amount_micro": amount,
+                "created_at": now,
+            }
+            for key_hash, generation_id, kind, amount in entries
+        ],
+    )
+
+
+def _append_release(conn: Connection, closed: list[tuple[str, str, int]], now: datetime) -> None:
+    """Record reservations `(key_hash, generation_id, amount)` closed with nothing delivered: a
+    zero settlement and the whole amount released; only the reserved counters move."""
+    _append(
+        conn,
+        [
+            entry
+            for key_hash, generation_id, amount in closed
+            for entry in (
+                (key_hash, generation_id, "settle", 0),
+                (key_hash, generation_id, "release", amount),
+            )
+        ],
+        now,
+    )
+    released: defaultdict[str, int] = defaultdict(int)
+    for key_hash, _, amount in closed:
+        released[key_hash] += amount
+    for key_hash in sorted(released):  # one lock order for every transaction
+        conn.execute(
+            update(key_balances)
+            .where(_balance.key_hash == key_hash)
+            .values(reserved_micro=_balance.reserved_micro - released[key_hash], updated_at=now)
+        )
+
+
+def _reservation_record(row: Row[Any]) -> Reservation:
+    m = row._mapping
+    return Reservation(
+        generation_id=m["generation_id"],
+        key_hash=m["key_hash"],
+        amount_micro=int(m["amount_micro"]),
+        state=m["state"],
+        settled_micro=int(m["settled_micro"]),
+        created_at=m["created_at"],
+        expires_at=m["expires_at"],
+        finished_at=m["finished_at"],
+    )
