@@ -366,10 +366,15 @@ def keys_create(
     management: Annotated[
         bool, typer.Option("--management", help="A management key (manages keys)")
     ] = False,
+    rate_limit: Annotated[
+        str | None,
+        typer.Option(help="Generation requests per interval, e.g. 60/60s (default: server's)"),
+    ] = None,
     db: DbOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Create a key and print it once."""
+    requests, interval = _parse_rate_limit(rate_limit)
     if reset is not None and reset not in ("daily", "weekly", "monthly"):
         raise typer.BadParameter("--reset must be daily, weekly or monthly")
     with _store(db, config) as store:
@@ -378,10 +383,56 @@ def keys_create(
             kind="management" if management else "inference",
             limit_micro=None if limit is None else round(limit * 1_000_000),
             limit_reset=reset,
+            rate_limit_requests=requests,
+            rate_limit_interval_s=interval,
         )
     console.print(f"created {record.kind} key {record.label} (hash {record.hash})")
     console.print("The key is shown only now:")
     print(plaintext)
+
+
+def _parse_rate_limit(text: str | None) -> tuple[int | None, int | None]:
+    if text is None:
+        return None, None
+    count, _, interval = text.partition("/")
+    try:
+        return int(count), int(interval.removesuffix("s") or 60)
+    except ValueError:
+        raise typer.BadParameter("--rate-limit looks like 60/60s (requests/seconds)") from None
+
+
+def _find_one(store: Any, key_hash: str) -> Any:
+    matches = [r for r in store.list_keys() if r.hash.startswith(key_hash)]
+    if len(matches) != 1:
+        console.print(f"[red]error:[/] {len(matches)} keys match {key_hash!r}")
+        raise typer.Exit(1)
+    return matches[0]
+
+
+@keys_app.command("usage")
+def keys_usage(
+    key_hash: Annotated[str, typer.Argument(help="The key's hash, or a unique prefix of it")],
+    db: DbOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """A key's spend: all time, today, this week, this month, and what is left."""
+    from pixelrouter.catalog import micro_to_usd
+
+    with _store(db, config) as store:
+        record = _find_one(store, key_hash)
+        usage = store.key_usage(record.hash)
+        balance = store.key_balance(record.hash)
+    remaining = balance.remaining(record.limit_micro)
+    table = Table("key", "usage", "today", "this week", "this month", "reserved", "remaining")
+    table.add_row(
+        record.label,
+        *(
+            f"${micro_to_usd(v):.6f}"
+            for v in (usage.total, usage.daily, usage.weekly, usage.monthly, balance.reserved)
+        ),
+        "no limit" if remaining is None else f"${micro_to_usd(remaining):.6f}",
+    )
+    Console().print(table)
 
 
 @keys_app.command("list")
@@ -414,12 +465,9 @@ def keys_disable(
 ) -> None:
     """Disable a key: it answers 401 from now on."""
     with _store(db, config) as store:
-        matches = [r for r in store.list_keys() if r.hash.startswith(key_hash)]
-        if len(matches) != 1:
-            console.print(f"[red]error:[/] {len(matches)} keys match {key_hash!r}")
-            raise typer.Exit(1)
-        store.update_key(matches[0].hash, disabled=True)
-    console.print(f"disabled {matches[0].label}")
+        record = _find_one(store, key_hash)
+        store.update_key(record.hash, disabled=True)
+    console.print(f"disabled {record.label}")
 
 
 def main() -> None:

@@ -41,6 +41,13 @@ class Settings:
     max_body_bytes: int = 64 * 1024 * 1024
     request_timeout_s: float = 600.0
     keepalive_interval_s: float = 5.0
+    sweep_interval_s: float = 15.0
+    # how long past its request's deadline a reservation or pending record may stay open
+    # before the sweeper decides its process is gone
+    reservation_grace_s: float = 60.0
+    # default per-key rate limit for generation requests (a key's own limit wins); None: none
+    rate_limit_requests: int | None = None
+    rate_limit_interval_s: int = 60
     # reference images by URL
     fetch_image_urls: bool = False
     allow_private_image_urls: bool = False
@@ -63,6 +70,11 @@ class Settings:
             device=os.environ.get("PIXELROUTER_DEVICE") or None,
             dtype=os.environ.get("PIXELROUTER_DTYPE") or None,
             max_batch_size=_env_int("PIXELROUTER_MAX_BATCH_SIZE", 4),
+            request_timeout_s=float(os.environ.get("PIXELROUTER_REQUEST_TIMEOUT_S") or 600),
+            rate_limit_requests=_env_int("PIXELROUTER_RATE_LIMIT_REQUESTS", 0) or None,
+            rate_limit_interval_s=_env_int("PIXELROUTER_RATE_LIMIT_INTERVAL_S", 60),
+            sweep_interval_s=float(os.environ.get("PIXELROUTER_SWEEP_INTERVAL_S") or 15),
+            reservation_grace_s=float(os.environ.get("PIXELROUTER_RESERVATION_GRACE_S") or 60),
             fetch_image_urls=_env_bool("PIXELROUTER_FETCH_IMAGE_URLS", False),
             allow_private_image_urls=_env_bool("PIXELROUTER_ALLOW_PRIVATE_IMAGE_URLS", False),
         )
@@ -70,6 +82,10 @@ class Settings:
             if value is not None:
                 setattr(settings, name, value)
         return settings
+
+    @property
+    def reservation_ttl_s(self) -> float:
+        return self.request_timeout_s + self.reservation_grace_s
 
     @property
     def resolved_database_url(self) -> str:

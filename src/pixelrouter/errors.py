@@ -63,7 +63,7 @@ class UnsupportedImageFormat(InvalidImage):
 
 class Unauthorized(PixelrouterError):
     status = 401
-    error_type = "unauthorized"
+    error_type = "authentication"
 
 
 class PaymentRequired(PixelrouterError):
@@ -73,7 +73,7 @@ class PaymentRequired(PixelrouterError):
 
 class Forbidden(PixelrouterError):
     status = 403
-    error_type = "forbidden"
+    error_type = "permission_denied"
 
 
 class NotFound(PixelrouterError):
@@ -93,7 +93,7 @@ class PayloadTooLarge(PixelrouterError):
 
 class RateLimited(PixelrouterError):
     status = 429
-    error_type = "rate_limited"
+    error_type = "rate_limit_exceeded"
 
     def __init__(self, message: str, *, retry_after_s: int, **kwargs: Any) -> None:
         headers = {"Retry-After": str(max(1, int(retry_after_s)))}

@@ -14,6 +14,7 @@ from fastapi import Depends, FastAPI
 from pixelrouter import __version__
 from pixelrouter.catalog import Catalog
 from pixelrouter.config import Settings
+from pixelrouter.logs import guard_logs
 from pixelrouter.providers.base import Provider
 from pixelrouter.routing.router import Router
 from pixelrouter.service import GenerationService
@@ -44,6 +45,31 @@ def default_providers(settings: Settings) -> list[Provider]:
     return [local_provider(settings)]
 
 
+def sweep_once(store: Store, settings: Settings) -> tuple[int, int]:
+    """Release reservations past their expiry and close generations left pending by a
+    crashed process (older than the deadline plus a grace period): both cost nothing."""
+    released = store.sweep_reservations()
+    stale_before = utcnow() - timedelta(seconds=settings.reservation_ttl_s)
+    closed = store.mark_stale_pending(stale_before)
+    return released, closed
+
+
+async def sweep_forever(store: Store, settings: Settings) -> None:
+    while True:
+        try:
+            released, closed = await asyncio.to_thread(sweep_once, store, settings)
+            if released or closed:
+                log.warning(
+                    "sweeper: released %d reservation(s), closed %d generation(s) "
+                    "left by a process that stopped",
+                    released,
+                    closed,
+                )
+        except Exception:
+            log.exception("the sweeper failed; it tries again")
+        await asyncio.sleep(settings.sweep_interval_s)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -62,12 +88,15 @@ def create_app(
         store=store_,
         providers=providers_,
         router=router_,
-        service=GenerationService(store_, router_, catalog_),
+        service=GenerationService(
+            store_, router_, catalog_, reservation_ttl_s=settings.reservation_ttl_s
+        ),
         demo=settings.demo,
     )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        guard_logs()  # after the server configured its loggers
         if store_.url.startswith("sqlite"):
             settings.data_dir.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(store_.migrate)
@@ -81,15 +110,12 @@ def create_app(
                 file=sys.stderr,
                 flush=True,
             )
-        # Generations left pending by a crashed process cost nothing; close them.
-        stale_before = utcnow() - timedelta(seconds=settings.request_timeout_s * 2)
-        swept = await asyncio.to_thread(store_.mark_stale_pending, stale_before)
-        if swept:
-            log.warning("closed %d generation(s) left pending by an earlier process", swept)
+        sweeper = asyncio.create_task(sweep_forever(store_, settings))
         try:
             yield
         finally:
             px.accepting = False
+            sweeper.cancel()
             if owned:
                 for provider in providers_:
                     await provider.aclose()

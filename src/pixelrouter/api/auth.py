@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from fastapi import Request
 
 from pixelrouter.billing.keys import hash_key, looks_like_key
-from pixelrouter.errors import Forbidden, Unauthorized
+from pixelrouter.errors import Forbidden, RateLimited, Unauthorized
 from pixelrouter.store import KeyRecord
 from pixelrouter.types import Attribution
 
@@ -50,6 +50,7 @@ async def current_key(request: Request) -> KeyRecord:
 
 
 async def inference_key(request: Request) -> KeyRecord:
+    """A key that may generate, within its rate limit (SPEC §7), counted across processes."""
     record = await current_key(request)
     if record.is_management:
         raise Forbidden(
@@ -57,6 +58,20 @@ async def inference_key(request: Request) -> KeyRecord:
             "(create one with POST /api/v1/keys).",
             error_type="permission_denied",
         )
+    px = app_state(request)
+    limit = record.rate_limit_requests or px.settings.rate_limit_requests
+    if limit:
+        interval = record.rate_limit_interval_s or px.settings.rate_limit_interval_s
+        retry_after = await asyncio.to_thread(
+            px.store.hit_rate_limit, record.hash, requests=limit, interval_s=interval
+        )
+        if retry_after is not None:
+            raise RateLimited(
+                f"This key may make {limit} generation requests per {interval} s; "
+                f"retry in {retry_after} s.",
+                retry_after_s=retry_after,
+                metadata={"limit": limit, "interval_s": interval},
+            )
     return record
 
 

@@ -19,8 +19,8 @@ log = logging.getLogger("pixelrouter.api")
 
 _HTTP_TYPES = {
     400: "invalid_request",
-    401: "unauthorized",
-    403: "forbidden",
+    401: "authentication",
+    403: "permission_denied",
     404: "not_found",
     405: "method_not_allowed",
     413: "payload_too_large",

@@ -4,14 +4,16 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 
 from pixelrouter.catalog import MICRO_PER_USD, micro_to_usd
+from pixelrouter.config import Settings
 from pixelrouter.errors import InvalidRequest, NotFound
-from pixelrouter.store import KeyRecord, KeyUsage
+from pixelrouter.store import KeyBalance, KeyRecord, KeyUsage, Store
 
 from ..auth import current_key, management_key
 from ..responses import OrjsonResponse
@@ -25,16 +27,26 @@ def _iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
 
 
-def _limit_remaining(record: KeyRecord, usage: KeyUsage) -> float | None:
-    if record.limit_micro is None:
-        return None
-    return micro_to_usd(max(0, record.limit_micro - usage.in_period(record.limit_reset)))
+@dataclass(frozen=True)
+class Spend:
+    """What a key spent (settled, by window) and holds (open reservations)."""
+
+    usage: KeyUsage
+    balance: KeyBalance
 
 
-def _usage_fields(record: KeyRecord, usage: KeyUsage) -> dict[str, Any]:
+def spend_of(store: Store, key_hash: str) -> Spend:
+    return Spend(store.key_usage(key_hash), store.key_balance(key_hash))
+
+
+def _usage_fields(record: KeyRecord, spend: Spend) -> dict[str, Any]:
+    usage = spend.usage
+    # What the key can still spend now: the limit less settled usage in this period and
+    # open reservations of requests in flight.
+    remaining = spend.balance.remaining(record.limit_micro)
     return {
         "limit": micro_to_usd(record.limit_micro) if record.limit_micro is not None else None,
-        "limit_remaining": _limit_remaining(record, usage),
+        "limit_remaining": micro_to_usd(remaining) if remaining is not None else None,
         "limit_reset": record.limit_reset,
         "usage": micro_to_usd(usage.total),
         "usage_daily": micro_to_usd(usage.daily),
@@ -49,14 +61,15 @@ def _usage_fields(record: KeyRecord, usage: KeyUsage) -> dict[str, Any]:
     }
 
 
-def key_json(record: KeyRecord, usage: KeyUsage) -> dict[str, Any]:
+def key_json(record: KeyRecord, spend: Spend, settings: Settings) -> dict[str, Any]:
     """The SPEC §3.5 `Key`, with the fields OpenRouter's SDKs also read."""
     return {
         "hash": record.hash,
         "name": record.name,
         "label": record.label,
         "disabled": record.disabled,
-        **_usage_fields(record, usage),
+        **_usage_fields(record, spend),
+        "rate_limit": _rate_limit(record, settings),
         "created_at": _iso(record.created_at),
         "updated_at": _iso(record.updated_at),
         "last_used_at": None,
@@ -67,14 +80,14 @@ def key_json(record: KeyRecord, usage: KeyUsage) -> dict[str, Any]:
     }
 
 
-def _rate_limit(record: KeyRecord) -> dict[str, Any]:
-    if record.rate_limit_requests is None:
-        return {"requests": -1, "interval": "10s", "note": "not rate limited"}
-    return {
-        "requests": record.rate_limit_requests,
-        "interval": f"{record.rate_limit_interval_s or 10}s",
-        "note": "per key",
-    }
+def _rate_limit(record: KeyRecord, settings: Settings) -> dict[str, Any]:
+    """The limit on generation requests this key meets: its own, else the server default."""
+    requests = record.rate_limit_requests or settings.rate_limit_requests
+    if not requests:
+        return {"requests": -1, "interval": "60s", "note": "not rate limited"}
+    interval = record.rate_limit_interval_s or settings.rate_limit_interval_s
+    note = "this key's limit" if record.rate_limit_requests else "the server's default"
+    return {"requests": requests, "interval": f"{interval}s", "note": note}
 
 
 @router.get("/key", summary="The calling key's limits and usage")
@@ -82,17 +95,17 @@ async def get_current_key(
     request: Request, key: KeyRecord = Depends(current_key)
 ) -> OrjsonResponse:
     store = app_state(request).store
-    usage = await asyncio.to_thread(store.key_usage, key.hash)
+    spend = await asyncio.to_thread(spend_of, store, key.hash)
     return OrjsonResponse(
         {
             "data": {
                 "label": key.label,
                 "name": key.name,
-                **_usage_fields(key, usage),
+                **_usage_fields(key, spend),
                 "is_management_key": key.is_management,
                 "is_provisioning_key": key.is_management,
                 "is_free_tier": False,
-                "rate_limit": _rate_limit(key),
+                "rate_limit": _rate_limit(key, app_state(request).settings),
                 "allowed_data_regions": ["global"],
                 "budgets": [],
                 "effective_budget": None,
@@ -136,8 +149,14 @@ async def create_key(
         limit_micro=_usd_to_micro(body.limit),
         limit_reset=body.limit_reset,
         expires_at=_parse_expiry(body.expires_at),
+        rate_limit_requests=body.rate_limit_requests,
+        rate_limit_interval_s=body.rate_limit_interval_s,
     )
-    return OrjsonResponse({"data": key_json(record, KeyUsage()), "key": plaintext}, status_code=201)
+    spend = Spend(KeyUsage(), KeyBalance(period_used=0, reserved=0, total_used=0))
+    return OrjsonResponse(
+        {"data": key_json(record, spend, app_state(request).settings), "key": plaintext},
+        status_code=201,
+    )
 
 
 @router.get("/keys", summary="List keys (management)")
@@ -148,10 +167,11 @@ async def list_keys(
     _: KeyRecord = Depends(management_key),
 ) -> OrjsonResponse:
     store = app_state(request).store
+    settings = app_state(request).settings
 
     def collect() -> list[dict[str, Any]]:
         records = [r for r in store.list_keys() if include_disabled or not r.disabled]
-        return [key_json(r, store.key_usage(r.hash)) for r in records[max(0, offset) :]]
+        return [key_json(r, spend_of(store, r.hash), settings) for r in records[max(0, offset) :]]
 
     return OrjsonResponse({"data": await asyncio.to_thread(collect)})
 
@@ -168,8 +188,8 @@ async def get_key(
     key_hash: str, request: Request, _: KeyRecord = Depends(management_key)
 ) -> OrjsonResponse:
     record = await _find(request, key_hash)
-    usage = await asyncio.to_thread(app_state(request).store.key_usage, record.hash)
-    return OrjsonResponse({"data": key_json(record, usage)})
+    spend = await asyncio.to_thread(spend_of, app_state(request).store, record.hash)
+    return OrjsonResponse({"data": key_json(record, spend, app_state(request).settings)})
 
 
 @router.patch("/keys/{key_hash}", summary="Update a key (management)")
@@ -192,12 +212,15 @@ async def update_key(
         changes["limit_reset"] = body.limit_reset
     if "expires_at" in sent:
         changes["expires_at"] = _parse_expiry(body.expires_at)
+    for name in ("rate_limit_requests", "rate_limit_interval_s"):
+        if name in sent:
+            changes[name] = getattr(body, name)
     store = app_state(request).store
     record = await asyncio.to_thread(store.update_key, key_hash, **changes)
     if record is None:
         raise NotFound(f"No key with hash {key_hash!r}.")
-    usage = await asyncio.to_thread(store.key_usage, record.hash)
-    return OrjsonResponse({"data": key_json(record, usage)})
+    spend = await asyncio.to_thread(spend_of, store, record.hash)
+    return OrjsonResponse({"data": key_json(record, spend, app_state(request).settings)})
 
 
 @router.delete("/keys/{key_hash}", summary="Delete a key (management)")
@@ -223,4 +246,47 @@ async def get_credits(request: Request, _: KeyRecord = Depends(management_key)) 
     limits, used = await asyncio.to_thread(totals)
     return OrjsonResponse(
         {"data": {"total_credits": micro_to_usd(limits), "total_usage": micro_to_usd(used)}}
+    )
+
+
+@router.get("/activity", summary="Daily usage per model and provider (management)")
+async def get_activity(
+    request: Request,
+    date_: str | None = Query(default=None, alias="date", description="One UTC day, YYYY-MM-DD"),
+    api_key_hash: str | None = Query(default=None, description="Only this key's activity"),
+    _: KeyRecord = Depends(management_key),
+) -> OrjsonResponse:
+    """SPEC §3.5: per day, model and provider; the last 30 days unless `date` names one."""
+    if date_ is not None:
+        try:
+            since = until = date.fromisoformat(date_)
+        except ValueError as exc:
+            raise InvalidRequest(f"date {date_!r} is not a day such as 2026-11-25.") from exc
+    else:
+        until = datetime.now(UTC).date()
+        since = until - timedelta(days=29)
+    store = app_state(request).store
+    rows = await asyncio.to_thread(store.activity, since=since, until=until, key_hash=api_key_hash)
+    return OrjsonResponse(
+        {
+            "data": [
+                {
+                    "date": row.date.isoformat(),
+                    "model": row.model,
+                    "model_permaslug": row.model,
+                    "endpoint_id": f"{row.provider_name}:{row.model}",
+                    "provider_name": row.provider_name,
+                    "requests": row.requests,
+                    "images": row.images,
+                    "megapixels": row.megapixels,
+                    "prompt_tokens": row.prompt_tokens,
+                    "completion_tokens": row.completion_tokens,
+                    "reasoning_tokens": 0,
+                    "cached_tokens": 0,
+                    "usage": micro_to_usd(row.usage_micro),
+                    "byok_usage_inference": 0.0,
+                }
+                for row in rows
+            ]
+        }
     )

@@ -1,0 +1,194 @@
+"""Billing through the real app (SPEC §7): reserve at admission, 402 before work, settle to
+what was delivered, exactly once; rate limits; usage and activity views."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from conftest import make_api
+from pixelrouter.billing.keys import hash_key
+from pixelrouter.catalog import KLEIN_4B
+from pixelrouter.providers.base import ProviderInfo
+from pixelrouter.types import GeneratedImage, ImageResult
+
+PRICE = 14_000  # µ$ for an image of at most 1 MP
+
+
+async def new_key(api, **fields: object) -> str:
+    r = await api.post("/api/v1/keys", key=api.admin_key, json={"name": "billing", **fields})
+    assert r.status_code == 201, r.text
+    return r.json()["key"]
+
+
+async def test_concurrent_requests_never_overspend(api) -> None:
+    """200 requests at once on a key whose limit covers exactly 8 images."""
+    allowed = 8
+    key = await new_key(api, limit=allowed * PRICE / 1_000_000)
+    body = {"prompt": "race", "size": "64x64"}
+    responses = await asyncio.gather(
+        *(api.post("/api/v1/images", key=key, json=body) for _ in range(200))
+    )
+    statuses = [r.status_code for r in responses]
+    assert statuses.count(200) == allowed, statuses
+    assert statuses.count(402) == 200 - allowed
+    store = api.app.state.px.store
+    key_hash = hash_key(key)
+    assert store.ledger_total(key_hash) == allowed * PRICE
+    assert store.open_reservations(key_hash) == []
+    balance = store.key_balance(key_hash)
+    assert balance.total_used == allowed * PRICE and balance.reserved == 0
+    me = (await api.get("/api/v1/key", key=key)).json()["data"]
+    assert me["usage"] == allowed * PRICE / 1_000_000
+    assert me["limit_remaining"] == 0
+
+
+async def test_402_comes_before_any_work_and_says_why(api, demo_provider) -> None:
+    key = await new_key(api, limit=0.02)  # one 1 MP image, not two
+    engine = demo_provider.engine
+    started_before = engine.jobs_started
+    r = await api.post("/api/v1/images", key=key, json={"prompt": "x", "size": "256x256", "n": 2})
+    assert r.status_code == 402, r.text
+    error = r.json()["error"]
+    assert error["metadata"]["error_type"] == "payment_required"
+    assert "$0.028" in error["message"] and "$0.02" in error["message"]
+    assert error["metadata"]["required"] == 0.028
+    assert engine.jobs_started == started_before
+    ok = await api.post("/api/v1/images", key=key, json={"prompt": "x", "size": "256x256"})
+    assert ok.status_code == 200
+    me = (await api.get("/api/v1/key", key=key)).json()["data"]
+    assert me["usage"] == 0.014 and me["limit_remaining"] == 0.006
+
+
+async def test_the_maximum_is_reserved_at_the_resolved_size(api) -> None:
+    key = await new_key(api, limit=0.034)  # two 2K images cost 0.034
+    r = await api.post("/api/v1/images", key=key, json={"prompt": "x", "size": "2048x2048",
+                                                         "n": 3})
+    assert r.status_code == 402
+    assert r.json()["error"]["metadata"]["required"] == 0.051
+
+
+class PartialProvider:
+    """An upstream that delivers only the first 2 images of every request."""
+
+    def __init__(self) -> None:
+        self.info = ProviderInfo(
+            slug="partial",
+            display_name="Partial upstream",
+            models=(KLEIN_4B.id,),
+            price=KLEIN_4B.price,
+            kind="openai-images",
+        )
+
+    async def generate(self, request, on_progress=None):
+        images = [
+            GeneratedImage(b"\x89PNG fake", "image/png", request.width, request.height, i, i)
+            for i in range(min(2, request.n))
+        ]
+        return ImageResult(
+            request_id=request.id,
+            model=request.model,
+            provider_slug="partial",
+            provider_name="Partial upstream",
+            images=images,
+            generation_time_ms=1,
+            prompt_tokens=3,
+            failed_images=request.n - len(images),
+        )
+
+    def readiness(self):
+        return True, "ready"
+
+    def status(self):
+        return {}
+
+    def count_prompt_tokens(self, prompt):
+        return None
+
+    async def aclose(self):
+        return None
+
+
+async def test_four_asked_two_delivered_costs_two(tmp_path: Path) -> None:
+    async for api in make_api(tmp_path, f"sqlite:///{tmp_path / 'px.db'}", [PartialProvider()]):
+        key = await new_key(api, limit=1)
+        r = await api.post("/api/v1/images", key=key, json={"prompt": "x", "n": 4})
+        assert r.status_code == 200, r.text
+        assert len(r.json()["data"]) == 2
+        assert r.json()["usage"]["cost"] == 0.028
+        record = await api.get(f"/api/v1/generation?id={r.headers['x-generation-id']}", key=key)
+        assert record.json()["data"]["total_cost"] == 0.028
+        store = api.app.state.px.store
+        assert store.ledger_total(hash_key(key)) == 2 * PRICE
+        reservation = store.get_reservation(r.headers["x-generation-id"])
+        assert reservation.amount_micro == 4 * PRICE and reservation.settled_micro == 2 * PRICE
+
+
+async def test_failed_generation_costs_nothing_and_releases(tmp_path: Path) -> None:
+    from test_api_failures import BrokenUpstream
+
+    async for api in make_api(tmp_path, f"sqlite:///{tmp_path / 'px.db'}", [BrokenUpstream("x")]):
+        key = await new_key(api, limit=0.014)
+        for _ in range(3):  # a failure must not keep the credit reserved
+            r = await api.post("/api/v1/images", key=key, json={"prompt": "x"})
+            assert r.status_code == 502
+        store = api.app.state.px.store
+        assert store.ledger_total(hash_key(key)) == 0
+        assert store.open_reservations(hash_key(key)) == []
+        assert store.key_balance(hash_key(key)).reserved == 0
+
+
+async def test_expired_and_disabled_keys(api) -> None:
+    key = await new_key(api)
+    store = api.app.state.px.store
+    store.update_key(hash_key(key), expires_at=datetime.now(UTC) - timedelta(seconds=1))
+    r = await api.post("/api/v1/images", key=key, json={"prompt": "x"})
+    assert r.status_code == 401 and "expired" in r.json()["error"]["message"]
+    other = await new_key(api)
+    store.update_key(hash_key(other), disabled=True)
+    r = await api.get("/api/v1/key", key=other)
+    assert r.status_code == 401 and "disabled" in r.json()["error"]["message"]
+
+
+async def test_rate_limit_is_a_429_with_retry_after(api) -> None:
+    key = await new_key(api, rate_limit_requests=2, rate_limit_interval_s=3600)
+    body = {"prompt": "x", "size": "64x64"}
+    for _ in range(2):
+        assert (await api.post("/api/v1/images", key=key, json=body)).status_code == 200
+    r = await api.post("/api/v1/images", key=key, json=body)
+    assert r.status_code == 429
+    retry_after = int(r.headers["retry-after"])
+    assert 1 <= retry_after <= 3600
+    error = r.json()["error"]
+    assert error["metadata"]["error_type"] == "rate_limit_exceeded"
+    assert error["metadata"]["retry_after"] == retry_after
+    assert "retry in" in error["message"]
+    # other keys are not affected, and reading the key's state is not rate limited
+    assert (await api.post("/api/v1/images", json=body)).status_code == 200
+    me = (await api.get("/api/v1/key", key=key)).json()["data"]
+    assert me["rate_limit"]["requests"] == 2 and me["rate_limit"]["interval"] == "3600s"
+
+
+async def test_activity_and_credits(sqlite_api) -> None:
+    api = sqlite_api
+    for size in ("64x64", "2048x1024"):
+        r = await api.post(
+            "/api/v1/images",
+            json={"prompt": "x", "size": size},
+            headers={"HTTP-Referer": "https://app.example", "X-Title": "Example"},
+        )
+        assert r.status_code == 200
+    activity = await api.get("/api/v1/activity", key=api.admin_key)
+    assert activity.status_code == 200, activity.text
+    [row] = activity.json()["data"]
+    assert row["date"] == datetime.now(UTC).date().isoformat()
+    assert row["provider_name"] == "Local (demo weights)"
+    assert row["requests"] == 2 and row["images"] == 2 and row["megapixels"] == 3
+    assert row["completion_tokens"] == 3 * 4096
+    assert row["usage"] == 0.029
+    assert (await api.get("/api/v1/activity")).status_code == 403
+    bad = await api.get("/api/v1/activity?date=yesterday", key=api.admin_key)
+    assert bad.status_code == 400
+    credits = (await api.get("/api/v1/credits", key=api.admin_key)).json()["data"]
+    assert credits["total_usage"] == 0.029
