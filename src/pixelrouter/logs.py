@@ -1,0 +1,37 @@
+"""Logging that never carries an API key (SPEC §7), even one a client put in a URL."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+# Anything shaped like a key, valid or not: a client's typo must not leak the rest of it.
+KEY_LIKE = re.compile(r"sk-pr-v1-[0-9A-Za-z]+")
+REDACTED = "sk-pr-v1-[redacted]"
+GUARDED_LOGGERS = ("uvicorn.access", "uvicorn.error", "uvicorn", "pixelrouter", "httpx")
+
+
+class RedactKeys(logging.Filter):
+    """Rewrites a record whose message holds something key-shaped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record is not ours to fix
+            return True
+        if "sk-pr-v1-" in message:
+            record.msg = KEY_LIKE.sub(REDACTED, message)
+            record.args = None
+        return True
+
+
+def guard_logs() -> None:
+    """Install the filter on the loggers that see request lines and on the root's handlers
+    (idempotent; call it again after a framework reconfigures logging)."""
+    targets: list[logging.Filterer] = [logging.getLogger(name) for name in GUARDED_LOGGERS]
+    for name in GUARDED_LOGGERS:
+        targets.extend(logging.getLogger(name).handlers)
+    targets.extend(logging.getLogger().handlers)
+    for target in targets:
+        if not any(isinstance(f, RedactKeys) for f in target.filters):
+            target.addFilter(RedactKeys())

@@ -1,0 +1,36 @@
+"""Keys are never logged (SPEC §7): a whole workflow at DEBUG leaves no key in any log line."""
+
+from __future__ import annotations
+
+import logging
+
+from conftest import KEY_PATTERN
+
+
+async def test_no_key_in_debug_logs(api, caplog) -> None:
+    with caplog.at_level(logging.DEBUG):
+        created = await api.post("/api/v1/keys", key=api.admin_key, json={"name": "secret"})
+        key = created.json()["key"]
+        await api.post("/api/v1/images", key=key, json={"prompt": "x", "size": "64x64"})
+        await api.post("/api/v1/images", key=key[:-1] + "0", json={"prompt": "x"})
+        await api.get("/api/v1/key", key=key)
+        await api.post("/api/v1/images", key=api.admin_key, json={"prompt": "x"})
+    text = "\n".join(record.getMessage() for record in caplog.records)
+    assert caplog.records, "the workflow logged nothing at DEBUG, so this test checks nothing"
+    for secret in (key, api.admin_key, api.key):
+        assert secret not in text
+    assert not KEY_PATTERN.search(text)
+
+
+def test_key_shaped_text_is_redacted_from_any_log_line(caplog) -> None:
+    from pixelrouter.logs import RedactKeys
+
+    logger = logging.getLogger("pixelrouter.test-redaction")
+    logger.addFilter(RedactKeys())
+    key = "sk-pr-v1-" + "ab" * 32
+    with caplog.at_level(logging.INFO, logger=logger.name):
+        logger.info('%s - "GET /api/v1/models?api_key=%s HTTP/1.1" 401', "127.0.0.1", key)
+        logger.info("typo key sk-pr-v1-12345zz in a message")
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert key not in text and "12345zz" not in text
+    assert text.count("sk-pr-v1-[redacted]") == 2
