@@ -25,6 +25,20 @@ def test_keys_create_list_disable(tmp_path: Path) -> None:
         assert record is not None
         assert record.limit_micro == 5_000_000 and record.limit_reset == "monthly"
 
+    with Store(db) as store:  # spend one image through the ledger, as the service does
+        from datetime import UTC, datetime, timedelta
+
+        store.reserve(
+            generation_id="gen-cli-1",
+            key_hash=record.hash,
+            amount_micro=14_000,
+            expires_at=datetime.now(UTC) + timedelta(minutes=5),
+        )
+        store.settle("gen-cli-1", 14_000)
+    usage = runner.invoke(app, ["keys", "usage", record.hash[:10], "--db", db])
+    assert usage.exit_code == 0, usage.output
+    assert "$0.014000" in usage.stdout and "$4.986000" in usage.stdout
+
     listed = runner.invoke(app, ["keys", "list", "--db", db])
     assert listed.exit_code == 0 and "cli" in listed.stdout
     assert plaintext not in listed.stdout

@@ -423,16 +423,20 @@ def keys_usage(
         usage = store.key_usage(record.hash)
         balance = store.key_balance(record.hash)
     remaining = balance.remaining(record.limit_micro)
-    table = Table("key", "usage", "today", "this week", "this month", "reserved", "remaining")
-    table.add_row(
-        record.label,
-        *(
-            f"${micro_to_usd(v):.6f}"
-            for v in (usage.total, usage.daily, usage.weekly, usage.monthly, balance.reserved)
-        ),
-        "no limit" if remaining is None else f"${micro_to_usd(remaining):.6f}",
-    )
-    Console().print(table)
+    rows = {
+        "key": f"{record.label} ({record.name})",
+        "usage": f"${micro_to_usd(usage.total):.6f}",
+        "today": f"${micro_to_usd(usage.daily):.6f}",
+        "this week": f"${micro_to_usd(usage.weekly):.6f}",
+        "this month": f"${micro_to_usd(usage.monthly):.6f}",
+        "reserved now": f"${micro_to_usd(balance.reserved):.6f}",
+        "limit": "none"
+        if record.limit_micro is None
+        else f"${micro_to_usd(record.limit_micro):.6f} {record.limit_reset or 'in all'}",
+        "remaining": "no limit" if remaining is None else f"${micro_to_usd(remaining):.6f}",
+    }
+    for name, value in rows.items():
+        print(f"{name:>13}: {value}")
 
 
 @keys_app.command("list")
