@@ -26,10 +26,24 @@ class ProviderInfo:
 
 
 class ProviderError(PixelrouterError):
-    """A provider-caused failure (5xx, timeout, bad upstream answer): routing falls through."""
+    """A provider-caused failure (5xx, timeout, 429, bad upstream answer): routing falls
+    through to the next provider. `status` is what the attempt is recorded as."""
 
     status = 502
     error_type = "provider_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after_s: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(message, **kwargs)
+        if status is not None:
+            self.status = status
+        self.retry_after_s = retry_after_s
 
 
 class ProviderUnavailable(ProviderError):
@@ -60,7 +74,11 @@ class Provider(Protocol):
         ...
 
     def status(self) -> dict[str, Any]:
-        """Queue depth and similar live figures (for `/api/v1/engine/status`)."""
+        """Live figures routing reads: `queue_depth`, `queue_full`, `estimated_wait_s`."""
+        ...
+
+    async def probe(self) -> bool:
+        """A cheap readiness check (never a paid generation): a circuit's half-open test."""
         ...
 
     def count_prompt_tokens(self, prompt: str) -> int | None:

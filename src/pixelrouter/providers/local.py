@@ -82,6 +82,9 @@ class LocalProvider:
     def status(self) -> dict[str, Any]:
         return self.engine.status()
 
+    async def probe(self) -> bool:
+        return self.engine.readiness()[0]
+
     def count_prompt_tokens(self, prompt: str) -> int | None:
         return self.engine.count_prompt_tokens(prompt)
 

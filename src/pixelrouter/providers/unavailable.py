@@ -34,6 +34,9 @@ class UnavailableProvider:
     def status(self) -> dict[str, Any]:
         return {"state": "unavailable", "queue_depth": 0, "reason": self.reason}
 
+    async def probe(self) -> bool:
+        return False
+
     def count_prompt_tokens(self, prompt: str) -> int | None:
         return None
 
