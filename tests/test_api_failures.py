@@ -50,14 +50,19 @@ class BrokenUpstream:
         return None
 
 
+# The default pick is random, weighted by 1/price² (SPEC §4); sorting by price makes the
+# cheap broken provider the first attempt every time.
+BY_PRICE = {"provider": {"sort": "price"}}
+
+
 def db(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'px.db'}"
 
 
 async def test_fallback_to_the_next_provider_is_recorded(tmp_path, demo_provider) -> None:
-    broken = BrokenUpstream("cheap", price=5_000)  # cheapest, so tried first
+    broken = BrokenUpstream("cheap", price=5_000)  # cheapest, so tried first by price
     async for api in make_api(tmp_path, db(tmp_path), [demo_provider, broken]):
-        r = await api.post("/api/v1/images", json={"prompt": "x", "size": "128x128"})
+        r = await api.post("/api/v1/images", json={"prompt": "x", "size": "128x128", **BY_PRICE})
         assert r.status_code == 200, r.text
         assert broken.calls == 1
         record = (await api.get(f"/api/v1/generation?id={r.headers['x-generation-id']}")).json()
@@ -73,7 +78,7 @@ async def test_fallback_to_the_next_provider_is_recorded(tmp_path, demo_provider
 async def test_all_providers_failing_is_a_502_with_provider_errors(tmp_path) -> None:
     providers = [BrokenUpstream("a"), BrokenUpstream("b", price=20_000)]
     async for api in make_api(tmp_path, db(tmp_path), providers):
-        r = await api.post("/api/v1/images", json={"prompt": "x", "size": "128x128"})
+        r = await api.post("/api/v1/images", json={"prompt": "x", "size": "128x128", **BY_PRICE})
         assert r.status_code == 502
         error = r.json()["error"]
         assert error["code"] == 502
@@ -119,7 +124,9 @@ async def test_a_provider_bug_falls_through_and_is_logged_with_an_id(
     buggy = BrokenUpstream("buggy", bug=True, price=5_000)
     async for api in make_api(tmp_path, db(tmp_path), [demo_provider, buggy]):
         with caplog.at_level(logging.ERROR):
-            r = await api.post("/api/v1/images", json={"prompt": "x", "size": "128x128"})
+            r = await api.post(
+                "/api/v1/images", json={"prompt": "x", "size": "128x128", **BY_PRICE}
+            )
         assert r.status_code == 200 and buggy.calls == 1
         record = (await api.get(f"/api/v1/generation?id={r.headers['x-generation-id']}")).json()
         assert record["data"]["provider_responses"][0]["status"] == 500

@@ -50,6 +50,7 @@ class EngineConfig:
     device: str | None = None  # None: "cuda" when available, else "cpu"
     dtype: str | None = None  # None: bfloat16 on cuda, float32 on cpu
     max_batch_size: int = 4  # in images
+    max_queue_images: int = 64  # queued images beyond this are refused, so routing moves on
     batch_window_ms: float = 3.0  # how long the worker waits for more compatible requests
     prompt_cache_size: int = 256  # prompt embeddings kept (LRU, on the CPU)
     cpu_offload: bool = False  # diffusers' enable_model_cpu_offload

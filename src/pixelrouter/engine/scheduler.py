@@ -273,6 +273,8 @@ class Engine:
                 "running_batch": len(self._running),
                 "running_images": running_images,
                 "max_batch_size": self.cfg.max_batch_size,
+                "max_queue_images": self.cfg.max_queue_images,
+                "queue_full": queued_images >= self.cfg.max_queue_images,
                 "estimated_wait_s": round((self._batch_seconds or 0.0) * batches_ahead, 3),
                 "batches_run": self.batches_run,
                 "batches_aborted": self.batches_aborted,
@@ -315,6 +317,15 @@ class Engine:
                 raise ProviderUnavailable(self._error or "The local engine failed to load.")
             if self._stopping or self._state in ("stopped", "not_started"):
                 raise ProviderUnavailable("The local engine is not running.")
+            queued = sum(queued_job.images for queued_job in self._queue)
+            limit = self.cfg.max_queue_images
+            if queued and queued + request.n > limit:
+                # 429, not 503: a busy engine is up, so this must not open its circuit.
+                raise ProviderUnavailable(
+                    f"The local engine's queue is full ({queued} images queued, at most "
+                    f"{limit}); try again in a few seconds.",
+                    status=429,
+                )
             self._queue.append(job)
             self._recent[request.id] = job
             while len(self._recent) > RECENT_JOBS:

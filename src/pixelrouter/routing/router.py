@@ -1,15 +1,24 @@
-"""Filter and order the providers of a request, then try them in turn within one deadline."""
+"""Choose the providers of a request (SPEC §4) and try them in turn within one deadline.
+
+Two halves: `plan` is the selection (filters, then an order; no I/O, so tests call it directly),
+`route` is the loop (probe what may recover, try each planned provider, record every attempt).
+docs/routing.md walks through both.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import logging
+import math
+import random
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from pixelrouter.catalog import image_price
+from pixelrouter.catalog import image_price, image_tokens
 from pixelrouter.errors import (
     PixelrouterError,
     RequestTimeout,
@@ -17,9 +26,15 @@ from pixelrouter.errors import (
     UpstreamFailed,
 )
 from pixelrouter.providers.base import Provider, ProviderError
+from pixelrouter.routing.health import CircuitState, HealthConfig, HealthRegistry
 from pixelrouter.types import ImageRequest, ImageResult, ProgressEvent, ProviderAttempt
 
 log = logging.getLogger(__name__)
+
+# A 4xx from a provider is the client's fault, except these two: the provider timed out or is
+# rate limiting us, and another provider may well serve the request.
+PROVIDER_CAUSED_4XX = (408, 429)
+PROBE_GRACE_S = 0.1
 
 
 class RoutingFailed(PixelrouterError):
@@ -49,52 +64,302 @@ def apply_provider_options(request: ImageRequest, slug: str) -> ImageRequest:
     return request
 
 
+def used_parameters(request: ImageRequest) -> tuple[str, ...]:
+    """The request parameters a provider must support under `require_parameters` (the size is
+    not listed: every provider takes one)."""
+    used = []
+    if request.seed_given:
+        used.append("seed")
+    if request.n > 1:
+        used.append("n")
+    if request.steps is not None:
+        used.append("steps")
+    if request.guidance is not None:
+        used.append("guidance")
+    if request.references:
+        used.append("input_references")
+    if request.output_format != "png":
+        used.append("output_format")
+    if request.output_compression is not None:
+        used.append("output_compression")
+    return tuple(used)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A provider as one plan sees it: its price at the request's size and its live figures."""
+
+    provider: Provider
+    price: int  # micro-dollars per image at the request's size
+    queue_full: bool
+    wait_s: float  # the provider's own estimated queue wait
+    demoted: bool  # a provider-caused failure within the recent-failure window
+    latency_s: float | None  # EWMA seconds per image, None before a success
+    throughput: float | None  # EWMA image tokens per second, None before a success
+
+    @property
+    def slug(self) -> str:
+        return self.provider.info.slug
+
+
+def _by_price(c: Candidate) -> tuple[int, float]:
+    return c.price, c.wait_s
+
+
+def _by_throughput(c: Candidate) -> tuple[bool, float, int, float]:
+    return c.throughput is None, -(c.throughput or 0.0), c.price, c.wait_s
+
+
+def _by_latency(c: Candidate) -> tuple[bool, float, int, float]:
+    return c.latency_s is None, c.latency_s or 0.0, c.price, c.wait_s
+
+
+SORT_KEYS: dict[str, Callable[[Candidate], tuple[Any, ...]]] = {
+    "price": _by_price,
+    "throughput": _by_throughput,
+    "latency": _by_latency,
+}
+
+
+def _settled(candidates: list[Candidate]) -> list[Candidate]:
+    """Stable: free queues before full ones (SPEC §4: never a full queue while another provider
+    is free), and within each, recently failed providers after the others."""
+    return sorted(candidates, key=lambda c: (c.queue_full, c.demoted))
+
+
+def weighted_pick(candidates: list[Candidate], rng: random.Random) -> Candidate:
+    """One candidate at random with weight 1/price² (SPEC §4's default).
+
+    Equal prices have equal weights, so the draw picks a price (weight: how many providers
+    have it / price²) and, among the providers at that price, the one with the shortest
+    estimated wait; equal waits are drawn uniformly, so idle equal workers share the load.
+    """
+    by_price: dict[int, list[Candidate]] = {}
+    for candidate in candidates:
+        by_price.setdefault(candidate.price, []).append(candidate)
+    prices = list(by_price)
+    lowest = max(1, min(prices))  # weights relative to the cheapest keep the floats tame
+    weights = [len(by_price[p]) * (lowest / max(1, p)) ** 2 for p in prices]
+    group = by_price[rng.choices(prices, weights=weights)[0]]
+    shortest = min(c.wait_s for c in group)
+    waiting_least = [c for c in group if c.wait_s == shortest]
+    return waiting_least[0] if len(waiting_least) == 1 else rng.choice(waiting_least)
+
+
+def order_candidates(
+    candidates: list[Candidate], request: ImageRequest, rng: random.Random
+) -> list[Candidate]:
+    """SPEC §4's order: `order`, else `sort`, else the weighted default."""
+    prefs = request.prefs
+    if prefs.order:
+        listed = [c for slug in dict.fromkeys(prefs.order) for c in candidates if c.slug == slug]
+        rest = sorted((c for c in candidates if c.slug not in prefs.order), key=_by_price)
+        ordered = _settled(listed + rest)
+    elif prefs.sort is not None:
+        ordered = _settled(sorted(candidates, key=SORT_KEYS[prefs.sort]))
+    else:
+        fallbacks = _settled(sorted(candidates, key=_by_price))
+        healthy = [c for c in candidates if not c.queue_full and not c.demoted]
+        if healthy:
+            first = weighted_pick(healthy, rng)
+            ordered = [first, *(c for c in fallbacks if c is not first)]
+        else:  # every candidate failed recently or is full: a last resort, in price order
+            ordered = fallbacks
+    return ordered if prefs.allow_fallbacks else ordered[:1]
+
+
+def _live_status(provider: Provider) -> dict[str, Any]:
+    try:
+        status = provider.status()
+    except Exception:
+        log.exception("status() of provider %s failed", provider.info.slug)
+        return {}
+    return status if isinstance(status, dict) else {}
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return 0.0
+
+
 class Router:
     """Providers in the order SPEC §4 asks; the fallback loop lives in `route`."""
 
-    def __init__(self, providers: Sequence[Provider], *, deadline_s: float = 600.0) -> None:
+    def __init__(
+        self,
+        providers: Sequence[Provider],
+        *,
+        deadline_s: float = 600.0,
+        rng: random.Random | None = None,
+        health: HealthRegistry | HealthConfig | None = None,
+        attempt_timeout_s: float | None = None,
+        probe_timeout_s: float = 1.0,
+        status_interval_s: float = 1.0,
+    ) -> None:
         self.providers = list(providers)
         self.deadline_s = deadline_s
+        self.rng = rng or random.Random()
+        self.health = health if isinstance(health, HealthRegistry) else HealthRegistry(health)
+        # Each provider has its own connect / first-byte / total timeouts; this optional cap
+        # turns a slower attempt into that provider's timeout (504) and moves on.
+        self.attempt_timeout_s = attempt_timeout_s
+        self.probe_timeout_s = probe_timeout_s  # also bounds how long routing waits on probes
+        self.status_interval_s = status_interval_s
+        self._probes: dict[str, asyncio.Task[None]] = {}
+        self._polls: dict[str, asyncio.Task[None]] = {}
+        self._polled_at: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ selection
 
     def serves(self, model: str) -> list[Provider]:
         return [p for p in self.providers if model in p.info.models]
 
-    def candidates(self, request: ImageRequest, model: str) -> list[Provider]:
+    def eligible(self, request: ImageRequest, model: str) -> list[Provider]:
+        """The providers of `model` that the request's preferences allow, whatever their
+        health: only, ignore, data_collection, max_price, require_parameters, supports()."""
         prefs = request.prefs
-        chosen = self.serves(model)
-        if prefs.only:
-            chosen = [p for p in chosen if p.info.slug in prefs.only]
-        if prefs.ignore:
-            chosen = [p for p in chosen if p.info.slug not in prefs.ignore]
-        if prefs.data_collection == "deny":
-            chosen = [p for p in chosen if p.info.data_collection == "deny"]
-        if prefs.max_price_image_micro is not None:
-            chosen = [
-                p
-                for p in chosen
-                if image_price(p.info.price, request.width, request.height)
-                <= prefs.max_price_image_micro
-            ]
-        if prefs.max_price_request_micro is not None:
-            chosen = [
-                p
-                for p in chosen
-                if request.n * image_price(p.info.price, request.width, request.height)
-                <= prefs.max_price_request_micro
-            ]
-
-        def price_key(p: Provider) -> int:
-            return image_price(p.info.price, request.width, request.height)
-
-        if prefs.order:
-            ordered = [p for slug in prefs.order for p in chosen if p.info.slug == slug]
-            rest = sorted((p for p in chosen if p.info.slug not in prefs.order), key=price_key)
-            chosen = ordered + rest
-        else:
-            chosen = sorted(chosen, key=price_key)
-        if not prefs.allow_fallbacks:
-            chosen = chosen[:1]
+        chosen = []
+        for provider in self.serves(model):
+            info = provider.info
+            if prefs.only and info.slug not in prefs.only:
+                continue
+            if info.slug in prefs.ignore:
+                continue
+            if prefs.data_collection == "deny" and info.data_collection != "deny":
+                continue
+            price = image_price(info.price, request.width, request.height)
+            if prefs.max_price_image_micro is not None and price > prefs.max_price_image_micro:
+                continue
+            if (
+                prefs.max_price_request_micro is not None
+                and request.n * price > prefs.max_price_request_micro
+            ):
+                continue
+            attempt = self.attempt_request(request, model, provider)
+            if not self._can_express(provider, attempt):
+                continue  # it would make (and bill) something other than what was asked
+            if prefs.require_parameters and not _declares(info.supported_parameters, attempt):
+                continue
+            chosen.append(provider)
         return chosen
+
+    def plan(self, request: ImageRequest, model: str, now: float | None = None) -> list[Provider]:
+        """The providers to try for `model`, in order. No I/O: health and live status only."""
+        return self._plan(request, self.eligible(request, model), now)
+
+    def _plan(
+        self, request: ImageRequest, eligible: list[Provider], now: float | None = None
+    ) -> list[Provider]:
+        now = self.health.clock() if now is None else now
+        candidates = []
+        for provider in eligible:
+            health = self.health.of(provider.info.slug)
+            if not health.accepts_work(now):
+                continue  # open circuit (or awaiting its probe), or its Retry-After pending
+            status = _live_status(provider)
+            candidates.append(
+                Candidate(
+                    provider=provider,
+                    price=image_price(provider.info.price, request.width, request.height),
+                    queue_full=bool(status.get("queue_full", False)),
+                    wait_s=_number(status.get("estimated_wait_s", 0.0)),
+                    demoted=health.failed_recently(now),
+                    latency_s=health.latency_s,
+                    throughput=health.throughput,
+                )
+            )
+        return [c.provider for c in order_candidates(candidates, request, self.rng)]
+
+    @staticmethod
+    def attempt_request(request: ImageRequest, model: str, provider: Provider) -> ImageRequest:
+        """The request as this provider gets it: the model being tried, its own options."""
+        return apply_provider_options(dataclasses.replace(request, model=model), provider.info.slug)
+
+    @staticmethod
+    def _can_express(provider: Provider, request: ImageRequest) -> bool:
+        supports = getattr(provider, "supports", None)
+        if supports is None:
+            return True
+        try:
+            return bool(supports(request))
+        except Exception:
+            log.exception("supports() of provider %s failed", provider.info.slug)
+            return False
+
+    # ------------------------------------------------------------------ health upkeep
+
+    async def _prepare(self, providers: list[Provider]) -> None:
+        """Probe the half-open circuits and refresh the stale queue figures, concurrently,
+        waiting at most `probe_timeout_s`: a slow probe never holds a request up for long."""
+        now = self.health.clock()
+        pending: list[asyncio.Task[None]] = []
+        for provider in providers:
+            slug = provider.info.slug
+            if self.health.of(slug).probe_due(now):
+                pending.append(self._shared(self._probes, slug, self._probe(provider)))
+            refresh = getattr(provider, "refresh_status", None)
+            polled = self._polled_at.get(slug)
+            if refresh is not None and (polled is None or now - polled >= self.status_interval_s):
+                self._polled_at[slug] = now
+                pending.append(self._shared(self._polls, slug, self._poll(provider, refresh)))
+        if pending:
+            # asyncio.wait neither cancels them on timeout nor when this request is cancelled:
+            # other requests may be waiting on the same probe.
+            # Each task is bounded by probe_timeout_s itself; the grace lets it record that.
+            await asyncio.wait(pending, timeout=self.probe_timeout_s + PROBE_GRACE_S)
+
+    @staticmethod
+    def _shared(
+        tasks: dict[str, asyncio.Task[None]], slug: str, work: Coroutine[Any, Any, None]
+    ) -> asyncio.Task[None]:
+        """One in-flight task per provider; a second request waits on the same one."""
+        task = tasks.get(slug)
+        if task is not None and not task.done():
+            work.close()
+            return task
+        task = asyncio.ensure_future(work)
+        tasks[slug] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if tasks.get(slug) is done:
+                del tasks[slug]
+
+        task.add_done_callback(forget)
+        return task
+
+    async def _probe(self, provider: Provider) -> None:
+        """The half-open test: the provider's cheap readiness call, never a paid generation."""
+        slug = provider.info.slug
+        try:
+            probe = getattr(provider, "probe", None)
+            if probe is None:
+                ok = bool(provider.readiness()[0])
+            else:
+                ok = bool(await asyncio.wait_for(probe(), self.probe_timeout_s))
+        except asyncio.CancelledError:
+            raise
+        except TimeoutError:
+            ok = False
+        except Exception:
+            log.exception("probe of provider %s failed", slug)
+            ok = False
+        health = self.health.of(slug)
+        if health.probe_due():  # a real success may have closed it meanwhile
+            health.record_probe(ok)
+            log.info("circuit of provider %s: probe %s", slug, "passed" if ok else "failed")
+
+    async def _poll(self, provider: Provider, refresh: Callable[[], Any]) -> None:
+        try:
+            await asyncio.wait_for(refresh(), self.probe_timeout_s)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the provider's status() says what it last knew
+            log.debug("status poll of provider %s failed: %r", provider.info.slug, exc)
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Per provider slug: circuit, counters, live latency and throughput."""
+        return {p.info.slug: self.health.of(p.info.slug).snapshot() for p in self.providers}
 
     def ready(self) -> tuple[bool, str]:
         reasons = []
@@ -107,6 +372,8 @@ class Router:
             return False, "no provider is configured"
         return False, "; ".join(reasons)
 
+    # ------------------------------------------------------------------ the loop
+
     async def route(
         self,
         request: ImageRequest,
@@ -114,46 +381,87 @@ class Router:
     ) -> ImageResult:
         attempts: list[ProviderAttempt] = []
         errors: list[dict[str, object]] = []
+        retry_after: list[float] = []  # what failed providers asked for
+        held_back: dict[str, Provider] = {}  # allowed by the preferences, but not healthy
+        considered = False
         deadline = time.monotonic() + self.deadline_s
-        last_unavailable: ProviderError | None = None
 
-        def failed(provider: Provider, started: float, status: int, message: str) -> None:
+        def failed(
+            provider: Provider,
+            started: float,
+            status: int,
+            message: str,
+            retry_after_s: float | None = None,
+        ) -> None:
             latency = int((time.monotonic() - started) * 1000)
             name = provider.info.display_name
             attempts.append(ProviderAttempt(name, status, latency, message))
             errors.append({"provider": name, "status": status, "message": message})
+            self.health.of(provider.info.slug).record_failure(
+                status, message, retry_after_s=retry_after_s
+            )
+            if retry_after_s:
+                retry_after.append(retry_after_s)
+            log.info("provider %s failed (%d): %s", provider.info.slug, status, message)
+
+        def timed_out() -> RoutingFailed:
+            return RoutingFailed(
+                RequestTimeout(
+                    f"The request did not finish within {self.deadline_s:.0f} s.",
+                    metadata={"provider_errors": errors},
+                ),
+                attempts,
+            )
 
         for model in (request.model, *request.fallback_models):
-            for provider in self.candidates(request, model):
+            eligible = self.eligible(request, model)
+            if not eligible:
+                continue
+            considered = True
+            await self._prepare(eligible)
+            planned = self._plan(request, eligible)
+            now = self.health.clock()
+            held_back.update(
+                (p.info.slug, p)
+                for p in eligible
+                if not self.health.of(p.info.slug).accepts_work(now)
+            )
+            for provider in planned:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    break
-                attempt_request = apply_provider_options(
-                    dataclasses.replace(request, model=model), provider.info.slug
-                )
+                    raise timed_out()
+                limit = remaining
+                if self.attempt_timeout_s is not None:
+                    limit = min(remaining, self.attempt_timeout_s)
+                attempt_request = self.attempt_request(request, model, provider)
                 started = time.monotonic()
+                scope = asyncio.timeout(limit)
                 try:
-                    result = await asyncio.wait_for(
-                        provider.generate(attempt_request, on_progress), timeout=remaining
-                    )
+                    async with scope:
+                        result = await provider.generate(attempt_request, on_progress)
+                except asyncio.CancelledError:
+                    raise  # the client went away: no fallback, no verdict on the provider
                 except ProviderError as exc:
-                    failed(provider, started, exc.status, exc.message)
-                    if exc.status == 503:
-                        last_unavailable = exc
-                    if not request.prefs.allow_fallbacks:
-                        break
+                    failed(provider, started, exc.status, exc.message, exc.retry_after_s)
                     continue
-                except (PixelrouterError, asyncio.CancelledError):
-                    raise  # the client's fault (4xx) or the client went away: no fallback
+                except PixelrouterError as exc:
+                    if 400 <= exc.status < 500 and exc.status not in PROVIDER_CAUSED_4XX:
+                        # The client's fault (4xx): another provider would refuse it too.
+                        name = provider.info.display_name
+                        latency = int((time.monotonic() - started) * 1000)
+                        attempts.append(ProviderAttempt(name, exc.status, latency, exc.message))
+                        self.health.of(provider.info.slug).record_client_error()
+                        raise RoutingFailed(exc, attempts) from exc
+                    failed(provider, started, exc.status, exc.message, _retry_after(exc))
+                    continue
                 except TimeoutError:
-                    failed(provider, started, 408, "timed out")
-                    raise RoutingFailed(
-                        RequestTimeout(
-                            f"The request did not finish within {self.deadline_s:.0f} s.",
-                            metadata={"provider_errors": errors},
-                        ),
-                        attempts,
-                    ) from None
+                    if scope.expired() and limit == remaining:
+                        failed(provider, started, 408, "timed out")
+                        raise timed_out() from None
+                    # The attempt's own cap, or the provider's own timeout: its failure.
+                    why = f"took longer than {limit:g} s" if scope.expired() else "timed out"
+                    failed(provider, started, 504, why)
+                    continue
                 except Exception:
                     # A bug in one provider's code must not lose the request: log it with an
                     # id, count it as that provider's failure and try the next one.
@@ -162,30 +470,90 @@ class Router:
                     failed(
                         provider, started, 500, f"internal error in the provider (id {error_id})"
                     )
-                    if not request.prefs.allow_fallbacks:
-                        break
                     continue
-                latency = int((time.monotonic() - started) * 1000)
-                attempts.append(ProviderAttempt(provider.info.display_name, 200, latency))
+                if not result.images:
+                    failed(provider, started, 502, "the provider returned no image")
+                    continue
+                seconds = time.monotonic() - started
+                self.health.of(provider.info.slug).record_success(
+                    seconds=seconds,
+                    images=len(result.images),
+                    image_tokens=sum(image_tokens(im.width, im.height) for im in result.images),
+                )
+                attempts.append(
+                    ProviderAttempt(provider.info.display_name, 200, int(seconds * 1000))
+                )
+                result.provider_slug = result.provider_slug or provider.info.slug
+                result.provider_name = result.provider_name or provider.info.display_name
                 result.attempts = attempts
                 return result
-        if not attempts:
-            raise RoutingFailed(
-                ServiceUnavailable(
-                    f"No provider is available for {request.model} with the given "
-                    "provider preferences.",
-                ),
-                attempts,
-            )
-        if last_unavailable is not None and all(a.status == 503 for a in attempts):
-            raise RoutingFailed(
-                ServiceUnavailable(last_unavailable.message, metadata={"provider_errors": errors}),
-                attempts,
-            )
         raise RoutingFailed(
-            UpstreamFailed(
-                "Every provider failed for this request.",
-                metadata={"provider_errors": errors},
-            ),
+            self._failure(request, considered, attempts, errors, retry_after, held_back),
             attempts,
         )
+
+    def _failure(
+        self,
+        request: ImageRequest,
+        considered: bool,
+        attempts: list[ProviderAttempt],
+        errors: list[dict[str, object]],
+        retry_after: list[float],
+        held_back: dict[str, Provider],
+    ) -> PixelrouterError:
+        """The error when no attempt succeeded: 503 when nothing could take the request (no
+        provider, all held back, all unavailable or rate limited), else 502."""
+        if not considered:
+            return ServiceUnavailable(
+                f"No provider is available for {request.model} with the given "
+                "provider preferences.",
+            )
+        if not attempts:
+            return self._held_back(held_back)
+        headers = {}
+        if retry_after:
+            headers["Retry-After"] = str(max(1, math.ceil(min(retry_after))))
+        if all(a.status in (429, 503) for a in attempts):
+            last = attempts[-1].error or "No provider can take this request now."
+            return ServiceUnavailable(last, metadata={"provider_errors": errors}, headers=headers)
+        return UpstreamFailed(
+            "Every provider failed for this request.",
+            metadata={"provider_errors": errors},
+            headers=headers,
+        )
+
+    def _held_back(self, held_back: dict[str, Provider]) -> ServiceUnavailable:
+        """Every allowed provider is behind an open circuit or its own Retry-After."""
+        now = self.health.clock()
+        reasons = []
+        waits = []
+        for provider in held_back.values():
+            health = self.health.of(provider.info.slug)
+            wait = health.wait_s(now)
+            waits.append(wait)
+            if health.state(now) is not CircuitState.CLOSED:
+                why = (
+                    f"paused after {health.consecutive_failures} failures in a row"
+                    f" (last: {health.last_error})"
+                )
+            else:
+                why = f"asked to wait {math.ceil(wait)} s (last: {health.last_error})"
+            reasons.append(f"{provider.info.display_name} is {why}")
+        retry = max(1, math.ceil(min(waits, default=1.0)))
+        return ServiceUnavailable(
+            "No provider can take this request now: "
+            + "; ".join(reasons)
+            + f". Try again in {retry} s.",
+            metadata={"retry_after": retry},
+            headers={"Retry-After": str(retry)},
+        )
+
+
+def _declares(supported: tuple[str, ...], request: ImageRequest) -> bool:
+    """An empty declaration means "not declared": such a provider is not filtered out."""
+    return not supported or all(p in supported for p in used_parameters(request))
+
+
+def _retry_after(exc: PixelrouterError) -> float | None:
+    value = getattr(exc, "retry_after_s", None) or exc.metadata.get("retry_after")
+    return float(value) if isinstance(value, int | float) and value > 0 else None
