@@ -33,6 +33,8 @@ class LocalProvider:
         price: Price = KLEIN_4B.price,
         supported_parameters: tuple[str, ...] = KLEIN_4B.supported_parameters,
         start: bool = True,
+        slug: str = LOCAL_SLUG,
+        display_name: str | None = None,  # None: the engine's (it names the loaded weights)
     ) -> None:
         if engine is None:
             from pixelrouter.engine.scheduler import Engine
@@ -42,14 +44,16 @@ class LocalProvider:
         self._models = models
         self._price = price
         self._supported_parameters = supported_parameters
+        self._slug = slug
+        self._display_name = display_name
         if start:
             engine.start()
 
     @property
     def info(self) -> ProviderInfo:  # a property: the display name is known once loaded
         return ProviderInfo(
-            slug=LOCAL_SLUG,
-            display_name=self.engine.display_name,
+            slug=self._slug,
+            display_name=self._display_name or self.engine.display_name,
             models=self._models,
             price=self._price,
             kind="local",

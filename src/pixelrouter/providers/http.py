@@ -1,0 +1,562 @@
+"""What every HTTP provider shares: one client with per-attempt timeouts, the mapping of
+upstream failures to our errors, and the checks that turn upstream bytes into delivered images.
+
+Failure mapping (routing falls through on a `ProviderError`, never on an `InvalidRequest`):
+
+- 5xx: `ProviderError` recorded with the upstream's status;
+- 429: `ProviderError` (status 429), `retry_after_s` from `Retry-After`;
+- connect / first-byte / total timeout, or an upstream 408: `ProviderError` 504 ("timeout");
+- refused, reset, truncated body, malformed JSON, no image, not an image, an image of another
+  size: `ProviderError` 502;
+- 401, 402, 403: our key or account is wrong (configuration, not the client's fault):
+  `ProviderError` 502 naming the provider; 404: a wrong `url` or `upstream_model`, the same;
+- 400, 422: the upstream refuses this request: `InvalidRequest` with the upstream's message;
+  413: `PayloadTooLarge` with the upstream's message.
+
+Images: each is decoded with Pillow (off the event loop); its size must be the request's, else
+the answer is invalid (never bill something other than what was asked, SPEC §2). An image in
+another format than the request's `output_format` is re-encoded; image `i` has seed `seed + i`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import email.utils
+import io
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+from PIL import Image
+
+from pixelrouter import __version__
+from pixelrouter.catalog import estimate_prompt_tokens
+from pixelrouter.engine.encode import encode_image
+from pixelrouter.errors import InvalidRequest, PayloadTooLarge, PixelrouterError
+from pixelrouter.providers.base import ProviderError, ProviderInfo
+from pixelrouter.providers.config import ProviderConfig
+from pixelrouter.types import (
+    MEDIA_TYPES,
+    GeneratedImage,
+    ImageRequest,
+    ImageResult,
+    ProgressEvent,
+    ReferenceImage,
+)
+
+MAX_RESPONSE_BYTES = 128 * 1024 * 1024
+USER_AGENT = f"pixelrouter/{__version__}"
+PIL_FORMATS = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg", "WEBP": "webp"}
+
+
+@dataclass(frozen=True)
+class UpstreamResponse:
+    """A whole upstream answer, body read within the size cap."""
+
+    status: int
+    headers: httpx.Headers
+    body: bytes
+    url: str
+
+
+@dataclass(frozen=True)
+class RawImage:
+    """Encoded bytes an upstream returned for image `index` of the request, not yet checked."""
+
+    index: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Delivered:
+    images: list[RawImage]
+    prompt_tokens: int | None = None
+
+
+class HTTPProvider:
+    """Base of the `pixelrouter`, `openrouter`, `openai-images` and `bfl` providers.
+
+    A subclass sets `kind` and `default_parameters`, and implements `_deliver` (the protocol)
+    and, when the protocol cannot express every request, `unsupported_reason`.
+    """
+
+    kind: ClassVar[str]
+    default_parameters: ClassVar[tuple[str, ...]] = ()
+    max_references: ClassVar[int] = 4
+
+    def __init__(
+        self, config: ProviderConfig, *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        if config.url is None:
+            raise ValueError(f"provider {config.name!r} needs a url")
+        self.config = config
+        self.url = config.url.rstrip("/")
+        options = config.options
+        self._max_bytes = int(options.get("max_response_bytes", MAX_RESPONSE_BYTES))
+        self._in_flight = 0
+        t = config.timeouts
+        # read= is the wait for the first byte of the answer, and then between any two reads.
+        timeout = httpx.Timeout(
+            connect=t.connect_s, read=t.first_byte_s, write=t.first_byte_s, pool=t.connect_s
+        )
+        headers = {"User-Agent": USER_AGENT, **dict(options.get("headers", {}))}
+        self._client = httpx.AsyncClient(
+            timeout=timeout, headers=headers, transport=transport, follow_redirects=False
+        )
+
+    # ------------------------------------------------------------------ Provider protocol
+
+    @property
+    def info(self) -> ProviderInfo:
+        parameters = self.config.options.get("supported_parameters")
+        return ProviderInfo(
+            slug=self.config.name,
+            display_name=self.config.display_name,
+            models=self.config.models,
+            price=self.config.price,
+            kind=self.kind,
+            quantization=self.config.options.get("quantization"),
+            data_collection=self.config.data_collection,
+            supported_parameters=(
+                tuple(parameters) if parameters is not None else self.declared_parameters()
+            ),
+        )
+
+    def declared_parameters(self) -> tuple[str, ...]:
+        """What `provider.require_parameters` may count on (`options.supported_parameters`
+        overrides it)."""
+        return self.default_parameters
+
+    def supports(self, request: ImageRequest) -> bool:
+        """Whether this protocol can express the request at all (routing skips it if not)."""
+        return self.unsupported_reason(request) is None
+
+    def unsupported_reason(self, request: ImageRequest) -> str | None:
+        if len(request.references) > self.max_references:
+            return f"it takes at most {self.max_references} reference images"
+        return None
+
+    async def generate(
+        self,
+        request: ImageRequest,
+        on_progress: Callable[[ProgressEvent], None] | None = None,
+    ) -> ImageResult:
+        reason = self.unsupported_reason(request)
+        if reason is not None:
+            raise self.error(
+                f"cannot serve this request: {reason}.", status=400, error_type="unsupported"
+            )
+        started = time.monotonic()
+        total_s = self.config.timeouts.total_s
+        self._in_flight += 1
+        try:
+            async with asyncio.timeout(total_s):
+                delivered = await self._deliver(request)
+                images = await asyncio.to_thread(self._check_images, request, delivered.images)
+        except TimeoutError:
+            raise self.error(
+                f"did not finish within {total_s:g} s (timeouts.total_s).",
+                status=504,
+                error_type="timeout",
+            ) from None
+        finally:
+            self._in_flight -= 1
+        prompt_tokens = delivered.prompt_tokens
+        if prompt_tokens is None:
+            prompt_tokens = estimate_prompt_tokens(request.prompt)
+        return ImageResult(
+            request_id=request.id,
+            model=request.model,
+            provider_slug=self.config.name,
+            provider_name=self.config.display_name,
+            images=images,
+            generation_time_ms=int((time.monotonic() - started) * 1000),
+            prompt_tokens=prompt_tokens,
+            failed_images=request.n - len(images),
+        )
+
+    def readiness(self) -> tuple[bool, str]:
+        # Health is judged by routing's outcome windows and circuit breaker, not guessed here.
+        return True, "ok"
+
+    def status(self) -> dict[str, Any]:
+        """Requests in flight to this provider stand in for its queue; `max_queue` caps them."""
+        max_queue = self.config.max_queue
+        return {
+            "state": "remote",
+            "queue_depth": self._in_flight,
+            "in_flight": self._in_flight,
+            "running_batch": 0,
+            "estimated_wait_s": 0.0,
+            "max_queue": max_queue,
+            "queue_full": max_queue is not None and self._in_flight >= max_queue,
+        }
+
+    async def probe(self) -> bool:
+        """GET `{url}/{probe_path}` (default `models`) answers 200."""
+        path = str(self.config.options.get("probe_path", "models")).lstrip("/")
+        return await self._get_ok(f"{self.url}/{path}")
+
+    def count_prompt_tokens(self, prompt: str) -> int | None:
+        return None
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    # ------------------------------------------------------------------ for subclasses
+
+    async def _deliver(self, request: ImageRequest) -> Delivered:
+        raise NotImplementedError
+
+    def upstream_model(self, request: ImageRequest) -> str:
+        return self.config.upstream_model_for(request.model)
+
+    def auth_headers(self) -> dict[str, str]:
+        """Credentials for requests to this provider's own origin (Bearer by default)."""
+        key = self.config.api_key
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def error(
+        self,
+        message: str,
+        *,
+        status: int = 502,
+        error_type: str = "provider_error",
+        retry_after_s: float | None = None,
+        upstream_status: int | None = None,
+    ) -> ProviderError:
+        """A fall-through failure whose message names this provider."""
+        metadata: dict[str, Any] = {"provider_name": self.config.display_name}
+        if upstream_status is not None:
+            metadata["upstream_status"] = upstream_status
+        return ProviderError(
+            f"Provider {self.config.display_name} ({self.config.name}) {message}",
+            status=status,
+            retry_after_s=retry_after_s,
+            error_type=error_type,
+            metadata=metadata,
+        )
+
+    async def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        what: str,
+        auth: bool = True,
+        headers: dict[str, str] | None = None,
+        follow_redirects: bool = False,
+        **kwargs: Any,
+    ) -> UpstreamResponse:
+        """One HTTP exchange, body read whole within the size cap; transport failures become
+        `ProviderError`s. The status is not checked: see `check_status`."""
+        all_headers = {**(self.auth_headers() if auth else {}), **(headers or {})}
+        t = self.config.timeouts
+        try:
+            request = self._client.build_request(method, url, headers=all_headers, **kwargs)
+            response = await self._client.send(
+                request, stream=True, follow_redirects=follow_redirects
+            )
+            try:
+                declared = response.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > self._max_bytes:
+                    raise self.error(f"sent a {what} answer larger than {self._max_bytes} bytes.")
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > self._max_bytes:
+                        raise self.error(
+                            f"sent a {what} answer larger than {self._max_bytes} bytes."
+                        )
+                    chunks.append(chunk)
+            finally:
+                await response.aclose()
+        except httpx.ConnectTimeout:
+            raise self.error(
+                f"did not accept a connection within {t.connect_s:g} s (timeouts.connect_s).",
+                status=504,
+                error_type="timeout",
+            ) from None
+        except httpx.ReadTimeout:
+            raise self.error(
+                f"sent nothing for {t.first_byte_s:g} s during the {what} (timeouts.first_byte_s).",
+                status=504,
+                error_type="timeout",
+            ) from None
+        except httpx.TimeoutException as exc:
+            raise self.error(
+                f"timed out during the {what} ({type(exc).__name__}).",
+                status=504,
+                error_type="timeout",
+            ) from None
+        except httpx.ConnectError as exc:
+            raise self.error(f"could not be reached for the {what}: {_reason(exc)}.") from None
+        except httpx.RemoteProtocolError as exc:
+            raise self.error(
+                f"broke off the {what} answer (truncated or malformed HTTP): {_reason(exc)}."
+            ) from None
+        except httpx.HTTPError as exc:
+            raise self.error(
+                f"failed during the {what} ({type(exc).__name__}: {_reason(exc)})."
+            ) from None
+        return UpstreamResponse(response.status_code, response.headers, b"".join(chunks), url)
+
+    def check_status(self, response: UpstreamResponse, *, what: str) -> None:
+        """Raise the error an upstream status means (see the module docstring)."""
+        status = response.status
+        if 200 <= status < 300:
+            return
+        detail = upstream_message(response.body)
+        said = f": {detail}" if detail else "."
+        if status == 429:
+            retry_after = parse_retry_after(response.headers.get("retry-after"))
+            raise self.error(
+                f"is rate limiting pixelrouter (HTTP 429){said}",
+                status=429,
+                error_type="rate_limited",
+                retry_after_s=retry_after,
+                upstream_status=429,
+            )
+        if status in (401, 402, 403):
+            problem = "has no credit left on" if status == 402 else "rejected the credentials of"
+            raise self.error(
+                f"{problem} pixelrouter (HTTP {status}) for the {what}: check this provider's "
+                f"api_key and account in pixelrouter.toml{said}",
+                error_type="provider_auth",
+                upstream_status=status,
+            )
+        if status in (400, 422):
+            raise InvalidRequest(
+                f"Provider {self.config.display_name} rejected the request (HTTP {status}){said}",
+                metadata={"provider_name": self.config.display_name, "upstream_status": status},
+            )
+        if status == 413:
+            raise PayloadTooLarge(
+                f"Provider {self.config.display_name} found the request too large (HTTP 413){said}",
+                metadata={"provider_name": self.config.display_name, "upstream_status": status},
+            )
+        if status == 404:
+            raise self.error(
+                f"answered HTTP 404 to the {what} at {response.url}: check this provider's url "
+                f"and upstream_model in pixelrouter.toml{said}",
+                upstream_status=404,
+            )
+        if status == 408:
+            raise self.error(
+                f"timed out the {what} itself (HTTP 408){said}",
+                status=504,
+                error_type="timeout",
+                upstream_status=408,
+            )
+        if status >= 500:
+            raise self.error(
+                f"failed the {what} (HTTP {status}){said}",
+                status=status,
+                retry_after_s=parse_retry_after(response.headers.get("retry-after")),
+                upstream_status=status,
+            )
+        raise self.error(
+            f"answered the {what} with an unexpected HTTP {status}{said}", upstream_status=status
+        )
+
+    def parse_json(self, response: UpstreamResponse, *, what: str) -> dict[str, Any]:
+        """The answer as a JSON object; anything else is an invalid upstream response."""
+        try:
+            payload = json.loads(response.body)
+        except (ValueError, UnicodeDecodeError):
+            raise self.error(f"sent malformed JSON as its {what} answer.") from None
+        if not isinstance(payload, dict):
+            raise self.error(f"sent JSON that is not an object as its {what} answer.")
+        return payload
+
+    async def post_json(self, url: str, body: dict[str, Any], *, what: str) -> dict[str, Any]:
+        response = await self.send("POST", url, json=body, what=what)
+        self.check_status(response, what=what)
+        return self.parse_json(response, what=what)
+
+    def decode_b64(self, text: Any, *, what: str = "image") -> bytes:
+        """Bytes of base64 text or a `data:` URL sent by the upstream."""
+        if not isinstance(text, str) or not text:
+            raise self.error(f"sent an empty or non-text {what}.")
+        payload = text.strip()
+        if payload.startswith("data:"):
+            _, sep, payload = payload.partition(",")
+            if not sep:
+                raise self.error(f"sent a malformed data URL as the {what}.")
+        payload = "".join(payload.split())
+        try:
+            return base64.b64decode(payload + "=" * (-len(payload) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            raise self.error(f"sent malformed base64 data as the {what}.") from None
+
+    async def fetch_image(self, url: Any) -> bytes:
+        """An image the upstream sent by reference: a `data:` URL, or an http(s) URL (relative
+        ones are on the provider's host). Credentials go only to the provider's own origin."""
+        if not isinstance(url, str) or not url:
+            raise self.error("sent an image entry with no data and no URL.")
+        if url.startswith("data:"):
+            return self.decode_b64(url)
+        absolute = urljoin(self.url + "/", url)
+        if urlsplit(absolute).scheme not in ("http", "https"):
+            raise self.error(f"sent an image URL this server cannot fetch: {url[:80]!r}.")
+        # Credentials only to the provider's own origin; redirects (a CDN) only without them.
+        own = same_origin(absolute, self.url)
+        response = await self.send(
+            "GET", absolute, what="image download", auth=own, follow_redirects=not own
+        )
+        self.check_status(response, what="image download")
+        return response.body
+
+    async def each_image(
+        self, request: ImageRequest, one: Callable[[int], Awaitable[tuple[bytes, int | None]]]
+    ) -> Delivered:
+        """Make the request's images one upstream call each (image `i` with seed `seed + i`),
+        concurrently. Images that arrive are delivered even when others fail (a failed image
+        costs nothing); when none arrives, the most telling error is raised: a client error
+        before a provider error."""
+        results = await asyncio.gather(*(one(i) for i in range(request.n)), return_exceptions=True)
+        images: list[RawImage] = []
+        errors: list[PixelrouterError] = []
+        prompt_tokens: int | None = None
+        for index, result in enumerate(results):
+            if isinstance(result, PixelrouterError):
+                errors.append(result)
+            elif isinstance(result, BaseException):
+                raise result  # a bug, not an upstream failure: let routing log it
+            else:
+                data, tokens = result
+                images.append(RawImage(index, data))
+                prompt_tokens = tokens if tokens is not None else prompt_tokens
+        if not images:
+            client_errors = [e for e in errors if not isinstance(e, ProviderError)]
+            raise (client_errors or errors)[0]
+        return Delivered(images, prompt_tokens)
+
+    async def _get_ok(self, url: str, *, headers: dict[str, str] | None = None) -> bool:
+        try:
+            async with asyncio.timeout(self.config.timeouts.total_s):
+                response = await self.send(
+                    "GET", url, what="probe", auth=same_origin(url, self.url), headers=headers
+                )
+        except (PixelrouterError, TimeoutError):
+            return False
+        return response.status == 200
+
+    # ------------------------------------------------------------------ image checks
+
+    def _check_images(self, request: ImageRequest, raw: list[RawImage]) -> list[GeneratedImage]:
+        """Decode, check the size and re-encode when needed; runs on a worker thread."""
+        if not raw:
+            raise self.error("answered without any image.")
+        return [self._check_image(request, item) for item in sorted(raw, key=lambda r: r.index)]
+
+    def _check_image(self, request: ImageRequest, item: RawImage) -> GeneratedImage:
+        label = f"image {item.index + 1}"
+        try:
+            image = Image.open(io.BytesIO(item.data))  # reads the header only
+        except Exception:
+            raise self.error(f"sent data that is not an image as {label}.") from None
+        if image.size != (request.width, request.height):
+            width, height = image.size
+            raise self.error(
+                f"sent a {width}x{height} {label} for a {request.width}x{request.height} "
+                "request; it is not delivered (never bill another size than asked)."
+            )
+        try:
+            image.load()  # a truncated or damaged file fails here
+        except Exception:
+            raise self.error(f"sent a damaged or truncated {label}.") from None
+        fmt = PIL_FORMATS.get(image.format or "")
+        data = item.data
+        if fmt != request.output_format:
+            data = encode_image(
+                image.convert("RGB"), request.output_format, request.output_compression
+            )
+        return GeneratedImage(
+            data=data,
+            media_type=MEDIA_TYPES[request.output_format],
+            width=request.width,
+            height=request.height,
+            seed=request.seed + item.index,
+            index=item.index,
+        )
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def reference_png(reference: ReferenceImage) -> bytes:
+    """A reference image's RGB pixels as PNG bytes (CPU work: call it off the event loop)."""
+    image = Image.frombytes("RGB", (reference.width, reference.height), reference.rgb)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+async def reference_pngs(request: ImageRequest) -> list[bytes]:
+    if not request.references:
+        return []
+    return await asyncio.to_thread(lambda: [reference_png(r) for r in request.references])
+
+
+def png_data_url(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def upstream_message(body: bytes, limit: int = 500) -> str:
+    """The human part of an upstream error body: OpenRouter/OpenAI `error.message`, FastAPI
+    `detail`, a `message`, or the text itself, shortened."""
+    text = body.decode("utf-8", errors="replace").strip()
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        return text[:limit]
+    message: Any = payload
+    if isinstance(payload, dict):
+        error = payload.get("error")
+        if isinstance(error, dict):
+            message = error.get("message") or error
+        elif isinstance(error, str):
+            message = error
+        elif "detail" in payload:
+            message = payload["detail"]
+        elif "message" in payload:
+            message = payload["message"]
+    if not isinstance(message, str):
+        message = json.dumps(message)
+    return message.strip()[:limit]
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """`Retry-After` as seconds: a number, or an HTTP date from now."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def same_origin(url: str, base: str) -> bool:
+    a, b = urlsplit(url), urlsplit(base)
+    return (a.scheme, a.hostname, a.port) == (b.scheme, b.hostname, b.port)
+
+
+def _reason(exc: Exception) -> str:
+    return str(exc) or type(exc).__name__

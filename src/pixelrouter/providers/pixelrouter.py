@@ -1,0 +1,152 @@
+"""The `pixelrouter` provider: another pixelrouter instance (a GPU worker), spoken to through
+its OpenRouter Image API (`POST {url}/images`), with its queue read from
+`GET {url}/engine/status`.
+
+The request is forwarded whole (size, n, seed, references, steps, guidance, output format), so
+the worker's images are the ones this process would have made; the client's `provider`
+preferences are not forwarded (routing happened here), except `batching: false`, sent as the
+worker's `provider.options.local` so exact-bytes requests stay exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, ClassVar
+
+from pixelrouter.catalog import KLEIN_4B
+from pixelrouter.errors import PixelrouterError
+from pixelrouter.providers.http import (
+    Delivered,
+    HTTPProvider,
+    RawImage,
+    png_data_url,
+    reference_pngs,
+)
+from pixelrouter.types import ImageRequest
+
+API_SUFFIX = "/api/v1"
+
+
+class PixelrouterProvider(HTTPProvider):
+    """A pixelrouter worker. The router calls `refresh_status()` now and then; `status()`
+    returns what the last call found, and `readiness()` is false while the worker says it is
+    not ready or cannot be reached."""
+
+    kind: ClassVar[str] = "pixelrouter"
+    default_parameters: ClassVar[tuple[str, ...]] = KLEIN_4B.supported_parameters
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._upstream: dict[str, Any] = {}
+        self._polled_at: float | None = None
+        self._poll_error: str | None = None
+
+    @property
+    def service_url(self) -> str:
+        """The worker's root (where `/ready` lives): `url` without its `/api/v1`."""
+        return self.url.removesuffix(API_SUFFIX)
+
+    async def _deliver(self, request: ImageRequest) -> Delivered:
+        body: dict[str, Any] = {
+            "model": self.upstream_model(request),
+            "prompt": request.prompt,
+            "n": request.n,
+            "size": f"{request.width}x{request.height}",
+            "seed": request.seed,
+            "output_format": request.output_format,
+        }
+        if request.output_compression is not None:
+            body["output_compression"] = request.output_compression
+        if request.steps is not None:
+            body["steps"] = request.steps
+        if request.guidance is not None:
+            body["guidance"] = request.guidance
+        if request.references:
+            body["input_references"] = [
+                {"type": "image_url", "image_url": {"url": png_data_url(png)}}
+                for png in await reference_pngs(request)
+            ]
+        if not request.batching:
+            body["provider"] = {"options": {"local": {"batching": False}}}
+        payload = await self.post_json(f"{self.url}/images", body, what="image request")
+        data = payload.get("data")
+        if not isinstance(data, list) or not data:
+            raise self.error("answered without any image (no 'data').")
+        images: list[RawImage] = []
+        for index, item in enumerate(data[: request.n]):
+            if not isinstance(item, dict):
+                raise self.error(f"sent a malformed entry for image {index + 1}.")
+            if item.get("b64_json"):
+                images.append(RawImage(index, self.decode_b64(item["b64_json"])))
+            else:
+                images.append(RawImage(index, await self.fetch_image(item.get("url"))))
+        usage = payload.get("usage")
+        tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+        return Delivered(images, tokens if isinstance(tokens, int) else None)
+
+    # ------------------------------------------------------------------ queue and health
+
+    async def refresh_status(self) -> dict[str, Any]:
+        """Poll `GET {url}/engine/status` (bounded by connect + first-byte timeouts) and
+        return `status()`. Never raises: a failed poll is recorded and shown in `status()`."""
+        t = self.config.timeouts
+        what = "engine status poll"
+        try:
+            async with asyncio.timeout(t.connect_s + t.first_byte_s):
+                response = await self.send("GET", f"{self.url}/engine/status", what=what)
+            self.check_status(response, what=what)
+            payload = self.parse_json(response, what=what)
+            data = payload.get("data", payload)
+            if not isinstance(data, dict):
+                raise self.error(f"sent an {what} answer without a 'data' object.")
+        except TimeoutError:
+            self._poll_error = "the engine status poll timed out"
+        except PixelrouterError as exc:
+            self._poll_error = exc.message
+        else:
+            self._upstream = data
+            self._poll_error = None
+        self._polled_at = time.time()
+        return self.status()
+
+    def status(self) -> dict[str, Any]:
+        upstream = self._upstream
+        queue_depth = _as_int(upstream.get("queue_depth"))
+        max_queue = self.config.max_queue
+        full = bool(upstream.get("queue_full")) or (
+            max_queue is not None and queue_depth >= max_queue
+        )
+        state = upstream.get("state", "unknown") if self._poll_error is None else "unreachable"
+        return {
+            "state": state,
+            "queue_depth": queue_depth,
+            "running_batch": _as_int(upstream.get("running_batch")),
+            "estimated_wait_s": _as_float(upstream.get("estimated_wait_s")),
+            "queue_full": full,
+            "max_queue": max_queue,
+            "in_flight": self._in_flight,
+            "ready": upstream.get("ready"),
+            "reason": upstream.get("reason"),
+            "polled_at": self._polled_at,
+            "error": self._poll_error,
+        }
+
+    def readiness(self) -> tuple[bool, str]:
+        if self._poll_error is not None:
+            return False, f"the worker's status could not be read: {self._poll_error}"
+        if self._upstream.get("ready") is False:
+            return False, f"the worker is not ready: {self._upstream.get('reason') or 'unknown'}"
+        return True, "ok"
+
+    async def probe(self) -> bool:
+        """The worker's own `GET /ready` answers 200."""
+        return await self._get_ok(f"{self.service_url}/ready")
+
+
+def _as_int(value: Any) -> int:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+
+
+def _as_float(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
