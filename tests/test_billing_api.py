@@ -4,8 +4,11 @@ what was delivered, exactly once; rate limits; usage and activity views."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import pytest
 
 from conftest import make_api
 from pixelrouter.billing.keys import hash_key
@@ -63,8 +66,7 @@ async def test_402_comes_before_any_work_and_says_why(api, demo_provider) -> Non
 
 async def test_the_maximum_is_reserved_at_the_resolved_size(api) -> None:
     key = await new_key(api, limit=0.034)  # two 2K images cost 0.034
-    r = await api.post("/api/v1/images", key=key, json={"prompt": "x", "size": "2048x2048",
-                                                         "n": 3})
+    r = await api.post("/api/v1/images", key=key, json={"prompt": "x", "size": "2048x2048", "n": 3})
     assert r.status_code == 402
     assert r.json()["error"]["metadata"]["required"] == 0.051
 
@@ -192,3 +194,89 @@ async def test_activity_and_credits(sqlite_api) -> None:
     assert bad.status_code == 400
     credits = (await api.get("/api/v1/credits", key=api.admin_key)).json()["data"]
     assert credits["total_usage"] == 0.029
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]}),
+        ("/api/v1/images", {"prompt": "x"}),
+        ("/api/v1/images/generations", {"prompt": "x"}),
+    ],
+)
+async def test_streaming_requests_get_a_real_402(sqlite_api, path, body) -> None:
+    key = await new_key(sqlite_api, limit=0.001)
+    r = await sqlite_api.post(path, key=key, json={**body, "stream": True})
+    assert r.status_code == 402, r.text
+    assert r.json()["error"]["metadata"]["error_type"] == "payment_required"
+
+
+class GenerousProvider(PartialProvider):
+    """An upstream that answers with more images than asked, or of another size."""
+
+    def __init__(self, extra: int = 2, size: tuple[int, int] | None = None) -> None:
+        super().__init__()
+        self.extra, self.size = extra, size
+
+    async def generate(self, request, on_progress=None):
+        width, height = self.size or (request.width, request.height)
+        images = [
+            GeneratedImage(b"\x89PNG fake", "image/png", width, height, i, i)
+            for i in range(request.n + self.extra)
+        ]
+        return ImageResult(request.id, request.model, "partial", "Partial upstream", images, 1, 3)
+
+
+async def test_more_images_than_asked_are_cut_and_never_charged(tmp_path: Path) -> None:
+    async for api in make_api(tmp_path, f"sqlite:///{tmp_path / 'px.db'}", [GenerousProvider()]):
+        key = await new_key(api, limit=1)
+        r = await api.post("/api/v1/images", key=key, json={"prompt": "x", "n": 2})
+        assert r.status_code == 200 and len(r.json()["data"]) == 2
+        assert r.json()["usage"]["cost"] == 0.028
+        assert api.app.state.px.store.ledger_total(hash_key(key)) == 2 * PRICE
+
+
+@pytest.mark.parametrize("provider", [GenerousProvider(size=(2048, 2048)), GenerousProvider(-1)])
+async def test_no_usable_image_is_a_502_and_costs_nothing(tmp_path: Path, provider) -> None:
+    async for api in make_api(tmp_path, f"sqlite:///{tmp_path / 'px.db'}", [provider]):
+        key = await new_key(api, limit=1)
+        r = await api.post("/api/v1/images", key=key, json={"prompt": "x", "n": 1})
+        assert r.status_code == 502, r.text
+        store = api.app.state.px.store
+        assert store.ledger_total(hash_key(key)) == 0
+        assert store.open_reservations(hash_key(key)) == []
+
+
+async def test_a_client_leaving_during_admission_leaves_nothing_open(sqlite_api) -> None:
+    """Cancel the service call at every early moment: no reservation or record stays open."""
+    from pixelrouter.types import ImageRequest
+
+    px = sqlite_api.app.state.px
+    key_hash = hash_key(sqlite_api.key)
+    for delay in (0, 0.0005, 0.001, 0.002, 0.005, 0.01):
+        request = ImageRequest(
+            id=f"gen-cancel-{delay}",
+            model=KLEIN_4B.id,
+            prompt="x",
+            width=64,
+            height=64,
+            key_hash=key_hash,
+        )
+        task = asyncio.ensure_future(px.service.generate(request, api="images"))
+        await asyncio.sleep(delay)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+        def settled(generation_id: str = request.id) -> bool:
+            record = px.store.get_generation(generation_id)
+            reservation = px.store.get_reservation(generation_id)
+            return (record is None or record.finished) and (
+                reservation is None or reservation.state != "open"
+            )
+
+        deadline = asyncio.get_running_loop().time() + 10
+        while not settled():
+            assert asyncio.get_running_loop().time() < deadline, delay
+            await asyncio.sleep(0.02)
+    assert px.store.open_reservations(key_hash) == []

@@ -16,17 +16,29 @@ from typing import Any
 
 from pixelrouter.catalog import (
     Catalog,
+    Price,
     estimate_prompt_tokens,
     image_price,
     image_tokens,
     micro_to_usd,
 )
-from pixelrouter.errors import PaymentRequired, PixelrouterError
+from pixelrouter.errors import PaymentRequired, PixelrouterError, UpstreamFailed
 from pixelrouter.routing.router import Router, RoutingFailed
 from pixelrouter.store import GenerationApi, NewGeneration, Store, utcnow
 from pixelrouter.types import ImageRequest, ImageResult, ProgressEvent, ProviderAttempt
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Admission:
+    """A generation that passed admission: its maximum cost is reserved and it is recorded
+    `pending`; `run` or `abandon` closes it exactly once."""
+
+    request: ImageRequest
+    started: float  # monotonic
+    reserved_micro: int
+    ran: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,34 +86,33 @@ class GenerationService:
                 return count
         return estimate_prompt_tokens(prompt)
 
+    def _price_of(self, provider_slug: str | None, model: str) -> Price:
+        """What one image costs: the serving provider's price, else the model's."""
+        for provider in self.router.providers:
+            if provider.info.slug == provider_slug:
+                return provider.info.price
+        return self.catalog.get(model).price
+
     def max_cost(self, request: ImageRequest) -> int:
-        """Every requested image at the resolved size, at the dearest model it may fall back to."""
-        per_image = max(
-            image_price(self.catalog.get(model).price, request.width, request.height)
-            for model in (request.model, *request.fallback_models)
-        )
+        """Every requested image at the resolved size, at the dearest provider of any model
+        the request may fall back to."""
+        per_image = 0
+        for model in (request.model, *request.fallback_models):
+            prices = [p.info.price for p in self.router.serves(model)]
+            prices.append(self.catalog.get(model).price)
+            per_image = max(
+                per_image, *(image_price(price, request.width, request.height) for price in prices)
+            )
         return request.n * per_image
 
-    async def _reserve(self, request: ImageRequest) -> None:
-        """SPEC §7: the maximum cost is reserved in one atomic step, or 402 before any work."""
-        if request.key_hash is None:
-            return
-        amount = self.max_cost(request)
-        reservation = await asyncio.to_thread(
-            self.store.reserve,
-            generation_id=request.id,
-            key_hash=request.key_hash,
-            amount_micro=amount,
-            expires_at=utcnow() + self.reservation_ttl,
-        )
-        if reservation is not None:
-            return
-        key = await asyncio.to_thread(self.store.find_key, request.key_hash)
-        balance = await asyncio.to_thread(self.store.key_balance, request.key_hash)
+    def _payment_required(self, request: ImageRequest, amount: int) -> PaymentRequired:
+        assert request.key_hash is not None
+        key = self.store.find_key(request.key_hash)
+        balance = self.store.key_balance(request.key_hash)
         limit = key.limit_micro if key is not None else None
         remaining = balance.remaining(limit) or 0
         reset = f", resets {key.limit_reset}" if key is not None and key.limit_reset else ""
-        raise PaymentRequired(
+        return PaymentRequired(
             f"This request can cost up to {_usd(amount)} ({request.n} image(s) of "
             f"{request.width}x{request.height}); this key has {_usd(remaining)} left of its "
             f"{_usd(limit or 0)} limit{reset}. Ask for fewer or smaller images, or raise the "
@@ -112,6 +123,54 @@ class GenerationService:
             },
         )
 
+    def _admit_now(self, request: ImageRequest, api: GenerationApi, streamed: bool) -> Admission:
+        """Runs in a worker thread: reserve (SPEC §7, or 402) then record `pending`."""
+        amount = self.max_cost(request) if request.key_hash is not None else 0
+        if request.key_hash is not None:
+            reservation = self.store.reserve(
+                generation_id=request.id,
+                key_hash=request.key_hash,
+                amount_micro=amount,
+                expires_at=utcnow() + self.reservation_ttl,
+            )
+            if reservation is None:
+                raise self._payment_required(request, amount)
+        try:
+            self.store.start_generation(_new_record(request, api, streamed))
+        except BaseException:
+            if request.key_hash is not None:
+                self.store.release(request.id)
+            raise
+        return Admission(request, time.monotonic(), amount)
+
+    async def admit(
+        self, request: ImageRequest, *, api: GenerationApi, streamed: bool = False
+    ) -> Admission:
+        """Reserve the maximum cost and record the generation, as one unit a client that
+        leaves cannot split: if it leaves meanwhile, what was done is undone."""
+        work = asyncio.ensure_future(asyncio.to_thread(self._admit_now, request, api, streamed))
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            await _shielded(self._undo_admission(work))
+            raise
+
+    async def _undo_admission(self, work: asyncio.Future[Admission]) -> None:
+        try:
+            admission = await work
+        except Exception:
+            return  # a 402 or a failed insert leaves nothing open
+        await self.abandon(admission)
+
+    async def abandon(self, admission: Admission) -> None:
+        """Close an admitted generation that will never run (its client left first)."""
+        if admission.ran:
+            return
+        admission.ran = True
+        await self._close_failed(
+            admission.request, state="cancelled", cancelled=True, finish_reason="cancelled"
+        )
+
     async def generate(
         self,
         request: ImageRequest,
@@ -120,26 +179,26 @@ class GenerationService:
         streamed: bool = False,
         on_progress: Callable[[ProgressEvent], None] | None = None,
     ) -> Delivery:
-        started = time.monotonic()
-        await self._reserve(request)
-        insert = asyncio.ensure_future(
-            asyncio.to_thread(self.store.start_generation, _new_record(request, api, streamed))
-        )
-        try:
-            # Shielded: a client leaving mid-insert must not leave a pending row behind.
-            await asyncio.shield(insert)
-        except asyncio.CancelledError:
-            await _shielded(self._abandon(request, insert))
-            raise
-        except BaseException:
-            await _shielded(self._release(request))
-            raise
+        admission = await self.admit(request, api=api, streamed=streamed)
+        return await self.run(admission, on_progress)
+
+    async def run(
+        self,
+        admission: Admission,
+        on_progress: Callable[[ProgressEvent], None] | None = None,
+    ) -> Delivery:
+        """Route an admitted generation; settle what was delivered, or release everything."""
+        request = admission.request
+        if admission.ran:
+            raise RuntimeError(f"generation {request.id} already ran")
+        admission.ran = True
 
         def elapsed_ms() -> int:
-            return int((time.monotonic() - started) * 1000)
+            return int((time.monotonic() - admission.started) * 1000)
 
         try:
             result = await self.router.route(request, on_progress)
+            delivery = self._price(admission, result, elapsed_ms())
         except asyncio.CancelledError:
             await _shielded(
                 self._close_failed(
@@ -177,26 +236,43 @@ class GenerationService:
                 self._close_failed(request, error_status=500, error_message="internal error")
             )
             raise
-        entry = self.catalog.get(result.model)
-        cost = sum(image_price(entry.price, im.width, im.height) for im in result.images)
-        completion = sum(image_tokens(im.width, im.height) for im in result.images)
-        prompt_tokens = result.prompt_tokens or self.prompt_tokens(request.prompt)
-        latency_ms = elapsed_ms()
         # Recorded and settled even if the client goes away now: the images exist.
-        await _shielded(
-            self._close_succeeded(request, result, cost, completion, prompt_tokens, latency_ms)
-        )
+        await _shielded(self._close_succeeded(delivery))
+        return delivery
+
+    def _price(self, admission: Admission, result: ImageResult, latency_ms: int) -> Delivery:
+        """Keep what was asked for (at most n images of the asked size) and price it at the
+        serving provider's price, never above what was reserved."""
+        request = admission.request
+        wanted = [
+            image
+            for image in result.images
+            if (image.width, image.height) == (request.width, request.height)
+        ][: request.n]
+        if not wanted:
+            raise UpstreamFailed(
+                f"{result.provider_name} returned no image of the requested size.",
+                metadata={"provider": result.provider_name},
+            )
+        if len(wanted) != len(result.images):
+            log.warning(
+                "%s returned %d image(s) for %s, %d usable",
+                result.provider_name,
+                len(result.images),
+                request.id,
+                len(wanted),
+            )
+            result.images = wanted
+        price = self._price_of(result.provider_slug, result.model)
+        cost = sum(image_price(price, im.width, im.height) for im in wanted)
+        if request.key_hash is not None:
+            cost = min(cost, admission.reserved_micro)
+        completion = sum(image_tokens(im.width, im.height) for im in wanted)
+        prompt_tokens = result.prompt_tokens or self.prompt_tokens(request.prompt)
         return Delivery(request, result, cost, prompt_tokens, completion, latency_ms)
 
-    async def _close_succeeded(
-        self,
-        request: ImageRequest,
-        result: ImageResult,
-        cost: int,
-        completion: int,
-        prompt_tokens: int,
-        latency_ms: int,
-    ) -> None:
+    async def _close_succeeded(self, delivery: Delivery) -> None:
+        request, result = delivery.request, delivery.result
         await asyncio.to_thread(
             self.store.finish_generation,
             request.id,
@@ -204,32 +280,21 @@ class GenerationService:
             model=result.model,
             provider_name=result.provider_name,
             provider_slug=result.provider_slug,
-            total_cost_micro=cost,
-            latency_ms=latency_ms,
+            total_cost_micro=delivery.cost_micro,
+            latency_ms=delivery.latency_ms,
             generation_time_ms=result.generation_time_ms,
             finish_reason="stop",
-            tokens_prompt=prompt_tokens,
-            tokens_completion=completion,
+            tokens_prompt=delivery.prompt_tokens,
+            tokens_completion=delivery.completion_tokens,
             num_images=len(result.images),
             provider_responses=_attempts_json(result.attempts),
         )
         if request.key_hash is not None:
-            await asyncio.to_thread(self.store.settle, request.id, cost)
+            await asyncio.to_thread(self.store.settle, request.id, delivery.cost_micro)
 
     async def _release(self, request: ImageRequest) -> None:
         if request.key_hash is not None:
             await asyncio.to_thread(self.store.release, request.id)
-
-    async def _abandon(self, request: ImageRequest, insert: asyncio.Future[Any]) -> None:
-        """The client left while its record was being written: close it as cancelled."""
-        try:
-            await insert
-        except Exception:
-            await self._release(request)
-            return
-        await self._close_failed(
-            request, state="cancelled", cancelled=True, finish_reason="cancelled"
-        )
 
     async def _close_failed(self, request: ImageRequest, **fields: Any) -> None:
         """Failed or cancelled: nothing was delivered, so nothing is charged."""

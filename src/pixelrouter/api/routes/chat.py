@@ -9,9 +9,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from pixelrouter.errors import PixelrouterError
-from pixelrouter.service import Delivery
+from pixelrouter.service import Admission, Delivery
 from pixelrouter.store import KeyRecord
-from pixelrouter.types import ImageRequest
 
 from .. import render, wire
 from ..auth import inference_key
@@ -19,7 +18,14 @@ from ..responses import OrjsonResponse
 from ..schemas import ChatCompletionRequest
 from ..state import AppState, app_state
 from ..streaming import KEEPALIVE, Tick
-from .common import deliver, delivery_events, edge, sse_response
+from .common import (
+    admit_stream,
+    deliver,
+    delivery_events,
+    edge,
+    progress_comment,
+    sse_response,
+)
 
 router = APIRouter(tags=["chat"])
 
@@ -32,12 +38,15 @@ async def chat_completions(
 ) -> Response:
     image_request = await wire.from_chat(body, edge(request, key))
     if image_request.stream:
-        return sse_response(_chat_stream(app_state(request), image_request))
+        px = app_state(request)
+        admission = await admit_stream(request, image_request, "chat")
+        return sse_response(px, admission, _chat_stream(px, admission))
     delivery = await deliver(request, image_request, "chat")
     return OrjsonResponse(render.chat_completion(delivery))
 
 
-async def _chat_stream(px: AppState, image_request: ImageRequest) -> AsyncIterator[bytes]:
+async def _chat_stream(px: AppState, admission: Admission) -> AsyncIterator[bytes]:
+    image_request = admission.request
     created = int(time.time())
     gen_id, model = image_request.id, image_request.model
 
@@ -46,14 +55,9 @@ async def _chat_stream(px: AppState, image_request: ImageRequest) -> AsyncIterat
 
     yield chunk(delta={"role": "assistant", "content": ""})
     yield render.sse_comment(KEEPALIVE)
-    async for item in delivery_events(px, image_request, "chat"):
+    async for item in delivery_events(px, admission):
         if isinstance(item, Tick):
-            if item.progress is not None:
-                yield render.sse_comment(
-                    f"PIXELROUTER PROGRESS {item.progress.step}/{item.progress.total_steps}"
-                )
-            else:
-                yield render.sse_comment(KEEPALIVE)
+            yield progress_comment(item)
         elif isinstance(item, PixelrouterError):
             yield chunk(delta={}, finish_reason="error", error=item)
             yield render.sse_data("[DONE]")

@@ -7,15 +7,17 @@ from collections.abc import AsyncIterator
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
 
 from pixelrouter.errors import InternalError, PixelrouterError
-from pixelrouter.service import Delivery
+from pixelrouter.service import Admission, Delivery
 from pixelrouter.store import GenerationApi, KeyRecord
 from pixelrouter.types import ImageRequest
 
+from .. import render
 from ..auth import attribution
 from ..state import AppState, app_state
-from ..streaming import Tick, until_disconnect, with_keepalive
+from ..streaming import KEEPALIVE, Tick, until_disconnect, with_keepalive
 from ..wire import Edge
 
 log = logging.getLogger("pixelrouter.api")
@@ -40,24 +42,46 @@ async def deliver(request: Request, image_request: ImageRequest, api: Generation
     return await until_disconnect(request, px.service.generate(image_request, api=api))
 
 
+async def admit_stream(
+    request: Request, image_request: ImageRequest, api: GenerationApi
+) -> Admission:
+    """Admission before the stream starts, so a 402 is an HTTP 402, not an in-stream error."""
+    return await app_state(request).service.admit(image_request, api=api, streamed=True)
+
+
 async def delivery_events(
-    px: AppState, image_request: ImageRequest, api: GenerationApi
+    px: AppState, admission: Admission
 ) -> AsyncIterator[Tick | Delivery | PixelrouterError]:
     """Ticks while the image is made, then the delivery or the error (never raised)."""
     try:
         async for item in with_keepalive(
-            lambda on_progress: px.service.generate(
-                image_request, api=api, streamed=True, on_progress=on_progress
-            ),
+            lambda on_progress: px.service.run(admission, on_progress),
             px.settings.keepalive_interval_s,
         ):
             yield item
     except PixelrouterError as exc:
         yield exc
     except Exception:
-        log.exception("internal error while streaming %s", image_request.id)
+        log.exception("internal error while streaming %s", admission.request.id)
         yield InternalError("Internal server error while generating; it has been logged.")
 
 
-def sse_response(body: AsyncIterator[bytes]) -> StreamingResponse:
-    return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
+def sse_response(
+    px: AppState, admission: Admission, body: AsyncIterator[bytes]
+) -> StreamingResponse:
+    # If the client leaves before the stream starts, the admitted generation is closed.
+    return StreamingResponse(
+        body,
+        media_type="text/event-stream",
+        headers=SSE_HEADERS,
+        background=BackgroundTask(px.service.abandon, admission),
+    )
+
+
+def progress_comment(tick: Tick) -> bytes:
+    """A keep-alive comment, or the denoising progress as one."""
+    if tick.progress is None:
+        return render.sse_comment(KEEPALIVE)
+    return render.sse_comment(
+        f"PIXELROUTER PROGRESS {tick.progress.step}/{tick.progress.total_steps}"
+    )

@@ -10,9 +10,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from pixelrouter.errors import PixelrouterError
-from pixelrouter.service import Delivery
+from pixelrouter.service import Admission, Delivery
 from pixelrouter.store import KeyRecord
-from pixelrouter.types import ImageRequest
 
 from .. import render, wire
 from ..auth import inference_key
@@ -20,7 +19,14 @@ from ..responses import OrjsonResponse
 from ..schemas import ImagesRequest
 from ..state import AppState, app_state
 from ..streaming import KEEPALIVE, Tick
-from .common import deliver, delivery_events, edge, sse_response
+from .common import (
+    admit_stream,
+    deliver,
+    delivery_events,
+    edge,
+    progress_comment,
+    sse_response,
+)
 
 router = APIRouter(tags=["images"])
 
@@ -33,7 +39,9 @@ async def create_images(
 ) -> Response:
     image_request = await wire.from_images(body, edge(request, key))
     if image_request.stream:
-        return sse_response(_images_stream(app_state(request), image_request))
+        px = app_state(request)
+        admission = await admit_stream(request, image_request, "images")
+        return sse_response(px, admission, _images_stream(px, admission))
     delivery = await deliver(request, image_request, "images")
     return OrjsonResponse(render.images_response(delivery))
 
@@ -50,16 +58,11 @@ def stream_error(error: PixelrouterError) -> dict[str, Any]:
     }
 
 
-async def _images_stream(px: AppState, image_request: ImageRequest) -> AsyncIterator[bytes]:
+async def _images_stream(px: AppState, admission: Admission) -> AsyncIterator[bytes]:
     yield render.sse_comment(KEEPALIVE)
-    async for item in delivery_events(px, image_request, "images"):
+    async for item in delivery_events(px, admission):
         if isinstance(item, Tick):
-            if item.progress is not None:
-                yield render.sse_comment(
-                    f"PIXELROUTER PROGRESS {item.progress.step}/{item.progress.total_steps}"
-                )
-            else:
-                yield render.sse_comment(KEEPALIVE)
+            yield progress_comment(item)
         elif isinstance(item, PixelrouterError):
             yield render.sse_data(stream_error(item))
         elif isinstance(item, Delivery):

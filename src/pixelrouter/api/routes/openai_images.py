@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from pixelrouter.errors import InvalidRequest, PixelrouterError
-from pixelrouter.service import Delivery
+from pixelrouter.service import Admission, Delivery
 from pixelrouter.store import KeyRecord
 from pixelrouter.types import ImageRequest
 
@@ -22,7 +22,14 @@ from ..responses import OrjsonResponse
 from ..schemas import OpenAIImagesRequest
 from ..state import AppState, app_state
 from ..streaming import KEEPALIVE, Tick
-from .common import deliver, delivery_events, edge, sse_response
+from .common import (
+    admit_stream,
+    deliver,
+    delivery_events,
+    edge,
+    progress_comment,
+    sse_response,
+)
 from .images import stream_error
 
 router = APIRouter(tags=["openai-images"])
@@ -118,7 +125,7 @@ async def create_edit(request: Request, key: KeyRecord = Depends(inference_key))
         image_request = dataclasses.replace(
             image_request, ignored_parameters=(*image_request.ignored_parameters, "mask")
         )
-    return await _respond(request, px, image_request)
+    return await _respond(request, px, image_request, edit=True)
 
 
 def _form_int(name: str, value: Any) -> int:
@@ -128,18 +135,25 @@ def _form_int(name: str, value: Any) -> int:
         raise InvalidRequest(f"{name} must be an integer; got {value!r}.") from exc
 
 
-async def _respond(request: Request, px: AppState, image_request: ImageRequest) -> Response:
+async def _respond(
+    request: Request, px: AppState, image_request: ImageRequest, *, edit: bool = False
+) -> Response:
     if image_request.stream:
-        return sse_response(_openai_stream(px, image_request))
+        admission = await admit_stream(request, image_request, "openai_images")
+        return sse_response(px, admission, _openai_stream(px, admission, edit=edit))
     delivery = await deliver(request, image_request, "openai_images")
     return OrjsonResponse(render.openai_images_response(delivery))
 
 
-async def _openai_stream(px: AppState, image_request: ImageRequest) -> AsyncIterator[bytes]:
+async def _openai_stream(px: AppState, admission: Admission, *, edit: bool) -> AsyncIterator[bytes]:
+    """OpenAI's image stream events: `image_generation.completed`, or `image_edit.completed`
+    for edits, as the OpenAI SDK types them; then `[DONE]` as the other streams end."""
+    image_request = admission.request
+    completed = "image_edit.completed" if edit else "image_generation.completed"
     yield render.sse_comment(KEEPALIVE)
-    async for item in delivery_events(px, image_request, "openai_images"):
+    async for item in delivery_events(px, admission):
         if isinstance(item, Tick):
-            yield render.sse_comment(KEEPALIVE)
+            yield progress_comment(item)
         elif isinstance(item, PixelrouterError):
             yield b"event: error\n" + render.sse_data(stream_error(item))
         elif isinstance(item, Delivery):
@@ -147,7 +161,7 @@ async def _openai_stream(px: AppState, image_request: ImageRequest) -> AsyncIter
             created = int(time.time())
             for image in item.result.images:
                 event = {
-                    "type": "image_generation.completed",
+                    "type": completed,
                     "b64_json": render.b64(image),
                     "created_at": created,
                     "size": f"{image.width}x{image.height}",
@@ -156,4 +170,5 @@ async def _openai_stream(px: AppState, image_request: ImageRequest) -> AsyncIter
                     "output_format": image_request.output_format,
                     "usage": usage,
                 }
-                yield b"event: image_generation.completed\n" + render.sse_data(event)
+                yield f"event: {completed}\n".encode() + render.sse_data(event)
+    yield render.sse_data("[DONE]")
