@@ -44,7 +44,10 @@ SETTING_NAMES = {
 
 
 def _config_values(path: Path | None) -> dict[str, Any]:
-    """`pixelrouter.toml`: `[server]` keys named like the settings (db → database_url)."""
+    """`pixelrouter.toml`: `[server]` keys named like the settings (db → database_url), and
+    the `[[providers]]` tables."""
+    from pixelrouter.providers.config import ConfigError, load_providers
+
     if path is None:
         default = Path("pixelrouter.toml")
         if not default.exists():
@@ -52,7 +55,8 @@ def _config_values(path: Path | None) -> dict[str, Any]:
         path = default
     try:
         data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        providers = load_providers(path)
+    except (OSError, tomllib.TOMLDecodeError, ConfigError) as exc:
         raise typer.BadParameter(f"cannot read config {path}: {exc}") from exc
     server = dict(data.get("server", {}))
     if "db" in server:
@@ -60,6 +64,8 @@ def _config_values(path: Path | None) -> dict[str, Any]:
     unknown = set(server) - SETTING_NAMES
     if unknown:
         raise typer.BadParameter(f"unknown [server] settings in {path}: {', '.join(unknown)}")
+    if providers:
+        server["providers"] = providers
     return server
 
 

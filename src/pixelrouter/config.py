@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 DEFAULT_MODEL = "black-forest-labs/FLUX.2-klein-4B"
 
@@ -29,7 +30,10 @@ class Settings:
     port: int = 8000
     data_dir: Path = field(default_factory=lambda: Path(".pixelrouter"))
     database_url: str | None = None  # None: SQLite file in data_dir
-    admin_key: str | None = None  # PIXELROUTER_ADMIN_KEY; None: generate one at first start
+    # PIXELROUTER_ADMIN_KEY; None: generate one at first start. Never in a repr.
+    admin_key: str | None = field(default=None, repr=False)
+    # [[providers]] of pixelrouter.toml (ProviderConfig); empty: one local engine
+    providers: list[Any] = field(default_factory=list)
     # engine
     engine: bool = True  # False: a pure gateway with no local engine
     demo: bool = False
@@ -55,7 +59,6 @@ class Settings:
     image_url_timeout_s: float = 10.0
     # the "url" response format needs an image store; none in this release
     image_store_url: str | None = None
-    public_url: str | None = None
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:

@@ -37,12 +37,14 @@ FLUX.2 [klein] 4B behind an OpenRouter-compatible API. Every `/api/v1` call take
 
 
 def default_providers(settings: Settings) -> list[Provider]:
-    """With no provider configuration: this process's engine, unless `--no-engine`."""
-    if not settings.engine:
-        return []
-    from pixelrouter.providers import local_provider
+    """The configured `[[providers]]`, or with none this process's engine; `--no-engine`
+    leaves out every `local` provider (a pure gateway)."""
+    from pixelrouter.providers import build_providers, local_provider
 
-    return [local_provider(settings)]
+    if settings.providers:
+        configs = [c for c in settings.providers if settings.engine or c.type != "local"]
+        return build_providers(configs, settings)
+    return [local_provider(settings)] if settings.engine else []
 
 
 def sweep_once(store: Store, settings: Settings) -> tuple[int, int]:
