@@ -41,4 +41,4 @@ bench: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python bench/engine_demo.py
 
 clean:
-	rm -rf $(VENV) .pixelrouter build dist src/*.egg-info
+	rm -rf $(VENV) build dist src/*.egg-info test-artifacts  # never the data: .pixelrouter holds keys and the ledger

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from helpers import png_data_url
@@ -155,3 +157,36 @@ async def test_generation_of_another_key_reads_as_unknown(api) -> None:
     )
     admin_view = await api.get(f"/api/v1/generation?id={generation_id}", key=api.admin_key)
     assert admin_view.status_code == 200
+
+
+async def test_chunked_body_over_the_limit_is_413(api) -> None:
+    async def chunks():
+        for _ in range(70):
+            yield b"x" * (1024 * 1024)
+
+    r = await api.post(
+        "/api/v1/images", content=chunks(), headers={"Content-Type": "application/json"}
+    )
+    assert_error(r, 413, "payload_too_large", "larger than")
+
+
+async def test_a_chunked_body_within_the_limit_works(api) -> None:
+    async def chunks():
+        yield b'{"prompt": "chunked", '
+        yield b'"size": "64x64"}'
+
+    r = await api.post(
+        "/api/v1/images", content=chunks(), headers={"Content-Type": "application/json"}
+    )
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("field", ["prompt", "user"])
+async def test_text_that_is_not_unicode_is_a_400(api, field) -> None:
+    body = {"prompt": "x", "size": "64x64", field: "a \ud800 b"}
+    r = await api.post(
+        "/api/v1/images",
+        content=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    assert_error(r, 400, "invalid_request", "unicode")

@@ -146,6 +146,7 @@ async def test_a_bug_is_a_500_with_an_error_id_and_no_details(tmp_path, caplog) 
             with caplog.at_level(logging.ERROR):
                 r = await client.get("/api/v1/broken")
         assert r.status_code == 500
+        assert r.headers["x-generation-id"].startswith("gen-")
         error = r.json()["error"]
         assert error["metadata"]["error_type"] == "internal_error"
         assert error["metadata"]["error_id"] in error["message"]

@@ -31,6 +31,18 @@ def test_key_shaped_text_is_redacted_from_any_log_line(caplog) -> None:
     with caplog.at_level(logging.INFO, logger=logger.name):
         logger.info('%s - "GET /api/v1/models?api_key=%s HTTP/1.1" 401', "127.0.0.1", key)
         logger.info("typo key sk-pr-v1-12345zz in a message")
-    text = "\n".join(r.getMessage() for r in caplog.records)
+        try:
+            raise RuntimeError(f"upstream refused {key}")
+        except RuntimeError:
+            logger.exception("a failure")
+    text = "\n".join(r.getMessage() + (r.exc_text or "") for r in caplog.records)
     assert key not in text and "12345zz" not in text
-    assert text.count("sk-pr-v1-[redacted]") == 2
+    assert text.count("sk-pr-v1-[redacted]") == 3
+    assert "upstream refused" in text
+
+
+def test_settings_repr_holds_no_secret() -> None:
+    from pixelrouter.config import Settings
+
+    settings = Settings(admin_key="sk-pr-v1-" + "c" * 64, database_url="postgresql://u:pw@h/db")
+    assert "c" * 64 not in repr(settings) and "pw@" not in repr(settings)

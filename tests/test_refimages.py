@@ -139,3 +139,76 @@ async def test_urls_are_refused_unless_enabled_and_public() -> None:
     ):
         with pytest.raises(InvalidRequest, match="private, loopback or link-local"):
             await load_reference(url, FetchPolicy(enabled=True))
+
+
+@pytest.fixture
+def image_server():
+    """A loopback HTTP server: /cat.png an image, /slow trickles, /redirect points at /cat.png."""
+    import http.server
+    import threading
+    import time
+
+    png = encode(gradient(128, 96), "PNG")
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            if self.path == "/cat.png":
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", str(len(png)))
+                self.end_headers()
+                self.wfile.write(png)
+            elif self.path == "/redirect":
+                self.send_response(302)
+                self.send_header("Location", "/cat.png")
+                self.end_headers()
+            elif self.path == "/slow":
+                self.send_response(200)
+                self.send_header("Content-Length", "1000")
+                self.end_headers()
+                for _ in range(50):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            else:
+                self.send_response(404)
+                self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            return
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+async def test_fetch_when_allowed_follows_redirects_and_bounds_time(image_server) -> None:
+    allowed = FetchPolicy(enabled=True, allow_private=True, timeout_s=1.0)
+    ref = await load_reference(f"{image_server}/redirect", allowed)
+    assert (ref.width, ref.height) == (128, 96)
+    with pytest.raises(InvalidImage, match="did not download within"):
+        await load_reference(f"{image_server}/slow", allowed)
+    small = FetchPolicy(enabled=True, allow_private=True, max_bytes=100)
+    with pytest.raises(ImageTooLarge):
+        await load_reference(f"{image_server}/cat.png", small)
+
+
+async def test_dns_rebinding_to_loopback_is_refused(image_server, monkeypatch) -> None:
+    """The name resolves to a public address when checked, to loopback when connected."""
+    import socket
+
+    port = int(image_server.rsplit(":", 1)[1])
+    real = socket.getaddrinfo
+    answers = iter(["93.184.216.34"])
+
+    def rebinding(host, *args, **kwargs):
+        if host in ("images.example", b"images.example"):
+            address = next(answers, "127.0.0.1")
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    with pytest.raises(InvalidRequest, match="private, loopback"):
+        await load_reference(f"http://images.example:{port}/cat.png", FetchPolicy(enabled=True))

@@ -155,6 +155,24 @@ def micro_to_usd(micro: int) -> float:
     return micro / MICRO_PER_USD
 
 
+def usd_to_micro(usd: float) -> int:
+    """USD from a client or a config file (a limit, a max price) to integer micro-dollars."""
+    return round(usd * MICRO_PER_USD)
+
+
+OUTPUT_FORMATS = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}
+
+
+def normalize_output_format(fmt: str | None) -> str:
+    """png (default), jpeg (also 'jpg') or webp; a 400 otherwise."""
+    if fmt is None:
+        return "png"
+    chosen = OUTPUT_FORMATS.get(fmt.strip().lower())
+    if chosen is None:
+        raise InvalidRequest(f"output_format {fmt!r} is not supported: use png, jpeg or webp.")
+    return chosen
+
+
 def per_token_price_string(micro_per_mp: int) -> str:
     """USD per image token as the models API prints it: 0.014/4096 -> '0.00000341796875'."""
     value = Decimal(micro_per_mp) / Decimal(MICRO_PER_USD) / Decimal(IMAGE_TOKENS_PER_MP)

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from pixelrouter.catalog import normalize_output_format, usd_to_micro
 from pixelrouter.config import DEFAULT_MODEL, Settings
 from pixelrouter.errors import PixelrouterError
 
@@ -165,7 +166,7 @@ def generate(
     aspect_ratio: Annotated[str | None, typer.Option(help="1:1, 16:9, ... or auto")] = None,
     resolution: Annotated[str | None, typer.Option(help="0.5K, 1K (default) or 2K")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed; image i uses seed + i")] = None,
-    n: Annotated[int, typer.Option("-n", help="Number of images (1-4)")] = 1,
+    n: Annotated[int, typer.Option("-n", min=1, max=4, help="Number of images (1-4)")] = 1,
     reference: Annotated[
         list[Path] | None, typer.Option("-i", "--image", help="Reference image (repeatable)")
     ] = None,
@@ -181,8 +182,11 @@ def generate(
     steps: Annotated[int | None, typer.Option(help="Denoising steps (model default)")] = None,
 ) -> None:
     """Generate images, in-process (--demo or local weights) or on a --server."""
+    import httpx
+
     refs = [p.read_bytes() for p in reference or []]
     try:
+        output_format = normalize_output_format(output_format)
         if server:
             key = api_key or os.environ.get("PIXELROUTER_API_KEY")
             if not key:
@@ -208,6 +212,9 @@ def generate(
             )
     except PixelrouterError as exc:
         console.print(f"[red]error:[/] {exc.message}")
+        raise typer.Exit(1) from None
+    except httpx.HTTPError as exc:
+        console.print(f"[red]error:[/] cannot reach {server}: {type(exc).__name__}: {exc}")
         raise typer.Exit(1) from None
     for path, data in zip(
         _output_paths(output, len(images), used_seed, output_format), images, strict=True
@@ -357,8 +364,6 @@ def _store(db: str | None, config: Path | None):
     from pixelrouter.store import Store
 
     settings = _settings(config, database_url=db)
-    if settings.resolved_database_url.startswith("sqlite"):
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(settings.resolved_database_url)
     store.migrate()
     return store
@@ -367,7 +372,7 @@ def _store(db: str | None, config: Path | None):
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Option(help="A name to recognise the key by")] = "default",
-    limit: Annotated[float | None, typer.Option(help="Credit limit in USD")] = None,
+    limit: Annotated[float | None, typer.Option(min=0, max=1e9, help="Credit limit in USD")] = None,
     reset: Annotated[str | None, typer.Option(help="Limit reset: daily, weekly or monthly")] = None,
     management: Annotated[
         bool, typer.Option("--management", help="A management key (manages keys)")
@@ -387,7 +392,7 @@ def keys_create(
         record, plaintext = store.create_key(
             name=name,
             kind="management" if management else "inference",
-            limit_micro=None if limit is None else round(limit * 1_000_000),
+            limit_micro=None if limit is None else usd_to_micro(limit),
             limit_reset=reset,
             rate_limit_requests=requests,
             rate_limit_interval_s=interval,
@@ -402,9 +407,12 @@ def _parse_rate_limit(text: str | None) -> tuple[int | None, int | None]:
         return None, None
     count, _, interval = text.partition("/")
     try:
-        return int(count), int(interval.removesuffix("s") or 60)
+        requests, seconds = int(count), int(interval.removesuffix("s") or 60)
     except ValueError:
-        raise typer.BadParameter("--rate-limit looks like 60/60s (requests/seconds)") from None
+        requests = seconds = 0
+    if requests < 1 or seconds < 1:
+        raise typer.BadParameter("--rate-limit looks like 60/60s (requests/seconds, both ≥ 1)")
+    return requests, seconds
 
 
 def _find_one(store: Any, key_hash: str) -> Any:

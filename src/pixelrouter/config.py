@@ -29,7 +29,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     data_dir: Path = field(default_factory=lambda: Path(".pixelrouter"))
-    database_url: str | None = None  # None: SQLite file in data_dir
+    database_url: str | None = field(default=None, repr=False)  # may hold a password
     # PIXELROUTER_ADMIN_KEY; None: generate one at first start. Never in a repr.
     admin_key: str | None = field(default=None, repr=False)
     # [[providers]] of pixelrouter.toml (ProviderConfig); empty: one local engine
@@ -44,6 +44,8 @@ class Settings:
     # limits
     max_body_bytes: int = 64 * 1024 * 1024
     request_timeout_s: float = 600.0
+    # how long an open circuit (a provider that failed K times in a row) waits before a probe
+    circuit_cooldown_s: float = 30.0
     keepalive_interval_s: float = 5.0
     sweep_interval_s: float = 15.0
     # how long past its request's deadline a reservation or pending record may stay open
@@ -57,8 +59,6 @@ class Settings:
     allow_private_image_urls: bool = False
     max_image_url_bytes: int = 20 * 1024 * 1024
     image_url_timeout_s: float = 10.0
-    # the "url" response format needs an image store; none in this release
-    image_store_url: str | None = None
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -74,6 +74,7 @@ class Settings:
             dtype=os.environ.get("PIXELROUTER_DTYPE") or None,
             max_batch_size=_env_int("PIXELROUTER_MAX_BATCH_SIZE", 4),
             request_timeout_s=float(os.environ.get("PIXELROUTER_REQUEST_TIMEOUT_S") or 600),
+            circuit_cooldown_s=float(os.environ.get("PIXELROUTER_CIRCUIT_COOLDOWN_S") or 30),
             rate_limit_requests=_env_int("PIXELROUTER_RATE_LIMIT_REQUESTS", 0) or None,
             rate_limit_interval_s=_env_int("PIXELROUTER_RATE_LIMIT_INTERVAL_S", 60),
             sweep_interval_s=float(os.environ.get("PIXELROUTER_SWEEP_INTERVAL_S") or 15),

@@ -22,6 +22,11 @@ class RedactKeys(logging.Filter):
         if "sk-pr-v1-" in message:
             record.msg = KEY_LIKE.sub(REDACTED, message)
             record.args = None
+        if record.exc_info and not record.exc_text:
+            # Formatted once here, so a key inside an exception's text is masked too.
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text and "sk-pr-v1-" in record.exc_text:
+            record.exc_text = KEY_LIKE.sub(REDACTED, record.exc_text)
         return True
 
 

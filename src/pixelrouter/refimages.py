@@ -134,23 +134,29 @@ def decode_base64_image(text: str, *, position: int = 1) -> bytes:
         raise InvalidImage(f"reference image {position}: the base64 data is malformed.") from exc
 
 
+def _is_public_ip(text: str) -> bool:
+    """Globally routable only: no private, loopback, link-local, shared (100.64/10),
+    reserved or multicast address, also not inside an IPv4-mapped IPv6 one."""
+    address = ipaddress.ip_address(text.split("%", 1)[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_global and not address.is_multicast
+
+
 def _address_is_public(host: str) -> bool:
     try:
         infos = socket.getaddrinfo(host, None)
     except socket.gaierror:
         return False
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if (
-            address.is_private
-            or address.is_loopback
-            or address.is_link_local
-            or address.is_multicast
-            or address.is_reserved
-            or address.is_unspecified
-        ):
-            return False
-    return True
+    return bool(infos) and all(_is_public_ip(str(info[4][0])) for info in infos)
+
+
+def _peer_is_public(response: httpx.Response) -> bool:
+    """The address actually connected to: a name that resolved to a public address when it
+    was checked and to a private one at connect time (DNS rebinding) is caught here."""
+    stream = response.extensions.get("network_stream")
+    peer = stream.get_extra_info("server_addr") if stream is not None else None
+    return peer is None or _is_public_ip(str(peer[0]))
 
 
 async def fetch_image_url(url: str, policy: FetchPolicy, *, position: int = 1) -> bytes:
@@ -160,6 +166,17 @@ async def fetch_image_url(url: str, policy: FetchPolicy, *, position: int = 1) -
             f"reference image {position}: fetching image URLs is disabled on this server; "
             "send the image inline as a 'data:image/png;base64,...' URL."
         )
+    try:
+        async with asyncio.timeout(policy.timeout_s):  # the whole download, not each read
+            return await _fetch(url, policy, position)
+    except TimeoutError:
+        raise InvalidImage(
+            f"reference image {position} did not download within {policy.timeout_s:g} s.",
+            error_type="image_download_failed",
+        ) from None
+
+
+async def _fetch(url: str, policy: FetchPolicy, position: int) -> bytes:
     current = url
     for _ in range(4):  # follow a few redirects, checking every hop
         parts = urlsplit(current)
@@ -178,6 +195,11 @@ async def fetch_image_url(url: str, policy: FetchPolicy, *, position: int = 1) -
                 httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client,
                 client.stream("GET", current) as response,
             ):
+                if not policy.allow_private and not _peer_is_public(response):
+                    raise InvalidRequest(
+                        f"reference image {position}: the URL's host is a private, loopback "
+                        "or link-local address, which this server does not fetch."
+                    )
                 if response.is_redirect and "location" in response.headers:
                     current = str(response.url.join(response.headers["location"]))
                     continue

@@ -12,7 +12,6 @@ from pixelrouter.billing.keys import (
     generate_key,
     hash_key,
     key_label,
-    keys_equal,
     looks_like_key,
     looks_like_key_hash,
     period_end,
@@ -56,13 +55,6 @@ def test_malformed_keys_are_recognised(text: str) -> None:
     assert not looks_like_key(text)
     with pytest.raises(ValueError):
         key_label(text)
-
-
-def test_keys_equal() -> None:
-    key = generate_key()
-    assert keys_equal(key, str(key))
-    assert not keys_equal(key, generate_key())
-    assert not keys_equal(key, key[:-1])
 
 
 def test_period_starts_at_midnight_utc_monday_and_first_of_month() -> None:

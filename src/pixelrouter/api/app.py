@@ -16,6 +16,7 @@ from pixelrouter.catalog import Catalog
 from pixelrouter.config import Settings
 from pixelrouter.logs import guard_logs
 from pixelrouter.providers.base import Provider
+from pixelrouter.routing.health import HealthConfig
 from pixelrouter.routing.router import Router
 from pixelrouter.service import GenerationService
 from pixelrouter.store import Store, utcnow
@@ -83,7 +84,11 @@ def create_app(
     # The app closes the providers it builds; injected ones belong to their creator.
     owned = providers is None
     providers_ = default_providers(settings) if providers is None else providers
-    router_ = Router(providers_, deadline_s=settings.request_timeout_s)
+    router_ = Router(
+        providers_,
+        deadline_s=settings.request_timeout_s,
+        health=HealthConfig(cooldown_s=settings.circuit_cooldown_s),
+    )
     px = AppState(
         settings=settings,
         catalog=catalog_,
@@ -99,8 +104,6 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         guard_logs()  # after the server configured its loggers
-        if store_.url.startswith("sqlite"):
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(store_.migrate)
         generated = await asyncio.to_thread(store_.ensure_management_key, settings.admin_key)
         if generated:

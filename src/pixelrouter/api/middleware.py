@@ -1,10 +1,12 @@
-"""ASGI middleware: a generation id and demo header on every response, and the body limit.
+"""ASGI middleware: a generation id and demo header on every response, the body limit, and
+the last line of defence for bugs.
 
 Pure ASGI (not BaseHTTPMiddleware) so streaming responses and disconnect detection work.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 import string
 import time
@@ -13,8 +15,9 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pixelrouter.errors import PayloadTooLarge
+from pixelrouter.errors import InternalError, PayloadTooLarge, PixelrouterError
 
+log = logging.getLogger("pixelrouter.api")
 _ALPHABET = string.ascii_letters + string.digits
 
 
@@ -38,30 +41,53 @@ class EdgeMiddleware:
         extra_headers = [(b"x-generation-id", generation_id.encode())]
         if self.demo:
             extra_headers.append((b"x-pixelrouter-demo", b"random-weights"))
+        started = False
 
         async def send_with_headers(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 message.setdefault("headers", [])
                 message["headers"] = list(message["headers"]) + extra_headers
             await send(message)
 
+        too_large = PayloadTooLarge(f"The request body is larger than {self.max_body_bytes} bytes.")
         declared = _content_length(scope)
         if declared is not None and declared > self.max_body_bytes:
-            await _reject_too_large(send_with_headers, self.max_body_bytes)
+            await _send_error(send_with_headers, too_large)
             return
+        if declared is None and _may_have_body(scope):
+            # A chunked body: read it here, within the limit, so an oversized one is a 413
+            # before the app parses anything.
+            body = await _read_limited(receive, self.max_body_bytes)
+            if body is None:
+                await _send_error(send_with_headers, too_large)
+                return
+            receive = _replay(body, receive)
 
-        received = 0
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    raise PayloadTooLarge(_too_large_message(self.max_body_bytes))
-            return message
-
-        await self.app(scope, limited_receive, send_with_headers)
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception as exc:
+            # A bug: the client gets the SPEC envelope with an error id (and the generation
+            # id header), never a traceback; the log gets both ids and the traceback.
+            if started:
+                raise
+            error_id = secrets.token_hex(8)
+            log.error(
+                "internal error %s (generation %s) on %s %s",
+                error_id,
+                generation_id,
+                scope.get("method"),
+                scope.get("path"),
+                exc_info=exc,
+            )
+            await _send_error(
+                send_with_headers,
+                InternalError(
+                    f"Internal server error (error id {error_id}). It has been logged.",
+                    metadata={"error_id": error_id},
+                ),
+            )
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -74,21 +100,49 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-def _too_large_message(limit: int) -> str:
-    return f"The request body is larger than {limit} bytes."
-
-
-async def _reject_too_large(send: Any, limit: int) -> None:
-    body = orjson.dumps(PayloadTooLarge(_too_large_message(limit)).envelope())
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
+def _may_have_body(scope: Scope) -> bool:
+    return scope.get("method") in ("POST", "PUT", "PATCH") and any(
+        name == b"transfer-encoding" for name, _ in scope.get("headers", [])
     )
+
+
+async def _read_limited(receive: Receive, limit: int) -> bytes | None:
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunk = message.get("body", b"")
+        total += len(chunk)
+        if total > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # afterwards: the client's disconnect
+
+    return replay
+
+
+async def _send_error(send: Any, error: PixelrouterError) -> None:
+    body = orjson.dumps(error.envelope())
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if error.status == 413:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -8,11 +8,32 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+def _unicode_only(value: Any) -> Any:
+    """JSON can carry lone surrogates (`"\\ud800"`); no model, tokenizer or database takes
+    them, so they are a 400 at the edge."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                "text must be valid Unicode (it holds an unpaired surrogate)"
+            ) from None
+    elif isinstance(value, list):
+        for item in value:
+            _unicode_only(item)
+    return value
 
 
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _valid_text(cls, value: Any) -> Any:
+        return _unicode_only(value)
 
 
 class ImageURL(_Open):

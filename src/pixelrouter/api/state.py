@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from starlette.requests import Request
 
@@ -25,7 +25,6 @@ class AppState:
     service: GenerationService
     demo: bool = False
     accepting: bool = True
-    startup_notes: list[str] = field(default_factory=list)
 
     @property
     def fetch_policy(self) -> FetchPolicy:

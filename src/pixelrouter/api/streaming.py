@@ -10,6 +10,7 @@ from typing import TypeVar
 
 from starlette.requests import Request
 
+from pixelrouter.errors import PixelrouterError
 from pixelrouter.types import ProgressEvent
 
 T = TypeVar("T")
@@ -23,8 +24,16 @@ async def _wait_for_disconnect(request: Request) -> None:
             return
 
 
+class ClientGone(PixelrouterError):
+    """The client closed the connection before its answer was ready (nginx's 499)."""
+
+    status = 499
+    error_type = "client_closed_request"
+
+
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Await `work`, cancelling it if the client disconnects first (a queued job never runs)."""
+    """Await `work`, cancelling it if the client disconnects first (a queued job never runs).
+    A client that left gets `ClientGone`, answered quietly, not a traceback in the log."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.create_task(_wait_for_disconnect(request))
     try:
@@ -33,7 +42,7 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            raise asyncio.CancelledError("client disconnected")
+            raise ClientGone("The client closed the connection.")
         return task.result()
     finally:
         watcher.cancel()

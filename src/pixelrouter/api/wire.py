@@ -9,7 +9,13 @@ from typing import Any, Literal, cast
 
 from pydantic import BaseModel
 
-from pixelrouter.catalog import Catalog, ModelEntry, resolve_size
+from pixelrouter.catalog import (
+    Catalog,
+    ModelEntry,
+    normalize_output_format,
+    resolve_size,
+    usd_to_micro,
+)
 from pixelrouter.errors import InvalidRequest
 from pixelrouter.refimages import MAX_REFERENCES, FetchPolicy, decode_reference, load_reference
 from pixelrouter.types import Attribution, ImageRequest, ProviderPrefs, ReferenceImage
@@ -24,7 +30,6 @@ from .schemas import (
 MAX_SEED = 2**63 - 1 - 16  # seed + i must stay a valid torch seed
 MAX_STEPS = 100
 MAX_GUIDANCE = 30.0
-OUTPUT_FORMATS = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}
 SortBy = Literal["price", "throughput", "latency"]
 
 
@@ -86,15 +91,6 @@ def _check_guidance(guidance: float | None) -> float | None:
     return guidance
 
 
-def _output_format(fmt: str | None) -> str:
-    if fmt is None:
-        return "png"
-    chosen = OUTPUT_FORMATS.get(fmt.strip().lower())
-    if chosen is None:
-        raise InvalidRequest(f"output_format {fmt!r} is not supported: use png, jpeg or webp.")
-    return chosen
-
-
 def _output_compression(value: int | None, fmt: str) -> int | None:
     if value is None:
         return None
@@ -110,9 +106,9 @@ def _usd_to_micro(value: float | str | None, name: str) -> int | None:
         usd = float(value)
     except (TypeError, ValueError) as exc:
         raise InvalidRequest(f"provider.max_price.{name} must be a number of USD.") from exc
-    if usd < 0:
-        raise InvalidRequest(f"provider.max_price.{name} must not be negative.")
-    return round(usd * 1_000_000)
+    if not 0 <= usd < 1e9:
+        raise InvalidRequest(f"provider.max_price.{name} must be between 0 and 1e9 USD.")
+    return usd_to_micro(usd)
 
 
 def provider_prefs(p: ProviderPreferences | None) -> ProviderPrefs:
@@ -163,8 +159,9 @@ def _as_float(value: Any, name: str) -> float:
 
 
 def _ignored(body: BaseModel, also: tuple[str, ...] = ()) -> tuple[str, ...]:
-    extra = sorted((body.model_extra or {}).keys())
-    return tuple(extra) + also
+    # Names only, cut and made printable: they are stored on the generation record.
+    names = sorted((body.model_extra or {}).keys()) + list(also)
+    return tuple(name[:64].encode("utf-8", "replace").decode() for name in names[:32])
 
 
 def _require_parameters(prefs: ProviderPrefs, ignored: tuple[str, ...]) -> None:
@@ -211,9 +208,6 @@ def _url_of(image_url: Any) -> str:
 
 
 # ------------------------------------------------------------------------------- chat
-
-
-CHAT_IGNORED_IF_PRESENT = ("temperature", "top_p", "max_tokens", "tools", "stop")
 
 
 def chat_prompt_and_references(body: ChatCompletionRequest) -> tuple[str, list[str]]:
@@ -305,7 +299,7 @@ async def from_images(body: ImagesRequest, edge: Edge) -> ImageRequest:
         tier=body.resolution,
         reference_size=_reference_size(references),
     )
-    fmt = _output_format(body.output_format)
+    fmt = normalize_output_format(body.output_format)
     seed, seed_given = _resolve_seed(body.seed)
     prefs = provider_prefs(body.provider)
     ignored = _ignored(body)
@@ -336,18 +330,17 @@ async def from_images(body: ImagesRequest, edge: Edge) -> ImageRequest:
 # --------------------------------------------------------------------- OpenAI Images API
 
 
-def _openai_common(body: OpenAIImagesRequest, edge: Edge, image_store: bool):
+def _openai_common(body: OpenAIImagesRequest, edge: Edge):
     entry, _ = _resolve_models(edge.catalog, body.model, None)
     _check_prompt(body.prompt, entry)
     _check_background(body.background)
+    if body.response_format == "url":
+        raise InvalidRequest(
+            "response_format 'url' needs an image store, and none is configured on this "
+            "server: use response_format 'b64_json'."
+        )
     if body.response_format not in (None, "b64_json"):
-        if body.response_format == "url" and not image_store:
-            raise InvalidRequest(
-                "response_format 'url' needs an image store, and none is configured on this "
-                "server: use response_format 'b64_json'."
-            )
-        if body.response_format != "url":
-            raise InvalidRequest("response_format must be 'b64_json' or 'url'.")
+        raise InvalidRequest("response_format must be 'b64_json' or 'url'.")
     ignored = _ignored(body)
     for name in ("moderation", "style", "partial_images"):
         if getattr(body, name) is not None:
@@ -359,12 +352,10 @@ def from_openai(
     body: OpenAIImagesRequest,
     edge: Edge,
     references: tuple[ReferenceImage, ...] = (),
-    *,
-    image_store: bool = False,
 ) -> ImageRequest:
-    entry, ignored = _openai_common(body, edge, image_store)
+    entry, ignored = _openai_common(body, edge)
     width, height = resolve_size(size=body.size, reference_size=_reference_size(references))
-    fmt = _output_format(body.output_format)
+    fmt = normalize_output_format(body.output_format)
     seed, seed_given = _resolve_seed(body.seed)
     prefs = provider_prefs(body.provider)
     _require_parameters(prefs, ignored)

@@ -7,7 +7,6 @@ store `hash_key(plaintext)` and show `key_label(plaintext)`. Never log a plainte
 from __future__ import annotations
 
 import hashlib
-import hmac
 import re
 import secrets
 from datetime import UTC, datetime, timedelta
@@ -50,11 +49,6 @@ def key_label(plaintext: str) -> str:
         raise ValueError("not a pixelrouter key (expected sk-pr-v1- and 64 lowercase hex digits)")
     secret = plaintext[len(KEY_PREFIX) :]
     return f"{KEY_PREFIX}{secret[:3]}...{secret[-3:]}"
-
-
-def keys_equal(a: str, b: str) -> bool:
-    """Constant-time equality of two keys or key hashes."""
-    return hmac.compare_digest(a.encode("utf-8"), b.encode("utf-8"))
 
 
 def period_start(reset: LimitReset | str, now: datetime) -> datetime:

@@ -14,8 +14,6 @@ from pixelrouter.billing.keys import LimitReset, period_start
 
 ReservationState = Literal["open", "settled", "released"]
 LedgerEntryKind = Literal["reserve", "settle", "release"]
-RESERVATION_STATES: tuple[str, ...] = ("open", "settled", "released")
-LEDGER_ENTRY_KINDS: tuple[str, ...] = ("reserve", "settle", "release")
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SECOND = timedelta(seconds=1)

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pixelrouter.config import DEFAULT_MODEL
 from pixelrouter.errors import ServiceUnavailable
 
 if TYPE_CHECKING:
@@ -18,7 +19,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "black-forest-labs/FLUX.2-klein-4B"
 DEMO_DISPLAY_NAME = "Local (demo weights)"
 DISPLAY_NAME = "Local"
 # The pipeline's own default, kept here so it is visible: Qwen3 hidden states 9, 18 and 27.
@@ -110,9 +110,12 @@ def _how_to_get_weights() -> str:
     )
 
 
-def _short(exc: BaseException, limit: int = 300) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def describe_error(exc: BaseException, limit: int = 300) -> str:
+    """One short line for an exception: 'TypeName: first line of its message'."""
+    text = str(exc).strip()
+    text = text.splitlines()[0] if text else ""
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _looks_like_path(model: str) -> bool:
@@ -158,7 +161,7 @@ def _from_pretrained(cfg: EngineConfig, dtype: torch.dtype) -> Any:
     except Exception as exc:  # diffusers raises many types: missing, offline, corrupt files
         logger.warning("loading %s failed", model, exc_info=True)
         raise EngineLoadError(
-            f"Could not load FLUX.2 [klein] weights from {cfg.model!r}: {_short(exc)}. "
+            f"Could not load FLUX.2 [klein] weights from {cfg.model!r}: {describe_error(exc)}. "
             f"{_how_to_get_weights()}"
         ) from exc
     return pipe
@@ -197,7 +200,7 @@ def load_pipeline(cfg: EngineConfig) -> LoadedPipeline:
     except Exception as exc:
         logger.warning("preparing the pipeline on %s failed", device, exc_info=True)
         raise EngineLoadError(
-            f"Could not prepare the pipeline on {device} ({dtype}): {_short(exc)}."
+            f"Could not prepare the pipeline on {device} ({dtype}): {describe_error(exc)}."
         ) from exc
     is_distilled, steps, guidance = _defaults(pipe)
     return LoadedPipeline(

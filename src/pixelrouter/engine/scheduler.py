@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import logging
 import math
@@ -33,6 +34,7 @@ from pixelrouter.engine.pipeline import (
     EngineConfig,
     EngineLoadError,
     LoadedPipeline,
+    describe_error,
     load_pipeline,
 )
 from pixelrouter.providers.base import ProviderError, ProviderUnavailable
@@ -78,7 +80,8 @@ class Job:
 
     request: ImageRequest
     loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[ImageResult]
+    # None once its awaiter has the outcome: the job stays for look-ups, its pixels do not.
+    future: asyncio.Future[ImageResult] | None
     on_progress: ProgressCallback | None = None
     state: JobState = JobState.QUEUED
     key: BatchKey | None = None  # set by the worker: the defaults are known once loaded
@@ -129,13 +132,6 @@ class PromptCache:
 
     def __len__(self) -> int:
         return len(self._entries)
-
-
-def _short(exc: BaseException, limit: int = 200) -> str:
-    text = str(exc).strip()
-    text = text.splitlines()[0] if text else ""
-    text = text if len(text) <= limit else text[: limit - 3] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _token_counter(tokenizer: Any) -> Callable[[str], int]:
@@ -331,11 +327,16 @@ class Engine:
             while len(self._recent) > RECENT_JOBS:
                 self._recent.popitem(last=False)
             self._cond.notify_all()
+        future = job.future
+        assert future is not None
         try:
-            return await job.future
+            return await future
         except asyncio.CancelledError:
             self._cancel(job)
             raise
+        finally:
+            job.future = None
+            job.request = dataclasses.replace(job.request, references=())
 
     def _cancel(self, job: Job) -> None:
         with self._cond:
@@ -351,12 +352,13 @@ class Engine:
 
     def _settle(self, job: Job, result: ImageResult | None, error: Exception | None) -> None:
         def settle() -> None:
-            if job.future.done():
+            future = job.future
+            if future is None or future.done():
                 return
             if error is not None:
-                job.future.set_exception(error)
+                future.set_exception(error)
             else:
-                job.future.set_result(result)  # type: ignore[arg-type]
+                future.set_result(result)  # type: ignore[arg-type]
 
         # A closed loop (RuntimeError) means nobody waits for this job any more.
         with contextlib.suppress(RuntimeError):
@@ -396,7 +398,7 @@ class Engine:
             return
         except Exception as exc:
             logger.exception("loading the pipeline failed")
-            self._fail_load(f"Loading the pipeline failed ({_short(exc)}).")
+            self._fail_load(f"Loading the pipeline failed ({describe_error(exc, 200)}).")
             return
         self._loaded = loaded
         self._count_tokens = _token_counter(loaded.pipe.tokenizer)
@@ -410,7 +412,7 @@ class Engine:
                 self._run_batch(batch)
         except Exception as exc:  # a bug in the scheduler itself: stop taking work, loudly
             logger.exception("the engine worker stopped")
-            self._fail_load(f"The engine worker stopped ({_short(exc)}).")
+            self._fail_load(f"The engine worker stopped ({describe_error(exc, 200)}).")
 
     def _fail_load(self, message: str) -> None:
         with self._cond:
@@ -520,7 +522,9 @@ class Engine:
                 ", ".join(job.request.id for job in batch),
             )
             for job in batch:
-                self._fail(job, ProviderError(f"The local engine failed ({_short(exc)})."))
+                self._fail(
+                    job, ProviderError(f"The local engine failed ({describe_error(exc, 200)}).")
+                )
             self._batch_done(started)
             return
         self._batch_done(started)
@@ -682,7 +686,9 @@ class Engine:
             ]
         except Exception as exc:
             logger.exception("encoding the images of %s failed", request.id)
-            self._fail(job, ProviderError(f"Encoding the image failed ({_short(exc)})."))
+            self._fail(
+                job, ProviderError(f"Encoding the image failed ({describe_error(exc, 200)}).")
+            )
             return
         tokens = self.count_prompt_tokens(request.prompt)
         result = ImageResult(

@@ -32,10 +32,6 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def is_sqlite(url: str) -> bool:
-    return make_url(normalize_url(url)).get_backend_name() == "sqlite"
-
-
 def create_db_engine(url: str = DEFAULT_DATABASE_URL, **kwargs: Any) -> Engine:
     """An engine for `url`; for a SQLite file, its folder is created first."""
     sa_url = make_url(normalize_url(url))

@@ -10,7 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from pixelrouter.catalog import MICRO_PER_USD, micro_to_usd
+from pixelrouter.catalog import micro_to_usd, usd_to_micro
 from pixelrouter.config import Settings
 from pixelrouter.errors import InvalidRequest, NotFound
 from pixelrouter.store import KeyBalance, KeyRecord, KeyUsage, Store
@@ -135,7 +135,7 @@ def _parse_expiry(text: str | None) -> datetime | None:
 
 
 def _usd_to_micro(value: float | None) -> int | None:
-    return None if value is None else round(value * MICRO_PER_USD)
+    return None if value is None else usd_to_micro(value)
 
 
 @router.post("/keys", status_code=201, summary="Create an inference key (management)")

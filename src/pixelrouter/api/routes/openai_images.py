@@ -42,9 +42,7 @@ async def create_generation(
     key: KeyRecord = Depends(inference_key),
 ) -> Response:
     px = app_state(request)
-    image_request = wire.from_openai(
-        body, edge(request, key), image_store=px.settings.image_store_url is not None
-    )
+    image_request = wire.from_openai(body, edge(request, key))
     return await _respond(request, px, image_request)
 
 
@@ -116,9 +114,7 @@ async def create_edit(request: Request, key: KeyRecord = Depends(inference_key))
     the_edge = edge(request, key)
     entry = px.catalog.get(body.model) if body.model else px.catalog.default
     references = await wire.decode_uploads(uploads, entry)
-    image_request = wire.from_openai(
-        body, the_edge, references, image_store=px.settings.image_store_url is not None
-    )
+    image_request = wire.from_openai(body, the_edge, references)
     if ignored_mask:
         import dataclasses
 
