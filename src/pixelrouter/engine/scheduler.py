@@ -418,10 +418,12 @@ class Engine:
         with self._cond:
             self._state = "failed"
             self._error = message
-            queued = list(self._queue)
+            # Queued jobs and a batch the stopped worker was running: nobody else will.
+            stranded = list(self._queue) + list(self._running)
             self._queue.clear()
+            self._running = []
         self._ready.set()
-        for job in queued:
+        for job in stranded:
             self._fail(job, ProviderUnavailable(message))
 
     def _key_for(self, job: Job) -> BatchKey:
