@@ -103,6 +103,7 @@ class ProviderAttempt:
     status: int  # HTTP-like status of the attempt (200 ok)
     latency_ms: int
     error: str | None = None
+    provider_slug: str = ""
 
 
 @dataclass

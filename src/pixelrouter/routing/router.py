@@ -154,6 +154,10 @@ def order_candidates(
     if prefs.order:
         listed = [c for slug in dict.fromkeys(prefs.order) for c in candidates if c.slug == slug]
         rest = sorted((c for c in candidates if c.slug not in prefs.order), key=_by_price)
+        if not prefs.allow_fallbacks:
+            # No fallbacks: only a listed provider, even when the listed ones failed recently
+            # (demoted behind the rest) or are held back (not candidates at all).
+            rest = []
         ordered = _settled(listed + rest)
     elif prefs.sort is not None:
         ordered = _settled(sorted(candidates, key=SORT_KEYS[prefs.sort]))
@@ -395,7 +399,7 @@ class Router:
         ) -> None:
             latency = int((time.monotonic() - started) * 1000)
             name = provider.info.display_name
-            attempts.append(ProviderAttempt(name, status, latency, message))
+            attempts.append(ProviderAttempt(name, status, latency, message, provider.info.slug))
             errors.append({"provider": name, "status": status, "message": message})
             self.health.of(provider.info.slug).record_failure(
                 status, message, retry_after_s=retry_after_s
@@ -449,7 +453,11 @@ class Router:
                         # The client's fault (4xx): another provider would refuse it too.
                         name = provider.info.display_name
                         latency = int((time.monotonic() - started) * 1000)
-                        attempts.append(ProviderAttempt(name, exc.status, latency, exc.message))
+                        attempts.append(
+                            ProviderAttempt(
+                                name, exc.status, latency, exc.message, provider.info.slug
+                            )
+                        )
                         self.health.of(provider.info.slug).record_client_error()
                         raise RoutingFailed(exc, attempts) from exc
                     failed(provider, started, exc.status, exc.message, _retry_after(exc))
@@ -481,7 +489,12 @@ class Router:
                     image_tokens=sum(image_tokens(im.width, im.height) for im in result.images),
                 )
                 attempts.append(
-                    ProviderAttempt(provider.info.display_name, 200, int(seconds * 1000))
+                    ProviderAttempt(
+                        provider.info.display_name,
+                        200,
+                        int(seconds * 1000),
+                        provider_slug=provider.info.slug,
+                    )
                 )
                 result.provider_slug = result.provider_slug or provider.info.slug
                 result.provider_name = result.provider_name or provider.info.display_name
@@ -508,8 +521,13 @@ class Router:
                 f"No provider is available for {request.model} with the given "
                 "provider preferences.",
             )
-        if not attempts:
+        if not attempts and held_back:
             return self._held_back(held_back)
+        if not attempts:  # `order` with fallbacks off named no provider that serves the model
+            return ServiceUnavailable(
+                f"No provider is available for {request.model} with the given "
+                "provider preferences.",
+            )
         headers = {}
         if retry_after:
             headers["Retry-After"] = str(max(1, math.ceil(min(retry_after))))
