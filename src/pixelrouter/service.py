@@ -1,5 +1,5 @@
 """One generation from admission to record: reserve its maximum cost, route it, settle to what
-was delivered, record it.
+was delivered, record it and each provider attempt's outcome (for the statistics).
 
 The API edges call `GenerationService.generate`; it knows nothing of wire shapes.
 """
@@ -10,13 +10,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
 from pixelrouter.catalog import (
     Catalog,
     Price,
+    billable_megapixels,
     estimate_prompt_tokens,
     image_price,
     image_tokens,
@@ -24,7 +25,9 @@ from pixelrouter.catalog import (
 )
 from pixelrouter.errors import PaymentRequired, PixelrouterError, UpstreamFailed
 from pixelrouter.routing.router import Router, RoutingFailed
+from pixelrouter.stats.windows import provider_caused
 from pixelrouter.store import GenerationApi, NewGeneration, Store, utcnow
+from pixelrouter.store.stats_records import ProviderOutcome
 from pixelrouter.types import ImageRequest, ImageResult, ProgressEvent, ProviderAttempt
 
 log = logging.getLogger(__name__)
@@ -53,6 +56,21 @@ class Delivery:
     latency_ms: int
 
 
+@dataclass(frozen=True)
+class GenerationEnd:
+    """What observers (the /metrics counters) hear when a generation is closed."""
+
+    request_id: str
+    state: str  # succeeded | failed | cancelled
+    provider_slug: str | None  # the provider that served it
+    images: int
+    megapixels: int  # billable megapixels delivered
+    attempts: tuple[ProviderAttempt, ...] = field(default=())
+
+
+GenerationObserver = Callable[[GenerationEnd], None]
+
+
 def _attempts_json(attempts: list[ProviderAttempt]) -> list[dict[str, object]]:
     return [
         {"provider_name": a.provider_name, "status": a.status, "latency": a.latency_ms}
@@ -78,6 +96,7 @@ class GenerationService:
         self.catalog = catalog
         # The sweeper may release a reservation after this: the deadline plus a grace period.
         self.reservation_ttl = timedelta(seconds=reservation_ttl_s)
+        self.observers: list[GenerationObserver] = []
 
     def prompt_tokens(self, prompt: str) -> int:
         for provider in self.router.providers:
@@ -196,6 +215,7 @@ class GenerationService:
         def elapsed_ms() -> int:
             return int((time.monotonic() - admission.started) * 1000)
 
+        result: ImageResult | None = None
         try:
             result = await self.router.route(request, on_progress)
             delivery = self._price(admission, result, elapsed_ms())
@@ -218,6 +238,7 @@ class GenerationService:
                     provider_responses=_attempts_json(exc.attempts),
                     error_status=exc.status,
                     error_message=exc.message,
+                    attempts=exc.attempts,
                 )
             )
             raise exc.cause from None
@@ -228,6 +249,7 @@ class GenerationService:
                     latency_ms=elapsed_ms(),
                     error_status=exc.status,
                     error_message=exc.message,
+                    attempts=_unusable(result, exc),
                 )
             )
             raise
@@ -291,17 +313,95 @@ class GenerationService:
         )
         if request.key_hash is not None:
             await asyncio.to_thread(self.store.settle, request.id, delivery.cost_micro)
+        await self._record_outcomes(self._outcomes(request, result.attempts, delivery))
+        self._notify(
+            GenerationEnd(
+                request.id,
+                "succeeded",
+                result.provider_slug,
+                len(result.images),
+                sum(billable_megapixels(im.width, im.height) for im in result.images),
+                tuple(result.attempts),
+            )
+        )
 
     async def _release(self, request: ImageRequest) -> None:
         if request.key_hash is not None:
             await asyncio.to_thread(self.store.release, request.id)
 
-    async def _close_failed(self, request: ImageRequest, **fields: Any) -> None:
+    async def _close_failed(
+        self, request: ImageRequest, *, attempts: list[ProviderAttempt] | None = None, **fields: Any
+    ) -> None:
         """Failed or cancelled: nothing was delivered, so nothing is charged."""
         fields.setdefault("state", "failed")
         fields.setdefault("finish_reason", "error")
         await asyncio.to_thread(self.store.finish_generation, request.id, **fields)
         await self._release(request)
+        attempts = attempts or []
+        await self._record_outcomes(self._outcomes(request, attempts, None))
+        self._notify(GenerationEnd(request.id, fields["state"], None, 0, 0, tuple(attempts)))
+
+    def _outcomes(
+        self,
+        request: ImageRequest,
+        attempts: list[ProviderAttempt],
+        delivery: Delivery | None,
+    ) -> list[ProviderOutcome]:
+        """One row per attempt; the last one is the success when there is a delivery.
+
+        Attempts carry durations, not times: each is dated by walking back from now through
+        the attempts that followed it."""
+        rows: list[ProviderOutcome] = []
+        ended = utcnow()
+        for i in reversed(range(len(attempts))):
+            attempt = attempts[i]
+            served = delivery is not None and i == len(attempts) - 1
+            if attempt.provider_slug:
+                rows.append(
+                    ProviderOutcome(
+                        provider_slug=attempt.provider_slug,
+                        provider_name=attempt.provider_name,
+                        model=(
+                            delivery.result.model
+                            if served and delivery is not None
+                            else self._model_tried(attempt.provider_slug, request)
+                        ),
+                        created_at=ended,
+                        status=attempt.status,
+                        provider_caused=provider_caused(attempt.status),
+                        latency_ms=attempt.latency_ms,
+                        images=len(delivery.result.images) if served and delivery else 0,
+                        image_tokens=delivery.completion_tokens if served and delivery else 0,
+                    )
+                )
+            ended -= timedelta(milliseconds=attempt.latency_ms)
+        rows.reverse()
+        return rows
+
+    def _model_tried(self, slug: str, request: ImageRequest) -> str:
+        """The first of the request's models the provider serves: the one it was tried for."""
+        for provider in self.router.providers:
+            if provider.info.slug == slug:
+                for model in (request.model, *request.fallback_models):
+                    if model in provider.info.models:
+                        return model
+        return request.model
+
+    async def _record_outcomes(self, outcomes: list[ProviderOutcome]) -> None:
+        """One short transaction; statistics never break a generation."""
+        if not outcomes:
+            return
+        try:
+            await asyncio.to_thread(self.store.record_outcomes, outcomes)
+        except Exception:
+            log.exception("could not record the provider outcomes of a generation")
+
+    def _notify(self, end: GenerationEnd) -> None:
+        for observer in self.observers:
+            try:
+                observer(end)
+            except Exception:
+                log.exception("a generation observer failed")
 
 
 async def _shielded(work: Awaitable[None]) -> None:
@@ -313,6 +413,15 @@ async def _shielded(work: Awaitable[None]) -> None:
         raise
     except Exception:
         log.exception("could not record the end of a generation")
+
+
+def _unusable(result: ImageResult | None, error: PixelrouterError) -> list[ProviderAttempt]:
+    """The attempts of a result that could not be used (no image of the requested size): its
+    last, "successful" attempt is the provider's failure after all."""
+    if result is None or not result.attempts:
+        return []
+    last = replace(result.attempts[-1], status=error.status, error=error.message)
+    return [*result.attempts[:-1], last]
 
 
 def _new_record(request: ImageRequest, api: GenerationApi, streamed: bool) -> NewGeneration:

@@ -17,7 +17,7 @@ import logging
 import math
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -188,6 +188,7 @@ class Engine:
         self.jobs_started = 0
         self.jobs_cancelled = 0
         self.images_generated = 0
+        self.batch_sizes: Counter[int] = Counter()  # images per batch taken: /metrics reads it
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -277,6 +278,7 @@ class Engine:
                 "jobs_started": self.jobs_started,
                 "jobs_cancelled": self.jobs_cancelled,
                 "images_generated": self.images_generated,
+                "batch_sizes": {str(size): n for size, n in sorted(self.batch_sizes.items())},
                 "prompt_cache": {
                     "size": len(self._prompt_cache),
                     "hits": self._prompt_cache.hits,
@@ -503,6 +505,7 @@ class Engine:
             job.state = JobState.RUNNING
             job.started_at = now
         self.jobs_started += len(batch)
+        self.batch_sizes[total] += 1
         self._running = batch
         return batch
 

@@ -1,5 +1,5 @@
 """`Store`: one database (SQLite file or PostgreSQL) holding keys, generation records, the
-billing ledger and rate-limit counters."""
+billing ledger, rate-limit counters and provider outcomes."""
 
 from __future__ import annotations
 
@@ -14,9 +14,12 @@ from pixelrouter.store.generation_records import GenerationRecords
 from pixelrouter.store.key_records import KeyRecords
 from pixelrouter.store.ledger_records import LedgerRecords
 from pixelrouter.store.rate_limits import RateLimits
+from pixelrouter.store.stats_records import StatsRecords
 
 
-class Store(KeyRecords, GenerationRecords, LedgerRecords, RateLimits, ActivityRecords):
+class Store(
+    KeyRecords, GenerationRecords, LedgerRecords, RateLimits, ActivityRecords, StatsRecords
+):
     """Sync, thread-safe access to the database; each method is one short transaction.
 
     Call `migrate()` once at start. Async callers run methods in a thread pool.

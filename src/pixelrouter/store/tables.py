@@ -195,3 +195,37 @@ rate_windows = Table(
     Column("window_start", BigInteger, primary_key=True),  # epoch seconds
     Column("count", Integer, nullable=False),
 )
+
+# One row per provider attempt (stats/): what the endpoints API's uptime, latency and
+# throughput are computed from, by every gateway process alike. Pruned after a few days.
+provider_outcomes = Table(
+    "provider_outcomes",
+    metadata,
+    Column("id", LEDGER_ID, primary_key=True, autoincrement=True),
+    Column("provider_slug", String(200), nullable=False),
+    Column("provider_name", String(200), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),  # when the attempt ended
+    Column("status", Integer, nullable=False),  # 200, or the attempt's HTTP-like error status
+    # Counts against uptime: 5xx, timeouts (408/504), garbage (502); not 429 nor client 4xx.
+    Column("provider_caused", Boolean, nullable=False),
+    Column("latency_ms", Integer, nullable=False),  # the whole attempt, end to end
+    Column("images", Integer, nullable=False),  # delivered (0 on failure)
+    Column("image_tokens", Integer, nullable=False),  # delivered completion tokens
+    Index("ix_provider_outcomes_provider_slug_created_at", "provider_slug", "created_at"),
+    Index("ix_provider_outcomes_created_at", "created_at"),
+)
+
+# The same outcomes summed per provider, model and UTC minute, upserted in the transaction that
+# inserts them: uptime windows and hourly buckets read at most a few thousand of these rows,
+# however busy the providers are.
+provider_outcome_minutes = Table(
+    "provider_outcome_minutes",
+    metadata,
+    Column("provider_slug", String(200), primary_key=True),
+    Column("model", String(200), primary_key=True),
+    Column("minute", UTCDateTime, primary_key=True),  # start of the minute, UTC
+    Column("successes", Integer, nullable=False),
+    Column("errors", Integer, nullable=False),  # provider-caused failures
+    Column("excluded", Integer, nullable=False),  # rate limits and client errors
+)

@@ -1,7 +1,10 @@
-"""The catalogue: `/models`, a model's `/endpoints`, and the Image API's model listing."""
+"""The catalogue: `/models`, a model's `/endpoints` (with live statistics), and the Image API's
+model listing."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
@@ -16,13 +19,25 @@ from pixelrouter.catalog import (
 )
 from pixelrouter.errors import InvalidRequest
 from pixelrouter.providers.base import Provider
+from pixelrouter.routing.health import CircuitState
+from pixelrouter.stats import ProviderStats, endpoint_status, providers_stats
+from pixelrouter.store import utcnow
 
 from ..responses import OrjsonResponse
 from ..state import AppState, app_state
 
+log = logging.getLogger(__name__)
+
 router = APIRouter(tags=["catalogue"])
 
 NO_TOOL_CHOICE = {"auto": False, "function": False, "none": False, "required": False}
+STATS_FIELDS = (
+    "uptime_last_5m",
+    "uptime_last_30m",
+    "uptime_last_1d",
+    "latency_last_30m",
+    "throughput_last_30m",
+)
 
 
 def token_pricing(price: Price) -> dict[str, str]:
@@ -87,13 +102,35 @@ def model_json(entry: ModelEntry) -> dict[str, Any]:
     }
 
 
-def _status(provider: Provider) -> int:
+def live_status(px: AppState, provider: Provider, stats: ProviderStats | None) -> int:
+    """SPEC §3.4 `status` from readiness, the circuit breaker and the statistics."""
     ready, _ = provider.readiness()
-    return 0 if ready else -2
+    circuit = px.router.health.of(provider.info.slug).state()
+    return endpoint_status(
+        stats,
+        ready=ready,
+        circuit_open=circuit is CircuitState.OPEN,
+        circuit_half_open=circuit is CircuitState.HALF_OPEN,
+    )
 
 
-def endpoint_json(entry: ModelEntry, provider: Provider) -> dict[str, Any]:
+async def endpoint_stats(px: AppState, entry: ModelEntry) -> dict[str, ProviderStats]:
+    """Each provider's statistics for this model, read in a thread. The catalogue still
+    answers, with null figures, when the store cannot be read."""
+    slugs = [p.info.slug for p in px.router.serves(entry.id)]
+    now = utcnow()
+    try:
+        return await asyncio.to_thread(providers_stats, px.store, slugs, now, model=entry.id)
+    except Exception:
+        log.exception("could not read the statistics of %s", entry.id)
+        return {}
+
+
+def endpoint_json(
+    entry: ModelEntry, provider: Provider, stats: ProviderStats | None, status: int
+) -> dict[str, Any]:
     info = provider.info
+    figures = stats.json() if stats is not None else dict.fromkeys(STATS_FIELDS)
     return {
         "name": f"{info.display_name} | {entry.id}",
         "model_id": entry.id,
@@ -106,18 +143,14 @@ def endpoint_json(entry: ModelEntry, provider: Provider) -> dict[str, Any]:
         "pricing": token_pricing(info.price),
         "quantization": info.quantization,
         "service_tier": None,
-        "status": _status(provider),
+        "status": status,
         "supported_parameters": list(info.supported_parameters or entry.supported_parameters),
         "supports_implicit_caching": False,
         "supports_tool_choice": NO_TOOL_CHOICE,
         "supports_diarization": False,
         "supports_image_reference": True,
         "native_tools": {},
-        "uptime_last_5m": None,
-        "uptime_last_30m": None,
-        "uptime_last_1d": None,
-        "latency_last_30m": None,
-        "throughput_last_30m": None,
+        **figures,
     }
 
 
@@ -175,6 +208,13 @@ async def list_models(
 async def list_endpoints(author: str, slug: str, request: Request) -> OrjsonResponse:
     px = app_state(request)
     entry = px.catalog.get(f"{author}/{slug}")
+    stats = await endpoint_stats(px, entry)
+    endpoints = []
+    for provider in px.router.serves(entry.id):
+        figures = stats.get(provider.info.slug)
+        endpoints.append(
+            endpoint_json(entry, provider, figures, live_status(px, provider, figures))
+        )
     return OrjsonResponse(
         {
             "data": {
@@ -183,7 +223,7 @@ async def list_endpoints(author: str, slug: str, request: Request) -> OrjsonResp
                 "created": entry.created,
                 "description": entry.description,
                 "architecture": architecture(entry),
-                "endpoints": [endpoint_json(entry, p) for p in px.router.serves(entry.id)],
+                "endpoints": endpoints,
             }
         }
     )
@@ -218,12 +258,13 @@ async def list_image_models(request: Request) -> OrjsonResponse:
 async def list_image_endpoints(author: str, slug: str, request: Request) -> OrjsonResponse:
     px = app_state(request)
     entry = px.catalog.get(f"{author}/{slug}")
+    stats = await endpoint_stats(px, entry)
     endpoints = [
         {
             "provider_name": p.info.display_name,
             "provider_slug": p.info.slug,
             "provider_tag": p.info.slug,
-            "status": _status(p),
+            "status": live_status(px, p, stats.get(p.info.slug)),
             "pricing": megapixel_pricing(p.info.price),
             "supported_parameters": capability_descriptors(entry),
             "supports_streaming": True,

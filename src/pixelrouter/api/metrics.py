@@ -1,0 +1,283 @@
+"""Prometheus metrics (`GET /metrics`): requests and latency per route, images and megapixels
+per provider, and, read at scrape time, engine queues and batch sizes and open reservations.
+
+Label values come only from fixed sets (route templates, methods, status codes, provider
+slugs from the configuration), never from keys, prompts or anything a client sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.process_collector import ProcessCollector
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pixelrouter.providers.base import Provider
+from pixelrouter.service import GenerationEnd
+from pixelrouter.store import Store
+
+log = logging.getLogger(__name__)
+
+# A generation takes from well under a second (a warm GPU) to minutes (a CPU, a long queue).
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+UNMATCHED = "unmatched"  # a path no route serves: one label value, whatever the path
+OTHER = "other"  # a matched path whose template could not be rebuilt
+NO_PROVIDER = "none"
+SERVED_BY_CAPACITY = 4096  # generation id -> provider, until the middleware reads it
+
+
+class Metrics:
+    """The registry of one app and the counters the service and the middleware move."""
+
+    def __init__(
+        self,
+        providers: list[Provider],
+        store: Store,
+        *,
+        cache_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "pixelrouter_requests",
+            "HTTP requests by route template, method, status and the provider that served "
+            "the generation ('none' for other requests)",
+            ["endpoint", "method", "status", "provider"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "pixelrouter_request_latency_seconds",
+            "Time from a request's arrival to the end of its response (a whole stream)",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.images = Counter(
+            "pixelrouter_images_generated",
+            "Images delivered to clients, by the provider that made them",
+            ["provider"],
+            registry=self.registry,
+        )
+        self.megapixels = Counter(
+            "pixelrouter_megapixels_generated",
+            "Billable megapixels delivered (max(1, ceil(w*h / 2^20)) per image), by provider",
+            ["provider"],
+            registry=self.registry,
+        )
+        self.attempts = Counter(
+            "pixelrouter_provider_attempts",
+            "Provider attempts by provider and HTTP-like status (200 ok)",
+            ["provider", "status"],
+            registry=self.registry,
+        )
+        self.scrape = ScrapeCollector(providers, store, cache_s=cache_s, clock=clock)
+        self.registry.register(self.scrape)
+        ProcessCollector(registry=self.registry)
+        self._served_by: OrderedDict[str, str] = OrderedDict()
+
+    def generation_finished(self, end: GenerationEnd) -> None:
+        """A `GenerationService` observer: count what was delivered and every attempt."""
+        for attempt in end.attempts:
+            if attempt.provider_slug:
+                self.attempts.labels(attempt.provider_slug, str(attempt.status)).inc()
+        if end.provider_slug and end.images:
+            self.images.labels(end.provider_slug).inc(end.images)
+            self.megapixels.labels(end.provider_slug).inc(end.megapixels)
+            self._served_by[end.request_id] = end.provider_slug
+            while len(self._served_by) > SERVED_BY_CAPACITY:
+                self._served_by.popitem(last=False)
+
+    def request_finished(
+        self, endpoint: str, method: str, status: int, seconds: float, generation_id: str | None
+    ) -> None:
+        provider = NO_PROVIDER
+        if generation_id is not None:
+            provider = self._served_by.pop(generation_id, NO_PROVIDER)
+        self.requests.labels(endpoint, method, str(status), provider).inc()
+        self.latency.labels(endpoint).observe(seconds)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class ScrapeCollector:
+    """Figures read when Prometheus scrapes: queue depth and batch sizes from the providers'
+    `status()`, readiness, and open reservations from the store (cached a few seconds: every
+    replica reports the same database-wide number)."""
+
+    def __init__(
+        self,
+        providers: list[Provider],
+        store: Store,
+        *,
+        cache_s: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self.providers = providers
+        self.store = store
+        self.cache_s = cache_s
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._reservations: tuple[float, int] | None = None  # (read at, count)
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # collected fresh on every scrape
+
+    def collect(self) -> Iterator[Metric]:
+        queue = GaugeMetricFamily(
+            "pixelrouter_engine_queue_depth",
+            "Requests waiting in an engine's queue (local engine or pixelrouter worker)",
+            labels=["provider"],
+        )
+        queued_images = GaugeMetricFamily(
+            "pixelrouter_engine_queued_images",
+            "Images waiting in an engine's queue",
+            labels=["provider"],
+        )
+        running = GaugeMetricFamily(
+            "pixelrouter_engine_running_images",
+            "Images in the batch an engine is running",
+            labels=["provider"],
+        )
+        batches = HistogramMetricFamily(
+            "pixelrouter_engine_batch_size",
+            "Images per batch the local engine ran (since it started)",
+            labels=["provider"],
+        )
+        up = GaugeMetricFamily(
+            "pixelrouter_provider_ready", "1 when a provider can take work now", labels=["provider"]
+        )
+        for provider in self.providers:
+            slug = provider.info.slug
+            try:
+                ready, _ = provider.readiness()
+                status = provider.status()
+            except Exception:
+                log.exception("could not read the status of provider %s", slug)
+                continue
+            up.add_metric([slug], 1.0 if ready else 0.0)
+            if isinstance(status.get("queue_depth"), int):
+                queue.add_metric([slug], float(status["queue_depth"]))
+            if isinstance(status.get("queued_images"), int):
+                queued_images.add_metric([slug], float(status["queued_images"]))
+            if isinstance(status.get("running_images"), int):
+                running.add_metric([slug], float(status["running_images"]))
+            sizes = status.get("batch_sizes")
+            if isinstance(sizes, dict):
+                buckets, total = batch_buckets(sizes)
+                batches.add_metric([slug], buckets, total)
+        yield from (queue, queued_images, running, batches, up)
+        open_reservations = self._open_reservations()
+        if open_reservations is not None:
+            gauge = GaugeMetricFamily(
+                "pixelrouter_billing_reservations_open",
+                "Reservations neither settled nor released (database-wide)",
+            )
+            gauge.add_metric([], float(open_reservations))
+            yield gauge
+
+    def _open_reservations(self) -> int | None:
+        with self._lock:
+            now = self.clock()
+            if self._reservations is not None and now - self._reservations[0] < self.cache_s:
+                return self._reservations[1]
+            try:
+                count = self.store.count_open_reservations()
+            except Exception:
+                log.exception("could not count open reservations for /metrics")
+                return None
+            self._reservations = (now, count)
+            return count
+
+
+def batch_buckets(sizes: dict[str, Any]) -> tuple[list[tuple[str, float]], float]:
+    """Cumulative histogram buckets and the sum from `{images per batch: batches}` counts."""
+    counts = {int(size): int(n) for size, n in sizes.items()}
+    buckets = [
+        (str(bound), float(sum(n for size, n in counts.items() if size <= bound)))
+        for bound in BATCH_BUCKETS
+    ]
+    buckets.append(("+Inf", float(sum(counts.values()))))
+    return buckets, float(sum(size * n for size, n in counts.items()))
+
+
+class MetricsMiddleware:
+    """Counts every HTTP response by route template and times it to its last byte."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what a client sees when the app raised before answering
+
+        async def send_counting(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_counting)
+        finally:
+            try:
+                self.metrics.request_finished(
+                    route_template(scope),
+                    str(scope.get("method", "GET")),
+                    status,
+                    time.perf_counter() - started,
+                    scope.get("state", {}).get("generation_id"),
+                )
+            except Exception:
+                log.exception("could not count a request for /metrics")
+
+
+def route_template(scope: Scope) -> str:
+    """The path template of the route that served this request, e.g.
+    `/api/v1/models/{author}/{slug}/endpoints`: the path with each path parameter's value put
+    back as `{name}` (so it holds for any router nesting). A path no route matched is
+    "unmatched"; one whose parameters cannot be put back is "other": never a raw path."""
+    params = scope.get("path_params")
+    if "route" not in scope and "endpoint" not in scope and not params:
+        return UNMATCHED
+    path = str(scope.get("path", ""))
+    if not params:
+        return path
+    segments = path.split("/")
+    for name, value in params.items():
+        text = str(value)
+        if "/" not in text and text in segments:
+            segments[segments.index(text)] = "{" + name + "}"
+            continue
+        joined = "/".join(segments)
+        if text and joined.endswith(text):  # a `{name:path}` parameter: the path's tail
+            segments = (joined[: -len(text)] + "{" + name + "}").split("/")
+            continue
+        return OTHER
+    return "/".join(segments)
+
+
+router = APIRouter(tags=["service"])
+
+
+@router.get("/metrics", summary="Prometheus metrics", include_in_schema=True)
+async def metrics_endpoint(request: Request) -> Response:
+    metrics: Metrics = request.app.state.metrics
+    body = await asyncio.to_thread(metrics.exposition)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
