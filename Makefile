@@ -9,7 +9,14 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install demo serve test test-fast lint format bench clean
+# The chart library of the web pages, vendored from the npm registry by `make vendor`
+# (pinned version and the registry's sha512 integrity of its tarball).
+CHARTJS_VERSION := 4.5.1
+CHARTJS_INTEGRITY := sha512-GIjfiT9dbmHRiYi6Nl2yFCq7kkwdkp1W/lp2J99rX0yo9tgJGn3lKQATztIjb5tVtevcBtIdICNWqlq5+E8/Pw==
+WEB_STATIC := src/pixelrouter/web/static
+VENDOR_TMP := build/vendor
+
+.PHONY: install demo serve test test-fast lint format bench clean vendor browser
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,8 +33,34 @@ demo: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/pixelrouter serve --host $(HOST) --port $(PORT)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider
+
+# The browser tests (tests/web) drive Debian's chromium through Playwright; never a browser
+# download. Without apt-get (or as a non-root user) this says so and the tests skip loudly.
+browser:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -q && apt-get install -y -q --no-install-recommends chromium) \
+			|| echo "make browser: could not install chromium; the browser tests will skip"; \
+	else \
+		echo "make browser: chromium is missing and apt-get is unavailable (or not root):" \
+			"install Debian's chromium to run tests/web"; \
+	fi
+
+# Reproduces $(WEB_STATIC)/chart.umd.js byte for byte from the npm registry.
+vendor:
+	rm -rf $(VENDOR_TMP) && mkdir -p $(VENDOR_TMP)
+	npm pack --silent chart.js@$(CHARTJS_VERSION) --pack-destination $(VENDOR_TMP) >/dev/null
+	$(PYTHON) -c 'import base64, hashlib, sys; \
+		got = "sha512-" + base64.b64encode(hashlib.sha512(open(sys.argv[1], "rb").read()).digest()).decode(); \
+		sys.exit(0 if got == sys.argv[2] else "chart.js tarball integrity mismatch: " + got)' \
+		$(VENDOR_TMP)/chart.js-$(CHARTJS_VERSION).tgz "$(CHARTJS_INTEGRITY)"
+	tar -xzf $(VENDOR_TMP)/chart.js-$(CHARTJS_VERSION).tgz -C $(VENDOR_TMP) \
+		package/dist/chart.umd.js package/LICENSE.md
+	cp $(VENDOR_TMP)/package/dist/chart.umd.js $(WEB_STATIC)/chart.umd.js
+	cp $(VENDOR_TMP)/package/LICENSE.md $(WEB_STATIC)/chart.js-LICENSE.md
+	@echo "vendored chart.js $(CHARTJS_VERSION) into $(WEB_STATIC)/"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

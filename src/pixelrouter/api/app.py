@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 
 from fastapi import Depends, FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from pixelrouter import __version__
 from pixelrouter.catalog import Catalog
@@ -19,13 +20,18 @@ from pixelrouter.providers.base import Provider
 from pixelrouter.routing.health import HealthConfig
 from pixelrouter.routing.router import Router
 from pixelrouter.service import GenerationService
+from pixelrouter.stats.windows import OUTCOME_RETENTION
 from pixelrouter.store import Store, utcnow
+from pixelrouter.web import STATIC_DIR as WEB_STATIC_DIR
+from pixelrouter.web import router as web_router
 
 from .auth import current_key
 from .errors import install_error_handlers
+from .metrics import Metrics, MetricsMiddleware
+from .metrics import router as metrics_router
 from .middleware import EdgeMiddleware
 from .responses import OrjsonResponse
-from .routes import catalog, chat, generations, images, keys, openai_images, service
+from .routes import catalog, chat, generations, images, keys, openai_images, service, stats
 from .state import AppState
 
 log = logging.getLogger("pixelrouter")
@@ -54,6 +60,7 @@ def sweep_once(store: Store, settings: Settings) -> tuple[int, int]:
     released = store.sweep_reservations()
     stale_before = utcnow() - timedelta(seconds=settings.reservation_ttl_s)
     closed = store.mark_stale_pending(stale_before)
+    store.prune_outcomes(utcnow() - OUTCOME_RETENTION)
     return released, closed
 
 
@@ -135,15 +142,23 @@ def create_app(
         default_response_class=OrjsonResponse,
     )
     app.state.px = px
+    app.state.metrics = metrics = Metrics(providers_, store_)
+    px.service.observers.append(metrics.generation_finished)
     install_error_handlers(app)
     authed = [Depends(current_key)]
     app.include_router(chat.router, prefix="/api/v1")
     app.include_router(images.router, prefix="/api/v1")
     app.include_router(openai_images.router, prefix="/api/v1")
     app.include_router(catalog.router, prefix="/api/v1", dependencies=authed)
+    app.include_router(stats.router, prefix="/api/v1", dependencies=authed)
     app.include_router(generations.router, prefix="/api/v1")
     app.include_router(keys.router, prefix="/api/v1")
     app.include_router(service.engine_router, prefix="/api/v1")
     app.include_router(service.router)
+    app.include_router(metrics_router)
+    # The web pages (public: no key to view them) and their CSS, JS and Chart.js.
+    app.include_router(web_router)
+    app.mount("/static", StaticFiles(directory=WEB_STATIC_DIR), name="static")
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes, demo=settings.demo)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: sees every response
     return app

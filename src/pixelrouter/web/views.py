@@ -1,0 +1,313 @@
+"""What the pages show, computed with the functions the API uses (the catalogue's JSON
+builders, `pixelrouter.stats`, `Store.activity`), so a page and the API always agree.
+
+Everything here reads the store synchronously: the routes call it in a thread.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from pixelrouter.api.routes.catalog import endpoint_json, model_json
+from pixelrouter.api.state import AppState
+from pixelrouter.catalog import (
+    ASPECT_RATIOS,
+    IMAGE_TOKENS_PER_MP,
+    MAX_PIXELS,
+    MAX_SIDE,
+    MIN_SIDE,
+    SIDE_MULTIPLE,
+    TIERS,
+    ModelEntry,
+    billable_megapixels,
+    image_price,
+    micro_to_usd,
+    size_for_ratio,
+)
+from pixelrouter.providers.base import Provider
+from pixelrouter.routing.health import CircuitState
+from pixelrouter.stats import (
+    ProviderStats,
+    UptimeHour,
+    apps_ranking,
+    endpoint_status,
+    percentiles,
+    uptime_hourly,
+)
+from pixelrouter.stats.windows import HOURLY_HOURS, providers_stats
+
+from . import display
+from .examples import examples
+
+ACTIVITY_DAYS = 30  # as GET /activity and the stats endpoint
+APPS_SHOWN = 20
+# Sizes the Pricing tab lists (width, height): the 1K ratios, then bigger ones.
+PRICE_EXAMPLES: tuple[tuple[int, int], ...] = (
+    (512, 512),
+    (1024, 1024),
+    (1360, 768),
+    (1168, 880),
+    (1440, 1440),
+    (2048, 1152),
+    (2048, 2048),
+)
+
+
+def status_of(px: AppState, provider: Provider, stats: ProviderStats | None) -> int:
+    """The endpoint status the endpoints API reports (SPEC §3.4)."""
+    ready, _ = provider.readiness()
+    circuit = px.router.health.of(provider.info.slug).state()
+    return endpoint_status(
+        stats,
+        ready=ready,
+        circuit_open=circuit is CircuitState.OPEN,
+        circuit_half_open=circuit is CircuitState.HALF_OPEN,
+    )
+
+
+# ------------------------------------------------------------------------------ catalogue
+
+
+def catalogue_view(px: AppState) -> list[dict[str, Any]]:
+    cards = []
+    for entry in px.catalog.models:
+        providers = px.router.serves(entry.id)
+        cards.append(
+            {
+                "id": entry.id,
+                "name": entry.name,
+                "description": entry.description,
+                "modality": entry.modality,
+                "context_length_text": display.count_text(entry.context_length),
+                "created_date": display.day_text(entry.created),
+                "price_1mp": display.usd_text(entry.price.first_mp),
+                "providers": len(providers),
+                "providers_up": sum(1 for p in providers if p.readiness()[0]),
+            }
+        )
+    return cards
+
+
+# ------------------------------------------------------------------------------ model page
+
+
+@dataclass(frozen=True)
+class ProviderFigures:
+    provider: Provider
+    stats: ProviderStats
+    hourly: list[UptimeHour]
+    status: int
+
+
+def model_view(px: AppState, entry: ModelEntry, now: datetime, base_url: str) -> dict[str, Any]:
+    """Everything the model page shows; `data` is embedded in the page as JSON for the charts
+    and the calculator."""
+    providers = px.router.serves(entry.id)
+    all_stats = providers_stats(px.store, [p.info.slug for p in providers], now, model=entry.id)
+    figures = []
+    for provider in providers:
+        stats = all_stats[provider.info.slug]
+        hourly = uptime_hourly(px.store, provider.info.slug, now, HOURLY_HOURS, model=entry.id)
+        figures.append(ProviderFigures(provider, stats, hourly, status_of(px, provider, stats)))
+    api_base = f"{base_url}/api/v1"
+    data = {
+        "model": model_json(entry),
+        "pricing": pricing_view(entry),
+        "providers": [provider_row(entry, f) for f in figures],
+        "performance": performance_view(px, entry, figures),
+        "uptime": [uptime_row(f) for f in figures],
+        "apps": [
+            {**app.json(), "link": display.safe_link(app.http_referer)}
+            for app in apps_ranking(px.store, now, model=entry.id, limit=APPS_SHOWN)
+        ],
+        "activity": activity_view(px, entry, now),
+    }
+    return {
+        "entry": entry,
+        "created_date": display.day_text(entry.created),
+        "context_length_text": display.count_text(entry.context_length),
+        "api_base": api_base,
+        "examples": examples(entry, api_base),
+        "data": data,
+    }
+
+
+def provider_row(entry: ModelEntry, figures: ProviderFigures) -> dict[str, Any]:
+    """One row of the Providers tab: the endpoints API's JSON of the provider, and its text."""
+    endpoint = endpoint_json(entry, figures.provider, figures.stats, figures.status)
+    label, css = display.status_text(figures.status)
+    latency = endpoint["latency_last_30m"] or {}
+    throughput = endpoint["throughput_last_30m"] or {}
+    price_1mp = image_price(figures.provider.info.price, 1024, 1024)
+    return {
+        "endpoint": endpoint,
+        "slug": figures.provider.info.slug,
+        "status_label": label,
+        "status_class": css,
+        "uptime_30m_text": display.percent_text(endpoint["uptime_last_30m"]),
+        "uptime_1d_text": display.percent_text(endpoint["uptime_last_1d"]),
+        "latency_p50_text": display.seconds_text(latency.get("p50")),
+        "throughput_p50_text": display.rate_text(throughput.get("p50")),
+        "price_1mp": micro_to_usd(price_1mp),
+        "price_1mp_text": display.usd_text(price_1mp),
+    }
+
+
+def uptime_row(figures: ProviderFigures) -> dict[str, Any]:
+    hours = []
+    for hour in figures.hourly:
+        value = hour.uptime
+        hours.append(
+            {
+                **hour.json(),
+                "label": display.hour_label(hour.hour),
+                "level": display.uptime_level(value),
+            }
+        )
+    return {
+        "provider_name": figures.provider.info.display_name,
+        "tag": figures.provider.info.slug,
+        "uptime_last_1d": figures.stats.uptime_last_1d,
+        "uptime_last_1d_text": display.percent_text(figures.stats.uptime_last_1d),
+        "hours": hours,
+    }
+
+
+def performance_view(
+    px: AppState, entry: ModelEntry, figures: list[ProviderFigures]
+) -> dict[str, Any]:
+    """Hourly p50 latency (s per image) and throughput (image tokens/s) per provider, over the
+    hours of the uptime buckets, computed from the same samples as the endpoints API's
+    30-minute percentiles. Only hours with a success are read."""
+    labels: list[str] = []
+    series = []
+    for f in figures:
+        if not labels:
+            labels = [display.hour_label(h.hour) for h in f.hourly]
+        latency: list[float | None] = []
+        throughput: list[float | None] = []
+        for hour in f.hourly:
+            if hour.successes == 0:
+                latency.append(None)
+                throughput.append(None)
+                continue
+            samples = px.store.success_samples(
+                f.provider.info.slug,
+                hour.hour - timedelta(microseconds=1),  # (since, until]: the hour's first µs
+                hour.hour + timedelta(hours=1) - timedelta(microseconds=1),
+                model=entry.id,
+            )
+            lat = percentiles([s.latency_ms / 1000.0 / s.images for s in samples], digits=4)
+            thr = percentiles(
+                [s.image_tokens / (max(s.latency_ms, 1) / 1000.0) for s in samples], digits=1
+            )
+            latency.append(lat["p50"] if lat else None)
+            throughput.append(thr["p50"] if thr else None)
+        series.append(
+            {
+                "provider_name": f.provider.info.display_name,
+                "tag": f.provider.info.slug,
+                "latency_p50": latency,
+                "throughput_p50": throughput,
+                "latency_last_30m": f.stats.latency_last_30m,
+                "throughput_last_30m": f.stats.throughput_last_30m,
+            }
+        )
+    return {"labels": labels, "providers": series}
+
+
+def activity_view(px: AppState, entry: ModelEntry, now: datetime) -> dict[str, Any]:
+    """The model's succeeded generations per UTC day for 30 days (as `GET /activity`), summed
+    over providers for the table, per provider for the chart."""
+    today = now.date()
+    since = today - timedelta(days=ACTIVITY_DAYS - 1)
+    rows = [r for r in px.store.activity(since=since, until=today) if r.model == entry.id]
+    days = [(since + timedelta(days=i)).isoformat() for i in range(ACTIVITY_DAYS)]
+    totals: dict[str, dict[str, int]] = defaultdict(
+        lambda: dict.fromkeys(
+            ("requests", "images", "megapixels", "completion_tokens", "usage_micro"), 0
+        )
+    )
+    by_provider: dict[str, dict[str, int]] = defaultdict(dict)
+    for row in rows:
+        day = row.date.isoformat()
+        total = totals[day]
+        total["requests"] += row.requests
+        total["images"] += row.images
+        total["megapixels"] += row.megapixels
+        total["completion_tokens"] += row.completion_tokens
+        total["usage_micro"] += row.usage_micro
+        provider = row.provider_name or "Unknown"
+        by_provider[provider][day] = by_provider[provider].get(day, 0) + row.images
+    table = [
+        {
+            "date": day,
+            "requests": t["requests"],
+            "images": t["images"],
+            "megapixels": t["megapixels"],
+            "completion_tokens": t["completion_tokens"],
+            "usage": micro_to_usd(t["usage_micro"]),
+            "usage_text": display.usd_text(t["usage_micro"]),
+        }
+        for day, t in sorted(totals.items(), reverse=True)
+    ]
+    return {
+        "days": days,
+        "images_by_provider": [
+            {"provider_name": name, "images": [counts.get(day, 0) for day in days]}
+            for name, counts in sorted(by_provider.items())
+        ],
+        "requests": [totals[day]["requests"] if day in totals else 0 for day in days],
+        "table": table,
+    }
+
+
+def pricing_view(entry: ModelEntry) -> dict[str, Any]:
+    """The price rule, in integer micro-dollars for the calculator, and example sizes."""
+    price = entry.price
+    rows = []
+    for width, height in PRICE_EXAMPLES:
+        micro = image_price(price, width, height)
+        rows.append(
+            {
+                "size": f"{width}x{height}",
+                "megapixels": billable_megapixels(width, height),
+                "price_text": display.usd_text(micro),
+            }
+        )
+    return {
+        "first_mp_micro": price.first_mp,
+        "extra_mp_micro": price.extra_mp,
+        "input_mp_micro": price.input_mp,
+        "first_mp_text": display.usd_text(price.first_mp),
+        "extra_mp_text": display.usd_text(price.extra_mp),
+        "image_tokens_per_mp": IMAGE_TOKENS_PER_MP,
+        "max_images": entry.max_images_per_request,
+        "limits": {
+            "min_side": MIN_SIDE,
+            "max_side": MAX_SIDE,
+            "multiple": SIDE_MULTIPLE,
+            "max_pixels": MAX_PIXELS,
+        },
+        "examples": rows,
+    }
+
+
+# ------------------------------------------------------------------------------ playground
+
+
+def playground_view(px: AppState) -> dict[str, Any]:
+    entry = px.catalog.default
+    return {
+        "models": [{"id": m.id, "name": m.name} for m in px.catalog.models],
+        "ratios": [
+            {"ratio": ratio, "size": "{}x{}".format(*size_for_ratio(a, b, "1K"))}
+            for ratio, (a, b) in ASPECT_RATIOS.items()
+        ],
+        "tiers": list(TIERS),
+        "max_images": entry.max_images_per_request,
+        "max_references": entry.max_reference_images,
+    }
