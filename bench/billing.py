@@ -8,17 +8,15 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
-import contextlib  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
 import random  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from datetime import UTC, datetime, timedelta  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -26,6 +24,7 @@ from typing import Any  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from benchdb import database, postgres_admin_url  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from pixelrouter.store import Store  # noqa: E402
@@ -51,7 +50,6 @@ AMOUNT_MICRO = 14_000  # one 1024x1024 image of a typical model
 SPREAD_KEYS = 16
 HOT_LIMIT_MICRO = 10**15  # large enough never to refuse, but checked on every reserve
 LATENCY_CLIENTS = (1, 8)
-DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 WORKLOADS = {
     "spread": f"{SPREAD_KEYS} keys, no limit",
     "hot": "1 hot key, with limit",
@@ -237,34 +235,6 @@ def check_invariants(store: Store, backend: str, pairs: int, keys: list[str]) ->
     }
 
 
-def postgres_admin_url() -> str:
-    return os.environ.get("PIXELROUTER_BENCH_POSTGRES_URL", DEFAULT_POSTGRES_URL)
-
-
-def _libpq(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-@contextlib.contextmanager
-def database(backend: str) -> Iterator[str]:
-    """The URL of a fresh, empty database of `backend`, removed afterwards."""
-    if backend == "sqlite":
-        with tempfile.TemporaryDirectory(prefix="pixelrouter-bench-") as folder:
-            yield f"sqlite:///{Path(folder) / 'billing.db'}"
-        return
-    import psycopg
-
-    admin = postgres_admin_url()
-    name = f"pixelrouter_bench_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(_libpq(admin), autocommit=True, connect_timeout=5) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield make_url(admin).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(_libpq(admin), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def bench_backend(
     backend: str,
     clients: list[int],
@@ -272,7 +242,7 @@ def bench_backend(
     warmup: float,
     progress: Callable[[str], None],
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
-    with database(backend) as url, Store(url) as store:
+    with database(backend, "billing.db") as url, Store(url) as store:
         store.migrate()
         info = {
             "backend": backend,

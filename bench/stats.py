@@ -8,7 +8,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
-import contextlib  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
@@ -16,7 +15,6 @@ import random  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-import uuid  # noqa: E402
 from collections.abc import Awaitable, Callable, Iterator  # noqa: E402
 from datetime import UTC, datetime, timedelta  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -25,7 +23,7 @@ from typing import Any  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import httpx  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
+from benchdb import database  # noqa: E402
 
 from pixelrouter.billing.keys import generate_key  # noqa: E402
 from pixelrouter.catalog import KLEIN_4B  # noqa: E402
@@ -59,7 +57,6 @@ database in the server of $PIXELROUTER_BENCH_POSTGRES_URL (default
 postgresql://postgres@127.0.0.1:5432/test), dropped afterwards.
 """
 
-DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 PROVIDERS = ("local", "worker-1", "worker-2", "remote")
 WEIGHTS = (0.4, 0.2, 0.2, 0.2)
 MODEL = KLEIN_4B.id
@@ -133,34 +130,6 @@ def outcomes(n: int, now: datetime, rng: random.Random) -> Iterator[list[Provide
         yield chunk
 
 
-def postgres_admin_url() -> str:
-    return os.environ.get("PIXELROUTER_BENCH_POSTGRES_URL", DEFAULT_POSTGRES_URL)
-
-
-def _libpq(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-@contextlib.contextmanager
-def database(backend: str) -> Iterator[str]:
-    """The URL of a fresh, empty database of `backend`, removed afterwards."""
-    if backend == "sqlite":
-        with tempfile.TemporaryDirectory(prefix="pixelrouter-bench-") as folder:
-            yield f"sqlite:///{Path(folder) / 'stats.db'}"
-        return
-    import psycopg
-
-    admin = postgres_admin_url()
-    name = f"pixelrouter_bench_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(_libpq(admin), autocommit=True, connect_timeout=5) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield make_url(admin).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(_libpq(admin), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def time_calls(call: Callable[[], object], repeat: int) -> list[float]:
     for _ in range(3):
         call()
@@ -215,7 +184,7 @@ async def time_http(url: str, store: Store, repeat: int) -> dict[str, list[float
 def bench(backend: str, size: int, repeat: int, progress: Callable[[str], None]) -> dict[str, Any]:
     rng = random.Random(size)
     now = datetime.now(UTC)
-    with database(backend) as url, Store(url) as store:
+    with database(backend, "stats.db") as url, Store(url) as store:
         store.migrate()
         progress(f"{backend}: inserting {size} outcomes")
         started = time.perf_counter()
