@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from pixelrouter.api.routes.catalog import endpoint_json, model_json
+from pixelrouter.api.routes.catalog import endpoint_json, live_status, model_json
 from pixelrouter.api.state import AppState
 from pixelrouter.catalog import (
     ASPECT_RATIOS,
@@ -28,12 +28,10 @@ from pixelrouter.catalog import (
     size_for_ratio,
 )
 from pixelrouter.providers.base import Provider
-from pixelrouter.routing.health import CircuitState
 from pixelrouter.stats import (
     ProviderStats,
     UptimeHour,
     apps_ranking,
-    endpoint_status,
     percentiles,
     uptime_hourly,
 )
@@ -54,18 +52,6 @@ PRICE_EXAMPLES: tuple[tuple[int, int], ...] = (
     (2048, 1152),
     (2048, 2048),
 )
-
-
-def status_of(px: AppState, provider: Provider, stats: ProviderStats | None) -> int:
-    """The endpoint status the endpoints API reports (SPEC §3.4)."""
-    ready, _ = provider.readiness()
-    circuit = px.router.health.of(provider.info.slug).state()
-    return endpoint_status(
-        stats,
-        ready=ready,
-        circuit_open=circuit is CircuitState.OPEN,
-        circuit_half_open=circuit is CircuitState.HALF_OPEN,
-    )
 
 
 # ------------------------------------------------------------------------------ catalogue
@@ -111,7 +97,7 @@ def model_view(px: AppState, entry: ModelEntry, now: datetime, base_url: str) ->
     for provider in providers:
         stats = all_stats[provider.info.slug]
         hourly = uptime_hourly(px.store, provider.info.slug, now, HOURLY_HOURS, model=entry.id)
-        figures.append(ProviderFigures(provider, stats, hourly, status_of(px, provider, stats)))
+        figures.append(ProviderFigures(provider, stats, hourly, live_status(px, provider, stats)))
     api_base = f"{base_url}/api/v1"
     data = {
         "model": model_json(entry),
