@@ -90,7 +90,7 @@ def test_endpoint_status_ok_degraded_down() -> None:
     assert status(_stats(94.9, 10)) == -1  # uptime under 95 %
     assert status(_stats(100.0, 10), circuit_half_open=True) == -1
     assert status(_stats(100.0, 10), circuit_open=True) == -2
-    assert status(_stats(100.0, 10), ready=False) == -1  # not ready, but up recently
+    assert status(_stats(100.0, 10), ready=False) == -2  # not ready: down, even if up lately
     assert status(_stats(None, 0), ready=False) == -2  # not ready and no recent success
     assert status(None, ready=False) == -2
 

@@ -88,12 +88,6 @@ class ProviderStats:
     counts: dict[str, OutcomeCounts]  # per window name: successes, errors, excluded
     samples_last_30m: int  # successes the percentiles were computed from
 
-    @property
-    def recently_up(self) -> bool:
-        """A success within the last 30 minutes: a provider not ready now is degraded, not
-        down."""
-        return self.counts["30m"].successes > 0
-
     def json(self) -> dict[str, Any]:
         return {
             "uptime_last_5m": self.uptime_last_5m,
@@ -147,13 +141,12 @@ def endpoint_status(
 ) -> int:
     """SPEC §3.4 `status`: 0 ok, -1 degraded, -2 down.
 
-    Down: the circuit is open, or the provider is not ready and had no success in 30 min.
-    Degraded: not ready but up recently, a half-open circuit, or uptime_last_30m under 95.
+    Down: the circuit is open, or the provider is not ready (it cannot take work now: an
+    engine loading or failed, a worker whose status poll fails), however recently it was up.
+    Degraded: a half-open circuit, or uptime_last_30m under 95.
     """
-    if circuit_open:
+    if circuit_open or not ready:
         return -2
-    if not ready:
-        return -1 if stats is not None and stats.recently_up else -2
     if circuit_half_open:
         return -1
     if stats is not None and stats.uptime_last_30m is not None:
