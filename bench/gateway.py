@@ -11,12 +11,10 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import io
 import json
 import math
 import os
 import platform
-import random
 import shutil
 import signal
 import socket
@@ -30,6 +28,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from images import make_png
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -73,7 +73,6 @@ Prints one JSON object, then a table. Exit status 1 if a target failed its corre
 MODEL = "black-forest-labs/flux.2-klein-4b"
 UPSTREAM_KEY = "bench-upstream-key"
 IMAGE_SIZE = 1024
-GRAIN = 4  # film grain amplitude: sets the PNG to ~0.8 MB, the base64 to ~1.1 MB
 REQUEST_BODY = {
     "model": MODEL,
     "prompt": "x",
@@ -82,55 +81,6 @@ REQUEST_BODY = {
 }
 TARGETS = ("direct", "pixelrouter", "portkey")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-# ------------------------------------------------------------------------------- the image
-
-
-def make_png(size: int = IMAGE_SIZE) -> bytes:
-    """A deterministic, natural-looking picture (sky, clouds, sun, hills, grain) as PNG: it
-    compresses like a photo-ish image, not like noise or a flat gradient."""
-    from PIL import Image, ImageChops, ImageDraw, ImageFilter
-
-    rng = random.Random(20261125)
-    sky = Image.linear_gradient("L").resize((size, size))
-    channels = [
-        sky.point(lambda v, lo=lo, span=span: lo + v * span // 255)
-        for lo, span in ((70, 150), (120, 90), (200, 30))
-    ]
-    image = Image.merge("RGB", channels)
-    clouds = (
-        Image.frombytes("L", (16, 16), rng.randbytes(256))
-        .resize((size, size), Image.Resampling.BICUBIC)
-        .filter(ImageFilter.GaussianBlur(24))
-    )
-    white = Image.new("RGB", (size, size), (245, 245, 250))
-    image = Image.composite(white, image, clouds.point(lambda v: max(0, v - 120) * 2))
-    draw = ImageDraw.Draw(image)
-    s = size / 1024
-    draw.ellipse((700 * s, 140 * s, 820 * s, 260 * s), fill=(255, 236, 180))
-    hills = (((70, 110, 80), 620, 80), ((50, 90, 55), 720, 60), ((35, 65, 40), 830, 40))
-    for layer, (colour, base, amp) in enumerate(hills):
-        points = [
-            (
-                x * s,
-                (
-                    base
-                    + amp * math.sin(x / (90 + 40 * layer) + layer)
-                    + 0.4 * amp * math.sin(x / 23 + 2 * layer)
-                )
-                * s,
-            )
-            for x in range(0, 1024 + 8, 8)
-        ]
-        draw.polygon([*points, (size, size), (0, size)], fill=colour)
-    image = image.filter(ImageFilter.GaussianBlur(1.5))
-    grain = Image.frombytes("L", (size, size), rng.randbytes(size * size))
-    grain = grain.point(lambda v: v * GRAIN // 255)
-    image = ImageChops.add(image, Image.merge("RGB", (grain, grain, grain)), 1.0, -(GRAIN // 2))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def upstream_body(png: bytes) -> bytes:

@@ -36,6 +36,7 @@ async def test_concurrent_requests_never_overspend(api) -> None:
     statuses = [r.status_code for r in responses]
     assert statuses.count(200) == allowed, statuses
     assert statuses.count(402) == 200 - allowed
+    await api.app.state.px.service.closed()  # settlements are written just after the answers
     store = api.app.state.px.store
     key_hash = hash_key(key)
     assert store.ledger_total(key_hash) == allowed * PRICE
@@ -233,6 +234,7 @@ async def test_more_images_than_asked_are_cut_and_never_charged(tmp_path: Path) 
         r = await api.post("/api/v1/images", key=key, json={"prompt": "x", "n": 2})
         assert r.status_code == 200 and len(r.json()["data"]) == 2
         assert r.json()["usage"]["cost"] == 0.028
+        await api.app.state.px.service.closed()  # the settlement follows the answer
         assert api.app.state.px.store.ledger_total(hash_key(key)) == 2 * PRICE
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
@@ -97,6 +97,8 @@ class GenerationService:
         # The sweeper may release a reservation after this: the deadline plus a grace period.
         self.reservation_ttl = timedelta(seconds=reservation_ttl_s)
         self.observers: list[GenerationObserver] = []
+        # Bookkeeping of answered generations still being written, by key hash ("" for none).
+        self._closing: dict[str, set[asyncio.Task[None]]] = {}
 
     def prompt_tokens(self, prompt: str) -> int:
         for provider in self.router.providers:
@@ -143,23 +145,24 @@ class GenerationService:
         )
 
     def _admit_now(self, request: ImageRequest, api: GenerationApi, streamed: bool) -> Admission:
-        """Runs in a worker thread: reserve (SPEC §7, or 402) then record `pending`."""
+        """Runs in a worker thread: reserve (SPEC §7, or 402) and record `pending`, in one
+        transaction: both happen or neither does."""
         amount = self.max_cost(request) if request.key_hash is not None else 0
-        if request.key_hash is not None:
-            reservation = self.store.reserve(
-                generation_id=request.id,
-                key_hash=request.key_hash,
-                amount_micro=amount,
-                expires_at=utcnow() + self.reservation_ttl,
-            )
-            if reservation is None:
-                raise self._payment_required(request, amount)
         try:
-            self.store.start_generation(_new_record(request, api, streamed))
-        except BaseException:
-            if request.key_hash is not None:
-                self.store.release(request.id)
-            raise
+            with self.store.transaction() as tx:
+                if request.key_hash is not None:
+                    reservation = self.store.reserve(
+                        generation_id=request.id,
+                        key_hash=request.key_hash,
+                        amount_micro=amount,
+                        expires_at=utcnow() + self.reservation_ttl,
+                        tx=tx,
+                    )
+                    if reservation is None:
+                        raise _LimitReached
+                self.store.start_generation(_new_record(request, api, streamed), tx=tx)
+        except _LimitReached:
+            raise self._payment_required(request, amount) from None
         return Admission(request, time.monotonic(), amount)
 
     async def admit(
@@ -258,9 +261,63 @@ class GenerationService:
                 self._close_failed(request, error_status=500, error_message="internal error")
             )
             raise
-        # Recorded and settled even if the client goes away now: the images exist.
-        await _shielded(self._close_succeeded(delivery))
+        # Observers (in-memory counters) hear of it now, with the answer; the images exist, so
+        # they are recorded and settled whatever the client does now, just after the answer is
+        # on its way (`closed` and `drain` wait for that).
+        served = delivery.result
+        self._notify(
+            GenerationEnd(
+                request.id,
+                "succeeded",
+                served.provider_slug,
+                len(served.images),
+                sum(billable_megapixels(im.width, im.height) for im in served.images),
+                tuple(served.attempts),
+            )
+        )
+        self._close_later(request, self._close_succeeded(delivery))
         return delivery
+
+    def _close_later(self, request: ImageRequest, work: Coroutine[Any, Any, None]) -> None:
+        key = request.key_hash or ""
+        task = asyncio.get_running_loop().create_task(_logged(work))
+        tasks = self._closing.setdefault(key, set())
+        tasks.add(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            tasks.discard(finished)
+            if not tasks and self._closing.get(key) is tasks:
+                del self._closing[key]
+
+        task.add_done_callback(done)
+
+    async def closed(self, key_hash: str | None = None) -> None:
+        """Wait until the bookkeeping of every generation of this key (of every key: None) that
+        has already answered is written: what a caller reads next includes them."""
+        if key_hash is None:
+            pending = [task for tasks in self._closing.values() for task in tasks]
+        else:
+            pending = list(self._closing.get(key_hash, ()))
+        if pending:
+            await asyncio.wait(pending)
+
+    @property
+    def closing(self) -> int:
+        """Generations answered whose bookkeeping is still being written."""
+        return sum(len(tasks) for tasks in self._closing.values())
+
+    async def drain(self, timeout_s: float) -> None:
+        """At shutdown: wait (at most `timeout_s`) for the bookkeeping still being written."""
+        pending = [task for tasks in self._closing.values() for task in tasks]
+        if not pending:
+            return
+        _, late = await asyncio.wait(pending, timeout=timeout_s)
+        if late:
+            log.warning(
+                "%d generation(s) still being recorded at shutdown; the sweeper releases "
+                "their reservations after a restart",
+                len(late),
+            )
 
     def _price(self, admission: Admission, result: ImageResult, latency_ms: int) -> Delivery:
         """Keep what was asked for (at most n images of the asked size) and price it at the
@@ -295,39 +352,53 @@ class GenerationService:
 
     async def _close_succeeded(self, delivery: Delivery) -> None:
         request, result = delivery.request, delivery.result
-        await asyncio.to_thread(
-            self.store.finish_generation,
-            request.id,
-            state="succeeded",
-            model=result.model,
-            provider_name=result.provider_name,
-            provider_slug=result.provider_slug,
-            total_cost_micro=delivery.cost_micro,
-            latency_ms=delivery.latency_ms,
-            generation_time_ms=result.generation_time_ms,
-            finish_reason="stop",
-            tokens_prompt=delivery.prompt_tokens,
-            tokens_completion=delivery.completion_tokens,
-            num_images=len(result.images),
-            provider_responses=_attempts_json(result.attempts),
-        )
-        if request.key_hash is not None:
-            await asyncio.to_thread(self.store.settle, request.id, delivery.cost_micro)
-        await self._record_outcomes(self._outcomes(request, result.attempts, delivery))
-        self._notify(
-            GenerationEnd(
-                request.id,
-                "succeeded",
-                result.provider_slug,
-                len(result.images),
-                sum(billable_megapixels(im.width, im.height) for im in result.images),
-                tuple(result.attempts),
-            )
-        )
+        record = {
+            "state": "succeeded",
+            "model": result.model,
+            "provider_name": result.provider_name,
+            "provider_slug": result.provider_slug,
+            "total_cost_micro": delivery.cost_micro,
+            "latency_ms": delivery.latency_ms,
+            "generation_time_ms": result.generation_time_ms,
+            "finish_reason": "stop",
+            "tokens_prompt": delivery.prompt_tokens,
+            "tokens_completion": delivery.completion_tokens,
+            "num_images": len(result.images),
+            "provider_responses": _attempts_json(result.attempts),
+        }
+        outcomes = self._outcomes(request, result.attempts, delivery)
+        await asyncio.to_thread(self._close_now, request, record, delivery.cost_micro, outcomes)
 
-    async def _release(self, request: ImageRequest) -> None:
-        if request.key_hash is not None:
-            await asyncio.to_thread(self.store.release, request.id)
+    def _close_now(
+        self,
+        request: ImageRequest,
+        record: dict[str, Any],
+        charge_micro: int | None,
+        outcomes: list[ProviderOutcome],
+    ) -> None:
+        """Runs in a worker thread: finalise the record, settle the reservation to
+        `charge_micro` (None: release it all) and count the provider outcomes, in one
+        transaction. Should the outcomes fail, the record and the money are written without
+        them: statistics never break a generation."""
+
+        def write(with_outcomes: bool) -> None:
+            with self.store.transaction() as tx:
+                self.store.finish_generation(request.id, **record, tx=tx)
+                if request.key_hash is not None:
+                    if charge_micro is None:
+                        self.store.release(request.id, tx=tx)
+                    else:
+                        self.store.settle(request.id, charge_micro, tx=tx)
+                if with_outcomes and outcomes:
+                    self.store.record_outcomes(outcomes, tx=tx)
+
+        try:
+            write(with_outcomes=True)
+        except Exception:
+            if not outcomes:
+                raise
+            log.exception("could not record the provider outcomes of %s", request.id)
+            write(with_outcomes=False)
 
     async def _close_failed(
         self, request: ImageRequest, *, attempts: list[ProviderAttempt] | None = None, **fields: Any
@@ -335,10 +406,9 @@ class GenerationService:
         """Failed or cancelled: nothing was delivered, so nothing is charged."""
         fields.setdefault("state", "failed")
         fields.setdefault("finish_reason", "error")
-        await asyncio.to_thread(self.store.finish_generation, request.id, **fields)
-        await self._release(request)
         attempts = attempts or []
-        await self._record_outcomes(self._outcomes(request, attempts, None))
+        outcomes = self._outcomes(request, attempts, None)
+        await asyncio.to_thread(self._close_now, request, fields, None, outcomes)
         self._notify(GenerationEnd(request.id, fields["state"], None, 0, 0, tuple(attempts)))
 
     def _outcomes(
@@ -387,21 +457,25 @@ class GenerationService:
                         return model
         return request.model
 
-    async def _record_outcomes(self, outcomes: list[ProviderOutcome]) -> None:
-        """One short transaction; statistics never break a generation."""
-        if not outcomes:
-            return
-        try:
-            await asyncio.to_thread(self.store.record_outcomes, outcomes)
-        except Exception:
-            log.exception("could not record the provider outcomes of a generation")
-
     def _notify(self, end: GenerationEnd) -> None:
         for observer in self.observers:
             try:
                 observer(end)
             except Exception:
                 log.exception("a generation observer failed")
+
+
+class _LimitReached(Exception):
+    """The key's limit cannot cover the reservation (a 402 once the transaction is undone)."""
+
+
+async def _logged(work: Awaitable[None]) -> None:
+    """Bookkeeping that runs on its own: a failure is logged, and the sweeper releases what is
+    left open."""
+    try:
+        await work
+    except Exception:
+        log.exception("could not record the end of a generation")
 
 
 async def _shielded(work: Awaitable[None]) -> None:

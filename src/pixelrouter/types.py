@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -83,16 +85,94 @@ class ImageRequest:
         return MEDIA_TYPES[self.output_format]
 
 
-@dataclass(frozen=True)
-class GeneratedImage:
-    """One delivered, encoded image."""
+class Encoded:
+    """The bytes of an image file, kept in the form they arrived in: raw bytes (the engine, a
+    download) or base64 text (an upstream's JSON). The other form is computed once, when first
+    asked for, so an image passed from an upstream's JSON to a client's JSON is never decoded
+    and encoded again."""
 
-    data: bytes
-    media_type: str
-    width: int
-    height: int
-    seed: int
-    index: int
+    __slots__ = ("_b64", "_data")
+
+    def __init__(self, data: bytes | None = None, *, b64: str | None = None) -> None:
+        if (data is None) == (b64 is None):
+            raise ValueError("an Encoded image holds either bytes or base64 text")
+        self._data = data
+        self._b64 = b64
+
+    @property
+    def data(self) -> bytes:
+        if self._data is None:
+            assert self._b64 is not None
+            self._data = binascii.a2b_base64(self._b64, strict_mode=True)
+        return self._data
+
+    @property
+    def b64(self) -> str:
+        if self._b64 is None:
+            assert self._data is not None
+            self._b64 = base64.b64encode(self._data).decode("ascii")
+        return self._b64
+
+    @property
+    def is_b64(self) -> bool:
+        """Held as base64 text (not yet decoded)."""
+        return self._data is None
+
+    def head(self, size: int) -> bytes:
+        """The first `size` bytes (or fewer), decoding only what they need."""
+        if self._data is not None:
+            return self._data[:size]
+        assert self._b64 is not None
+        chars = -(-size // 3) * 4
+        return binascii.a2b_base64(self._b64[:chars], strict_mode=True)[:size]
+
+    def tail(self, size: int) -> bytes:
+        """The last `size` bytes (or fewer), decoding only what they need (the text is whole
+        quads of base64, its padding at the end)."""
+        if self._data is not None:
+            return self._data[-size:] if size else b""
+        assert self._b64 is not None
+        chars = (-(-size // 3) + 1) * 4
+        start = max(0, len(self._b64) - chars)
+        start -= start % 4
+        return binascii.a2b_base64(self._b64[start:], strict_mode=True)[-size:] if size else b""
+
+
+class GeneratedImage:
+    """One delivered, encoded image. `data` is the file's bytes, `b64` the same as base64
+    text; whichever was not given is computed on first use."""
+
+    __slots__ = ("_encoded", "height", "index", "media_type", "seed", "width")
+
+    def __init__(
+        self,
+        data: bytes | Encoded,
+        media_type: str,
+        width: int,
+        height: int,
+        seed: int,
+        index: int,
+    ) -> None:
+        self._encoded = data if isinstance(data, Encoded) else Encoded(data)
+        self.media_type = media_type
+        self.width = width
+        self.height = height
+        self.seed = seed
+        self.index = index
+
+    @property
+    def data(self) -> bytes:
+        return self._encoded.data
+
+    @property
+    def b64(self) -> str:
+        return self._encoded.b64
+
+    def __repr__(self) -> str:
+        return (
+            f"GeneratedImage({self.media_type}, {self.width}x{self.height}, "
+            f"seed={self.seed}, index={self.index})"
+        )
 
 
 @dataclass(frozen=True)

@@ -145,6 +145,12 @@ def test_kill_9_mid_flight_releases_and_never_double_charges(
         assert fresh.status_code == 200, fresh.text
         assert fresh.json()["usage"]["cost"] == pytest.approx(PRICE_SMALL / 1e6)
         fresh_id = fresh.headers["x-generation-id"]
+        # The settlement is written just after the answer is sent (docs/billing.md): read the
+        # database directly once it is, as the API's own readers wait for it.
+        poll(
+            "the fresh generation's settlement",
+            lambda: getattr(store.get_reservation(fresh_id), "state", "open") != "open",
+        )
         reservation = store.get_reservation(fresh_id)
         assert reservation is not None
         assert (reservation.state, reservation.settled_micro) == ("settled", PRICE_SMALL)

@@ -91,6 +91,7 @@ async def test_broken_answers_fall_through_as_502(kind: str, fault: str, words: 
     [
         ("wrong_size", "256x256 image 1 for a 512x512 request"),
         ("not_image", "not an image"),
+        ("truncated_png", "damaged or truncated"),
         ("no_image", "without"),
     ],
 )

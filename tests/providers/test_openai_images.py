@@ -8,7 +8,7 @@ from pixelrouter.errors import InvalidRequest
 from pixelrouter.providers.base import ProviderError
 
 from .conftest import make_request, reference
-from .fake import decode_image
+from .fake import b64, decode_image, image_bytes
 from .upstreams import API_KEY, OpenAIImagesFake
 
 
@@ -144,3 +144,55 @@ async def test_probe_gets_models_and_status_counts_in_flight() -> None:
             await provider.aclose()
     assert fake.seen[0].path == "/v1/models"
     assert status["queue_depth"] == 0 and status["queue_full"] is False
+
+
+async def test_a_png_is_passed_on_as_the_base64_text_the_upstream_sent() -> None:
+    """No decode and re-encode on the way through: the text is the upstream's, and it decodes
+    to the upstream's PNG byte for byte."""
+    async with OpenAIImagesFake() as fake:
+        provider = fake.provider()
+        try:
+            result = await provider.generate(make_request(width=64, height=48, seed=1))
+        finally:
+            await provider.aclose()
+    sent = image_bytes(64, 48, "PNG", color=(0, 100, 200))
+    (image,) = result.images
+    assert image.b64 == b64(sent)
+    assert image.data == sent
+    assert (image.width, image.height, image.media_type) == (64, 48, "image/png")
+
+
+@pytest.mark.parametrize("wrap", [76, 64])
+async def test_base64_wrapped_in_lines_is_accepted(wrap: int) -> None:
+    """Some servers wrap base64 (MIME style); the lines are joined, the image is the same."""
+    sent = image_bytes(64, 64, "PNG", color=(1, 2, 3))
+    text = b64(sent)
+    wrapped = "\n".join(text[i : i + wrap] for i in range(0, len(text), wrap)) + "\n"
+    async with OpenAIImagesFake() as fake:
+        fake.b64_override = wrapped
+        provider = fake.provider()
+        try:
+            result = await provider.generate(make_request(width=64, height=64))
+        finally:
+            await provider.aclose()
+    assert result.images[0].data == sent
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "iVBORw0KGgo!!!!AAAANSUhEUgAA",  # not base64 at the PNG signature
+        "iVBORw0KGgoAAAANSUhEUgAAAEAAAABACAIAAAAlC+aJAAAAPklEQVR4nO3OMQ0AAAjAsOFf9DDB",
+        "aGVsbG8gd29ybGQ=é",  # not ASCII
+    ],
+)
+async def test_malformed_or_cut_base64_is_a_provider_error(bad: str) -> None:
+    async with OpenAIImagesFake() as fake:
+        fake.b64_override = bad
+        provider = fake.provider()
+        try:
+            with pytest.raises(ProviderError) as caught:
+                await provider.generate(make_request(width=64, height=64))
+        finally:
+            await provider.aclose()
+    assert caught.value.status == 502

@@ -3,7 +3,8 @@
 `fault` replaces the answer to the protocol's main call (pixelrouter `/images`, openrouter
 `/chat/completions`, openai-images `/images/generations|edits`, bfl job submission) with a
 transport or HTTP fault; `image_mode` makes an otherwise correct answer carry a bad image:
-`wrong_size`, `not_image` or `no_image`.
+`wrong_size`, `not_image`, `truncated_png` (a PNG cut in half inside a whole answer) or
+`no_image`.
 """
 
 from __future__ import annotations
@@ -85,6 +86,9 @@ class ProtocolFake:
             return image_bytes(width // 2, height // 2, fmt)
         if self.image_mode == "not_image":
             return b"<html>definitely not a picture</html>"
+        if self.image_mode == "truncated_png":
+            whole = image_bytes(width, height, fmt, color=(10 * index, 100, 200))
+            return whole[: len(whole) // 2]
         return image_bytes(width, height, fmt, color=(10 * index, 100, 200))
 
     def handle(self, seen: Seen) -> Action:
@@ -215,6 +219,7 @@ class OpenAIImagesFake(ProtocolFake):
         self.url_images = False
         self.files: dict[str, bytes] = {}
         self.seed_faults: dict[int, str] = {}  # a fault answered to the call with this seed
+        self.b64_override: str | None = None  # sent as every image's b64_json when set
 
     def handle(self, seen: Seen) -> Action:
         if seen.path == "/v1/models":
@@ -241,7 +246,8 @@ class OpenAIImagesFake(ProtocolFake):
                     self.files[path] = image
                     data.append({"url": path})  # SGLang answers with a relative URL
                 else:
-                    data.append({"b64_json": b64(image), "revised_prompt": None})
+                    text = self.b64_override if self.b64_override is not None else b64(image)
+                    data.append({"b64_json": text, "revised_prompt": None})
         return Reply(200, {"created": 1, "data": data})
 
 

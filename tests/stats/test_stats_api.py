@@ -196,9 +196,10 @@ async def test_a_failing_statistics_write_never_breaks_a_generation(
     monkeypatch.setattr(store, "record_outcomes", broken)
     with caplog.at_level(logging.ERROR):
         r = await _generate(api, provider=FLAKY_ONLY)
-    assert r.status_code == 200
+        assert r.status_code == 200
+        # Reading the record waits for the bookkeeping written just after the answer.
+        record = (await api.get(f"/api/v1/generation?id={r.headers['x-generation-id']}")).json()
     assert any("provider outcomes" in rec.getMessage() for rec in caplog.records)
-    record = (await api.get(f"/api/v1/generation?id={r.headers['x-generation-id']}")).json()
     assert record["data"]["total_cost"] == 0.014
 
 

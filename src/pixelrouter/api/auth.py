@@ -27,9 +27,18 @@ def _bearer(request: Request) -> str:
 
 
 async def current_key(request: Request) -> KeyRecord:
+    """The calling key. What it reads next includes every generation already answered to it
+    (to any key, for a management key): their bookkeeping, written just after the answer,
+    is waited for."""
     cached = getattr(request.state, "api_key", None)
     if cached is not None:
         return cached  # type: ignore[no-any-return]
+    record = await _lookup(request)
+    await app_state(request).service.closed(None if record.is_management else record.hash)
+    return record
+
+
+async def _lookup(request: Request) -> KeyRecord:
     token = _bearer(request)
     if not looks_like_key(token):
         raise Unauthorized(
@@ -50,8 +59,13 @@ async def current_key(request: Request) -> KeyRecord:
 
 
 async def inference_key(request: Request) -> KeyRecord:
-    """A key that may generate, within its rate limit (SPEC §7), counted across processes."""
-    record = await current_key(request)
+    """A key that may generate, within its rate limit (SPEC §7), counted across processes.
+
+    With a spending limit, the key's answered generations are settled first, so their
+    reservations (held at the maximum cost until then) do not refuse this one."""
+    record = getattr(request.state, "api_key", None) or await _lookup(request)
+    if record.limit_micro is not None:
+        await app_state(request).service.closed(record.hash)
     if record.is_management:
         raise Forbidden(
             "Management keys cannot generate images: use an inference key "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import time
 from typing import Any
 
@@ -15,7 +14,7 @@ from pixelrouter.types import GeneratedImage
 
 
 def b64(image: GeneratedImage) -> str:
-    return base64.b64encode(image.data).decode("ascii")
+    return image.b64
 
 
 def data_url(image: GeneratedImage) -> str:

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 from pixelrouter.errors import InvalidRequest
 from pixelrouter.providers.base import ProviderError
 from pixelrouter.providers.http import Delivered, HTTPProvider, reference_pngs
-from pixelrouter.types import ImageRequest
+from pixelrouter.types import Encoded, ImageRequest
 
 DECLARED_PARAMETERS = (
     "seed",
@@ -71,7 +71,7 @@ class BFLProvider(HTTPProvider):
             body["safety_tolerance"] = self.config.options["safety_tolerance"]
         endpoint = f"{self.url}/{self.upstream_model(request)}"
 
-        async def one(index: int) -> tuple[bytes, int | None]:
+        async def one(index: int) -> tuple[Encoded, int | None]:
             job = await self.post_json(
                 endpoint, {**body, "seed": request.seed + index}, what="job submission"
             )

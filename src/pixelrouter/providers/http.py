@@ -26,6 +26,7 @@ import binascii
 import email.utils
 import io
 import json
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from pixelrouter.providers.base import ProviderError, ProviderInfo
 from pixelrouter.providers.config import ProviderConfig
 from pixelrouter.types import (
     MEDIA_TYPES,
+    Encoded,
     GeneratedImage,
     ImageRequest,
     ImageResult,
@@ -54,6 +56,8 @@ from pixelrouter.types import (
 
 MAX_RESPONSE_BYTES = 128 * 1024 * 1024
 USER_AGENT = f"pixelrouter/{__version__}"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_TRAILER = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # an empty IEND chunk and its CRC
 PIL_FORMATS = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg", "WEBP": "webp"}
 
 
@@ -72,7 +76,7 @@ class RawImage:
     """Encoded bytes an upstream returned for image `index` of the request, not yet checked."""
 
     index: int
-    data: bytes
+    content: Encoded
 
 
 @dataclass(frozen=True)
@@ -383,8 +387,10 @@ class HTTPProvider:
         self.check_status(response, what=what)
         return self.parse_json(response, what=what)
 
-    def decode_b64(self, text: Any, *, what: str = "image") -> bytes:
-        """Bytes of base64 text or a `data:` URL sent by the upstream."""
+    def decode_b64(self, text: Any, *, what: str = "image") -> Encoded:
+        """An image sent as base64 text or a `data:` URL, kept as text: its shape is checked
+        here (ASCII, whole quads once whitespace is gone) and its bytes are decoded only when
+        needed (`_check_image` reads just the header and the trailer of a PNG it passes on)."""
         if not isinstance(text, str) or not text:
             raise self.error(f"sent an empty or non-text {what}.")
         payload = text.strip()
@@ -392,17 +398,16 @@ class HTTPProvider:
             _, sep, payload = payload.partition(",")
             if not sep:
                 raise self.error(f"sent a malformed data URL as the {what}.")
-        try:  # the usual case first: one strict pass over the text as it came
-            return base64.b64decode(payload, validate=True)
-        except (binascii.Error, ValueError):
-            pass
-        payload = "".join(payload.split())
-        try:
-            return base64.b64decode(payload + "=" * (-len(payload) % 4), validate=True)
-        except (binascii.Error, ValueError):
-            raise self.error(f"sent malformed base64 data as the {what}.") from None
+        if not payload.isascii():
+            raise self.error(f"sent malformed base64 data as the {what}.")
+        if len(payload) % 4 or any(space in payload for space in " \n\r\t"):
+            payload = "".join(payload.split())
+            payload += "=" * (-len(payload) % 4)
+        if not payload or len(payload) % 4 == 1:
+            raise self.error(f"sent malformed base64 data as the {what}.")
+        return Encoded(b64=payload)
 
-    async def fetch_image(self, url: Any) -> bytes:
+    async def fetch_image(self, url: Any) -> Encoded:
         """An image the upstream sent by reference: a `data:` URL, or an http(s) URL (relative
         ones are on the provider's host). Credentials go only to the provider's own origin."""
         if not isinstance(url, str) or not url:
@@ -418,10 +423,10 @@ class HTTPProvider:
             "GET", absolute, what="image download", auth=own, follow_redirects=not own
         )
         self.check_status(response, what="image download")
-        return response.body
+        return Encoded(response.body)
 
     async def each_image(
-        self, request: ImageRequest, one: Callable[[int], Awaitable[tuple[bytes, int | None]]]
+        self, request: ImageRequest, one: Callable[[int], Awaitable[tuple[Encoded, int | None]]]
     ) -> Delivered:
         """Make the request's images one upstream call each (image `i` with seed `seed + i`),
         concurrently. Images that arrive are delivered even when others fail (a failed image
@@ -437,8 +442,8 @@ class HTTPProvider:
             elif isinstance(result, BaseException):
                 raise result  # a bug, not an upstream failure: let routing log it
             else:
-                data, tokens = result
-                images.append(RawImage(index, data))
+                content, tokens = result
+                images.append(RawImage(index, content))
                 prompt_tokens = tokens if tokens is not None else prompt_tokens
         if not images:
             client_errors = [e for e in errors if not isinstance(e, ProviderError)]
@@ -465,8 +470,14 @@ class HTTPProvider:
 
     def _check_image(self, request: ImageRequest, item: RawImage) -> GeneratedImage:
         label = f"image {item.index + 1}"
+        if request.output_format == "png" and item.content.is_b64:
+            passed = self._pass_png(request, item, label)
+            if passed is not None:
+                return passed
         try:
-            image = Image.open(io.BytesIO(item.data))  # reads the header only
+            image = Image.open(io.BytesIO(item.content.data))  # reads the header only
+        except (binascii.Error, ValueError):
+            raise self.error(f"sent malformed base64 data as {label}.") from None
         except Exception:
             raise self.error(f"sent data that is not an image as {label}.") from None
         if image.size != (request.width, request.height):
@@ -476,7 +487,7 @@ class HTTPProvider:
                 "request; it is not delivered (never bill another size than asked)."
             )
         fmt = PIL_FORMATS.get(image.format or "")
-        data = item.data
+        data: bytes | Encoded = item.content
         try:
             if fmt == request.output_format == "png":
                 # Passed through as sent: checking every chunk's CRC finds a truncated or
@@ -495,6 +506,37 @@ class HTTPProvider:
             media_type=MEDIA_TYPES[request.output_format],
             width=request.width,
             height=request.height,
+            seed=request.seed + item.index,
+            index=item.index,
+        )
+
+    def _pass_png(self, request: ImageRequest, item: RawImage, label: str) -> GeneratedImage | None:
+        """A PNG sent as base64 for a PNG request is passed on as the same text. Only its
+        header and trailer are decoded: the signature and IHDR give its size (it must be the
+        request's), the IEND chunk at the very end shows it arrived whole. None when the data
+        is not a PNG (the general path decodes and converts it)."""
+        try:
+            head = item.content.head(24)
+            if head[:8] != PNG_SIGNATURE:
+                return None
+            tail = item.content.tail(len(PNG_TRAILER))
+        except (binascii.Error, ValueError):
+            raise self.error(f"sent malformed base64 data as {label}.") from None
+        if head[12:16] != b"IHDR":
+            raise self.error(f"sent a damaged or truncated {label}.")
+        width, height = struct.unpack(">II", head[16:24])
+        if (width, height) != (request.width, request.height):
+            raise self.error(
+                f"sent a {width}x{height} {label} for a {request.width}x{request.height} "
+                "request; it is not delivered (never bill another size than asked)."
+            )
+        if tail != PNG_TRAILER:
+            raise self.error(f"sent a damaged or truncated {label}.")
+        return GeneratedImage(
+            data=item.content,
+            media_type=MEDIA_TYPES["png"],
+            width=width,
+            height=height,
             seed=request.seed + item.index,
             index=item.index,
         )

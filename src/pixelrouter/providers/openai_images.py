@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 from pixelrouter.catalog import KLEIN_4B
 from pixelrouter.providers.http import Delivered, HTTPProvider, RawImage, reference_pngs
-from pixelrouter.types import ImageRequest
+from pixelrouter.types import Encoded, ImageRequest
 
 EXTENSION_PARAMETERS = ("seed", "steps", "guidance")
 
@@ -74,7 +74,7 @@ class OpenAIImagesProvider(HTTPProvider):
     async def _deliver(self, request: ImageRequest) -> Delivered:
         references = await reference_pngs(request)
 
-        async def call(n: int, seed: int) -> tuple[list[bytes], int | None]:
+        async def call(n: int, seed: int) -> tuple[list[Encoded], int | None]:
             fields = self._fields(request, n, seed)
             if references:
                 what = "image edit"
@@ -99,17 +99,17 @@ class OpenAIImagesProvider(HTTPProvider):
             images, tokens = await call(request.n, request.seed)
             return Delivered([RawImage(i, data) for i, data in enumerate(images)], tokens)
 
-        async def one(index: int) -> tuple[bytes, int | None]:
+        async def one(index: int) -> tuple[Encoded, int | None]:
             images, tokens = await call(1, request.seed + index)
             return images[0], tokens
 
         return await self.each_image(request, one)
 
-    async def _images(self, payload: dict[str, Any], n: int) -> list[bytes]:
+    async def _images(self, payload: dict[str, Any], n: int) -> list[Encoded]:
         data = payload.get("data")
         if not isinstance(data, list) or not data:
             raise self.error("answered without any image (no 'data').")
-        images: list[bytes] = []
+        images: list[Encoded] = []
         for index, item in enumerate(data[:n]):
             if not isinstance(item, dict):
                 raise self.error(f"sent a malformed entry for image {index + 1}.")

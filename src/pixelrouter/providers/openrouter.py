@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 from pixelrouter.catalog import ASPECT_RATIOS, TIERS, size_for_ratio
 from pixelrouter.providers.http import Delivered, HTTPProvider, png_data_url, reference_pngs
-from pixelrouter.types import ImageRequest
+from pixelrouter.types import Encoded, ImageRequest
 
 DECLARED_PARAMETERS = (
     "seed",
@@ -87,7 +87,7 @@ class OpenRouterProvider(HTTPProvider):
             "stream": False,
         }
 
-        async def one(index: int) -> tuple[bytes, int | None]:
+        async def one(index: int) -> tuple[Encoded, int | None]:
             payload = await self.post_json(
                 f"{self.url}/chat/completions",
                 {**body, "seed": request.seed + index},
@@ -97,7 +97,7 @@ class OpenRouterProvider(HTTPProvider):
 
         return await self.each_image(request, one)
 
-    async def _first_image(self, payload: dict[str, Any]) -> bytes:
+    async def _first_image(self, payload: dict[str, Any]) -> Encoded:
         error = payload.get("error")
         if error and not payload.get("choices"):  # an error reported with HTTP 200
             message = error.get("message") if isinstance(error, dict) else str(error)

@@ -90,8 +90,14 @@ def _sqlite_engine(url: str, database: str | None) -> Engine:
 
 
 @contextmanager
-def write_transaction(engine: Engine) -> Iterator[Connection]:
-    """A transaction that will write: on SQLite it holds the write lock from its start."""
+def write_transaction(engine: Engine, tx: Connection | None = None) -> Iterator[Connection]:
+    """A transaction that will write: on SQLite it holds the write lock from its start.
+
+    With `tx` (a connection inside a write transaction already begun), the work joins it:
+    several record methods then commit, or roll back, as one."""
+    if tx is not None:
+        yield tx
+        return
     with engine.connect() as conn:
         conn = conn.execution_options(**{WRITE_OPTION: True})
         with conn.begin():

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from pixelrouter.store.db import utcnow, write_transaction
@@ -27,7 +27,9 @@ class GenerationRecords:
 
     engine: Engine
 
-    def start_generation(self, rec: NewGeneration) -> GenerationRecord:
+    def start_generation(
+        self, rec: NewGeneration, tx: Connection | None = None
+    ) -> GenerationRecord:
         """Insert a `pending` generation; a duplicate id is a ValueError."""
         if rec.api not in GENERATION_APIS:
             raise ValueError(
@@ -57,7 +59,7 @@ class GenerationRecords:
             "ignored_parameters": list(rec.ignored_parameters),
         }
         try:
-            with write_transaction(self.engine) as conn:
+            with write_transaction(self.engine, tx) as conn:
                 conn.execute(insert(generations).values(**row))
         except IntegrityError as exc:
             raise ValueError(f"generation {rec.id} already exists") from exc
@@ -86,6 +88,7 @@ class GenerationRecords:
         provider_responses: Sequence[Mapping[str, Any]] | None = None,
         error_message: str | None = None,
         error_status: int | None = None,
+        tx: Connection | None = None,
     ) -> bool:
         """Finalise a pending generation; True if this call did it, False if it was not pending.
 
@@ -130,7 +133,7 @@ class GenerationRecords:
             .where(generations.c.id == id, generations.c.state == "pending")
             .values(**values)
         )
-        with write_transaction(self.engine) as conn:
+        with write_transaction(self.engine, tx) as conn:
             return conn.execute(stmt).rowcount == 1
 
     def get_generation(self, id: str) -> GenerationRecord | None:

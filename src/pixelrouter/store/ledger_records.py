@@ -53,6 +53,7 @@ class LedgerRecords:
         amount_micro: int,
         expires_at: datetime,
         now: datetime | None = None,
+        tx: Connection | None = None,
     ) -> Reservation | None:
         """Hold `amount_micro` against the key's limit for this generation, atomically.
 
@@ -62,7 +63,7 @@ class LedgerRecords:
         check_micro("amount_micro", amount_micro)
         check_aware("expires_at", expires_at)
         now = check_aware("now", now or utcnow())
-        with write_transaction(self.engine) as conn:
+        with write_transaction(self.engine, tx) as conn:
             key = conn.execute(
                 select(api_keys.c.limit_micro, api_keys.c.limit_reset).where(
                     api_keys.c.hash == key_hash
@@ -108,7 +109,13 @@ class LedgerRecords:
             _append(conn, [(key_hash, generation_id, "reserve", amount_micro)], now)
         return Reservation(**row)
 
-    def settle(self, generation_id: str, delivered_micro: int, now: datetime | None = None) -> bool:
+    def settle(
+        self,
+        generation_id: str,
+        delivered_micro: int,
+        now: datetime | None = None,
+        tx: Connection | None = None,
+    ) -> bool:
         """Charge what was delivered and release the rest, exactly once per generation.
 
         True if this call settled it; False if it was not open (already settled, released or
@@ -117,7 +124,7 @@ class LedgerRecords:
         """
         check_micro("delivered_micro", delivered_micro)
         now = check_aware("now", now or utcnow())
-        with write_transaction(self.engine) as conn:
+        with write_transaction(self.engine, tx) as conn:
             closed = conn.execute(
                 update(reservations)
                 .where(
@@ -178,10 +185,12 @@ class LedgerRecords:
             )
         return True
 
-    def release(self, generation_id: str, now: datetime | None = None) -> bool:
+    def release(
+        self, generation_id: str, now: datetime | None = None, tx: Connection | None = None
+    ) -> bool:
         """Give back the whole reservation (nothing delivered); False if it was not open."""
         now = check_aware("now", now or utcnow())
-        with write_transaction(self.engine) as conn:
+        with write_transaction(self.engine, tx) as conn:
             closed = conn.execute(
                 update(reservations)
                 .where(_reservation.generation_id == generation_id, _reservation.state == "open")

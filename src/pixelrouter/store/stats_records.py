@@ -86,7 +86,9 @@ class StatsRecords:
 
     engine: Engine
 
-    def record_outcomes(self, outcomes: Sequence[ProviderOutcome]) -> None:
+    def record_outcomes(
+        self, outcomes: Sequence[ProviderOutcome], tx: Connection | None = None
+    ) -> None:
         """Insert the attempts of one generation and add them to their minutes, in one
         transaction."""
         if not outcomes:
@@ -105,7 +107,7 @@ class StatsRecords:
             }
             for o in outcomes
         ]
-        with write_transaction(self.engine) as conn:
+        with write_transaction(self.engine, tx) as conn:
             conn.execute(insert(provider_outcomes), rows)
             _add_to_minutes(conn, outcomes)
 

@@ -3,13 +3,20 @@ billing ledger, rate-limit counters and provider outcomes."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import TracebackType
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from pixelrouter.store import migrate as migrations
 from pixelrouter.store.activity_records import ActivityRecords
-from pixelrouter.store.db import DEFAULT_DATABASE_URL, create_db_engine, normalize_url
+from pixelrouter.store.db import (
+    DEFAULT_DATABASE_URL,
+    create_db_engine,
+    normalize_url,
+    write_transaction,
+)
 from pixelrouter.store.generation_records import GenerationRecords
 from pixelrouter.store.key_records import KeyRecords
 from pixelrouter.store.ledger_records import LedgerRecords
@@ -20,7 +27,8 @@ from pixelrouter.store.stats_records import StatsRecords
 class Store(
     KeyRecords, GenerationRecords, LedgerRecords, RateLimits, ActivityRecords, StatsRecords
 ):
-    """Sync, thread-safe access to the database; each method is one short transaction.
+    """Sync, thread-safe access to the database; each method is one short transaction, or
+    joins the one passed as `tx` (from `transaction()`) so several commit as one.
 
     Call `migrate()` once at start. Async callers run methods in a thread pool.
     """
@@ -41,6 +49,12 @@ class Store(
     def schema_revision(self) -> str | None:
         """The migration the database is at (None: empty); compare with `head_revision()`."""
         return migrations.current_revision(self.engine)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One write transaction for several record methods (pass it as their `tx`)."""
+        with write_transaction(self.engine) as tx:
+            yield tx
 
     def close(self) -> None:
         self.engine.dispose()
