@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEMO_DISPLAY_NAME = "Local (demo weights)"
+RANDOM_DISPLAY_NAME = "Local (random klein 4B weights, {size})"
 DISPLAY_NAME = "Local"
 # The pipeline's own default, kept here so it is visible: Qwen3 hidden states 9, 18 and 27.
 DEFAULT_TEXT_ENCODER_OUT_LAYERS = (9, 18, 27)
@@ -40,13 +42,51 @@ def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _env_flag(name: str, default: bool) -> Callable[[], bool]:
+    def read() -> bool:
+        value = os.environ.get(name, "").strip().lower()
+        return default if not value else value in ("1", "true", "yes", "on")
+
+    return read
+
+
+def _env_text(name: str) -> Callable[[], str | None]:
+    return lambda: os.environ.get(name, "").strip() or None
+
+
+def parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
+    """'1024x1024,512x512' (or '1024,512' for squares) → ((1024, 1024), (512, 512))."""
+    sizes = []
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        width, _, height = part.lower().partition("x")
+        try:
+            sizes.append((int(width), int(height or width)))
+        except ValueError:
+            raise ValueError(f"bad size {part!r}: use WIDTHxHEIGHT, e.g. 1024x1024") from None
+    return tuple(sizes)
+
+
+def _env_sizes() -> tuple[tuple[int, int], ...] | None:
+    text = os.environ.get("PIXELROUTER_WARMUP_SIZES")
+    return None if text is None else parse_sizes(text)
+
+
 @dataclass
 class EngineConfig:
-    """How the local engine loads and runs the model."""
+    """How the local engine loads and runs the model.
+
+    Every speed option can also be set by its `PIXELROUTER_*` environment variable (that is how
+    `pixelrouter serve` passes its flags). Measurements and the reasons for the defaults are in
+    docs/performance.md, "Engine speed options".
+    """
 
     model: str = DEFAULT_MODEL  # a local diffusers directory or a Hugging Face hub id
     demo: bool = False  # tiny random weights built in code; no download
     demo_seed: int = 0
+    # "full" or "small": klein 4B's real configurations with random weights (random_weights.py)
+    random_weights: str | None = field(default_factory=_env_text("PIXELROUTER_RANDOM_WEIGHTS"))
     device: str | None = None  # None: "cuda" when available, else "cpu"
     dtype: str | None = None  # None: bfloat16 on cuda, float32 on cpu
     max_batch_size: int = 4  # in images
@@ -54,10 +94,47 @@ class EngineConfig:
     batch_window_ms: float = 3.0  # how long the worker waits for more compatible requests
     prompt_cache_size: int = 256  # prompt embeddings kept (LRU, on the CPU)
     cpu_offload: bool = False  # diffusers' enable_model_cpu_offload
-    compile: bool = False  # torch.compile the transformer's repeated blocks
-    attention_backend: str | None = None  # diffusers' set_attention_backend, e.g. "flash"
+    # torch.compile the transformer's repeated blocks (diffusers' compile_repeated_blocks)
+    compile: bool = field(default_factory=_env_flag("PIXELROUTER_COMPILE", False))
+    # diffusers' set_attention_backend, e.g. "flash", "_native_cudnn", "sage"
+    attention_backend: str | None = field(
+        default_factory=_env_text("PIXELROUTER_ATTENTION_BACKEND")
+    )
+    # one QKV matrix per double-block attention (diffusers' fuse_qkv_projections)
+    fuse_qkv: bool = field(default_factory=_env_flag("PIXELROUTER_FUSE_QKV", False))
+    # torchao float8 weights and activations in the transformer's linear layers (CUDA sm89+)
+    fp8: bool = field(default_factory=_env_flag("PIXELROUTER_FP8", False))
+    # run the text encoder only up to its last read layer and skip its LM head: exact
+    trim_text_encoder: bool = field(
+        default_factory=_env_flag("PIXELROUTER_TRIM_TEXT_ENCODER", True)
+    )
+    # VAE decode on its own thread (and CUDA stream), overlapped with the next batch
+    overlap_decode: bool = field(default_factory=_env_flag("PIXELROUTER_OVERLAP_DECODE", False))
+    # pad every batch to a power of two, so compiled code sees a few fixed shapes
+    static_shapes: bool = field(default_factory=_env_flag("PIXELROUTER_STATIC_SHAPES", False))
+    # compile with CUDA graphs (mode "reduce-overhead"); implies compile and static shapes
+    cuda_graphs: bool = field(default_factory=_env_flag("PIXELROUTER_CUDA_GRAPHS", False))
+    # sizes run once at start, before /ready; None: 1024x1024 when compiling, else none
+    warmup_sizes: tuple[tuple[int, int], ...] | None = field(default_factory=_env_sizes)
     local_files_only: bool = field(default_factory=_hub_offline)
     encode_workers: int = 2  # threads that turn pixels into PNG/JPEG/WebP
+
+    def batch_buckets(self) -> tuple[int, ...]:
+        """The batch sizes a static-shape engine runs: powers of two up to max_batch_size."""
+        buckets, size = [], 1
+        while size < self.max_batch_size:
+            buckets.append(size)
+            size *= 2
+        return (*buckets, self.max_batch_size)
+
+    @property
+    def pads_batches(self) -> bool:
+        return self.static_shapes or self.cuda_graphs
+
+    def resolved_warmup_sizes(self) -> tuple[tuple[int, int], ...]:
+        if self.warmup_sizes is not None:
+            return self.warmup_sizes
+        return ((1024, 1024),) if self.compile or self.cuda_graphs else ()
 
 
 class EngineLoadError(ServiceUnavailable):
@@ -173,30 +250,121 @@ def _defaults(pipe: Any) -> tuple[bool, int, float]:
     return (is_distilled, 4, 1.0) if is_distilled else (is_distilled, 50, 4.0)
 
 
-def load_pipeline(cfg: EngineConfig) -> LoadedPipeline:
-    """Build the demo pipeline or load real weights, then place it per the config."""
+def check_options(cfg: EngineConfig, device: torch.device) -> None:
+    """Refuse, with a reason, the options this device cannot run."""
     import torch
 
-    device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
+    if cfg.random_weights is not None:
+        from pixelrouter.engine.random_weights import SIZES
+
+        if cfg.random_weights not in SIZES:
+            raise EngineLoadError(
+                f"Unknown random-weights size {cfg.random_weights!r}: use one of "
+                f"{', '.join(SIZES)}."
+            )
+    if cfg.fp8:
+        if device.type != "cuda":
+            raise EngineLoadError(
+                f"fp8 needs an NVIDIA GPU of compute capability 8.9 or newer (Ada, Hopper, "
+                f"Blackwell); the engine runs on {device}. Leave fp8 off here."
+            )
+        major, minor = torch.cuda.get_device_capability(device)
+        if (major, minor) < (8, 9):
+            raise EngineLoadError(
+                f"fp8 needs compute capability 8.9 or newer; {device} has {major}.{minor}."
+            )
+        try:
+            import torchao  # noqa: F401
+        except ImportError:
+            raise EngineLoadError("fp8 needs torchao: pip install torchao.") from None
+    if cfg.cuda_graphs and device.type != "cuda":
+        raise EngineLoadError(
+            f"CUDA graphs need a CUDA device; the engine runs on {device}. Leave cuda_graphs off."
+        )
+    if cfg.overlap_decode and cfg.cpu_offload:
+        raise EngineLoadError(
+            "overlap_decode cannot be combined with cpu_offload: offloading moves the VAE "
+            "while the next batch runs. Turn one of them off."
+        )
+
+
+def trim_text_encoder(text_encoder: Any, out_layers: tuple[int, ...]) -> None:
+    """Run the text encoder only as deep as the hidden states the pipeline reads, and compute
+    no logits over the 151 936-token vocabulary: the embeddings stay bit-equal.
+
+    `hidden_states[k]` is the input of layer k, so reading up to k needs layers 0..k-1; one more
+    layer is kept because transformers replaces the last hidden state with the normed output.
+    """
+    keep = max(out_layers) + 1
+    model: Any = getattr(text_encoder, "model", None)
+    layers = getattr(model, "layers", None)
+    if layers is not None and len(layers) > keep:
+        model.layers = layers[:keep]  # frees the unused layers' memory
+        text_encoder.config.num_hidden_layers = keep
+
+    def no_logits(_module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        kwargs.setdefault("logits_to_keep", 1)
+        return args, kwargs
+
+    if not getattr(text_encoder, "_pixelrouter_trimmed", False):
+        text_encoder.register_forward_pre_hook(no_logits, with_kwargs=True)
+        text_encoder._pixelrouter_trimmed = True
+
+
+def quantize_fp8(transformer: Any) -> None:
+    """torchao float8 (dynamic activations, row-wise weights) for the transformer's linears."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+    quantize_(transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+
+
+def _build(cfg: EngineConfig, device: torch.device, dtype: torch.dtype) -> tuple[Any, str]:
+    """The pipeline object and its display name."""
+    import torch
+
+    if cfg.random_weights is not None:
+        from pixelrouter.engine.random_weights import build_random_pipeline
+
+        # Built directly on the device, unless offloading keeps the models on the host.
+        where = torch.device("cpu") if cfg.cpu_offload else device
+        pipe = build_random_pipeline(cfg.random_weights, device=where, dtype=dtype)
+        return pipe, RANDOM_DISPLAY_NAME.format(size=cfg.random_weights)
     if cfg.demo:
         from pixelrouter.engine.demo import build_demo_pipeline
 
-        pipe: Any = build_demo_pipeline(cfg.demo_seed)
+        demo: Any = build_demo_pipeline(cfg.demo_seed)
         if dtype != torch.float32:  # built in float32; casting a no-op only adds a warning
-            pipe.to(dtype=dtype)
-    else:
-        pipe = _from_pretrained(cfg, dtype)
+            demo.to(dtype=dtype)
+        return demo, DEMO_DISPLAY_NAME
+    return _from_pretrained(cfg, dtype), DISPLAY_NAME
+
+
+def load_pipeline(cfg: EngineConfig) -> LoadedPipeline:
+    """Build the demo or random-weights pipeline or load real weights, then apply the speed
+    options of the config on its device."""
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    check_options(cfg, device)
+    pipe, display_name = _build(cfg, device, dtype)
     pipe.set_progress_bar_config(disable=True)
     try:
         if cfg.attention_backend:
             pipe.transformer.set_attention_backend(cfg.attention_backend)
+        if cfg.fuse_qkv:
+            pipe.transformer.fuse_qkv_projections()
+        if cfg.trim_text_encoder:
+            trim_text_encoder(pipe.text_encoder, DEFAULT_TEXT_ENCODER_OUT_LAYERS)
         if cfg.cpu_offload:
             pipe.enable_model_cpu_offload(device=device)
         else:
             pipe.to(device)
-        if cfg.compile:
-            pipe.transformer.compile_repeated_blocks(fullgraph=True)
+        if cfg.fp8:
+            quantize_fp8(pipe.transformer)
+        if cfg.compile or cfg.cuda_graphs:
+            mode = "reduce-overhead" if cfg.cuda_graphs else None
+            pipe.transformer.compile_repeated_blocks(
+                fullgraph=True, mode=mode, dynamic=False if cfg.pads_batches else None
+            )
     except Exception as exc:
         logger.warning("preparing the pipeline on %s failed", device, exc_info=True)
         raise EngineLoadError(
@@ -212,6 +380,6 @@ def load_pipeline(cfg: EngineConfig) -> LoadedPipeline:
         default_guidance=guidance,
         max_sequence_length=int(getattr(pipe, "tokenizer_max_length", 512)),
         text_encoder_out_layers=DEFAULT_TEXT_ENCODER_OUT_LAYERS,
-        demo=cfg.demo,
-        display_name=DEMO_DISPLAY_NAME if cfg.demo else DISPLAY_NAME,
+        demo=cfg.demo or cfg.random_weights is not None,
+        display_name=display_name,
     )

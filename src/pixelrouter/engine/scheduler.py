@@ -100,6 +100,14 @@ class Job:
         return steps if self.request.batching else steps * self.images
 
 
+@dataclass
+class _Denoised:
+    """One pipeline call's latents and, per row, the job it belongs to."""
+
+    latents: torch.Tensor
+    owners: list[Job]
+
+
 class _BatchAborted(Exception):
     """Raised from the step callback: every job of the batch is gone, or the engine stops."""
 
@@ -181,6 +189,13 @@ class Engine:
         self._encoder = ThreadPoolExecutor(
             max_workers=max(1, self.cfg.encode_workers), thread_name_prefix="pixelrouter-encode"
         )
+        # VAE decode overlapped with the next batch's denoising (cfg.overlap_decode)
+        self._decoder = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="pixelrouter-decode")
+            if self.cfg.overlap_decode
+            else None
+        )
+        self._decode_stream: Any = None  # a CUDA stream of the decode thread, made on first use
         self._prompt_cache = PromptCache(self.cfg.prompt_cache_size)
         self._batch_seconds: float | None = None
         self.batches_run = 0
@@ -189,6 +204,7 @@ class Engine:
         self.jobs_cancelled = 0
         self.images_generated = 0
         self.batch_sizes: Counter[int] = Counter()  # images per batch taken: /metrics reads it
+        self.warmup_seconds: float | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -222,6 +238,8 @@ class Engine:
         worker = self._worker
         if worker is not None and worker is not threading.current_thread():
             worker.join(timeout)
+        if self._decoder is not None:  # before the encoders: decoding hands images to them
+            self._decoder.shutdown(wait=True)
         self._encoder.shutdown(wait=True)
         with self._cond:
             self._state = "stopped"
@@ -404,6 +422,12 @@ class Engine:
             return
         self._loaded = loaded
         self._count_tokens = _token_counter(loaded.pipe.tokenizer)
+        try:
+            self._warm_up()
+        except Exception as exc:
+            logger.exception("warming up the pipeline failed")
+            self._fail_load(f"Warming up the pipeline failed ({describe_error(exc, 200)}).")
+            return
         with self._cond:
             if self._state == "loading":
                 self._state = "ready"
@@ -415,6 +439,48 @@ class Engine:
         except Exception as exc:  # a bug in the scheduler itself: stop taking work, loudly
             logger.exception("the engine worker stopped")
             self._fail_load(f"The engine worker stopped ({describe_error(exc, 200)}).")
+
+    def _warm_up(self) -> None:
+        """One run per configured size (and per batch bucket when shapes are static) before the
+        engine reports ready, so the first requests do not pay for compilation or autotuning."""
+        sizes = self.cfg.resolved_warmup_sizes()
+        if not sizes:
+            return
+        loaded = self._loaded
+        assert loaded is not None
+        if self.cfg.pads_batches:
+            batches: tuple[int, ...] = self.cfg.batch_buckets()
+        elif self.cfg.compile:
+            batches = tuple(dict.fromkeys((1, self.cfg.max_batch_size)))
+        else:
+            batches = (1,)
+        started = time.monotonic()
+        embeds = self._encode_prompt("warm-up")
+        for width, height in sizes:
+            for images in batches:
+                latents = loaded.pipe(
+                    prompt_embeds=embeds.repeat(images, 1, 1).to(loaded.pipe._execution_device),
+                    height=height,
+                    width=width,
+                    num_inference_steps=loaded.default_steps,
+                    guidance_scale=loaded.default_guidance,
+                    generator=[torch.Generator("cpu").manual_seed(i) for i in range(images)],
+                    output_type="latent",
+                    max_sequence_length=loaded.max_sequence_length,
+                    text_encoder_out_layers=loaded.text_encoder_out_layers,
+                ).images
+            with torch.no_grad():
+                loaded.pipe.vae.decode(
+                    latents[:1].to(_execution_device(loaded.pipe.vae)), return_dict=False
+                )
+            loaded.pipe.maybe_free_model_hooks()
+        self.warmup_seconds = time.monotonic() - started
+        logger.info(
+            "warm-up of %s at batch sizes %s took %.1f s",
+            ", ".join(f"{w}x{h}" for w, h in sizes),
+            batches,
+            self.warmup_seconds,
+        )
 
     def _fail_load(self, message: str) -> None:
         with self._cond:
@@ -512,32 +578,75 @@ class Engine:
     def _run_batch(self, batch: list[Job]) -> None:
         started = time.monotonic()
         try:
-            pixels = self._generate_pixels(batch)
+            denoised = self._denoise(batch)
         except _BatchAborted:
-            with self._cond:
-                self.batches_aborted += 1
-            for job in batch:  # jobs still running here are victims of a shutdown
-                self._fail(job, ProviderUnavailable("The local engine shut down while this ran."))
+            self._batch_aborted(batch)
             self._batch_done(started)
             return
         except Exception as exc:
-            logger.exception(
-                "batch of %d request(s) failed: %s",
-                len(batch),
-                ", ".join(job.request.id for job in batch),
-            )
-            for job in batch:
-                self._fail(
-                    job, ProviderError(f"The local engine failed ({describe_error(exc, 200)}).")
-                )
+            self._batch_failed(batch, exc)
             self._batch_done(started)
             return
+        if self._decoder is None:
+            self._finish(batch, denoised, started)
+            self._batch_done(started)
+            return
+        # The worker takes the next batch while this one is decoded (and, on CUDA, decoded on
+        # its own stream, after the denoising kernels recorded in `ready`).
+        ready = None
+        if denoised[0].latents.is_cuda:
+            ready = torch.cuda.Event()
+            ready.record()
         self._batch_done(started)
-        for job, images in zip(batch, pixels, strict=True):
-            if images is None:  # cancelled while it ran
+        try:
+            self._decoder.submit(self._finish, batch, denoised, started, ready)
+        except RuntimeError:  # the decoder was shut down: a shutdown outwaited this batch
+            self._batch_aborted(batch)
+
+    def _batch_aborted(self, batch: list[Job]) -> None:
+        with self._cond:
+            self.batches_aborted += 1
+        for job in batch:  # jobs still running here are victims of a shutdown
+            self._fail(job, ProviderUnavailable("The local engine shut down while this ran."))
+
+    def _batch_failed(self, batch: list[Job], exc: Exception) -> None:
+        logger.error(
+            "batch of %d request(s) failed: %s",
+            len(batch),
+            ", ".join(job.request.id for job in batch),
+            exc_info=exc,
+        )
+        for job in batch:
+            self._fail(job, ProviderError(f"The local engine failed ({describe_error(exc, 200)})."))
+
+    def _finish(
+        self,
+        batch: list[Job],
+        denoised: list[_Denoised],
+        started: float,
+        ready: Any = None,
+    ) -> None:
+        """Decode the denoised latents and hand each job's pixels to the encoders."""
+        try:
+            pixels = [
+                px for part in denoised for px in self._decode(part.latents, part.owners, ready)
+            ]
+        except Exception as exc:
+            self._batch_failed(batch, exc)
+            return
+        if all(px is None for px in pixels):  # every job went away meanwhile
+            self._batch_aborted(batch)
+            return
+        owners = [owner for part in denoised for owner in part.owners]
+        per_job: dict[Job, list[np.ndarray | None]] = {job: [] for job in batch}
+        for owner, px in zip(owners, pixels, strict=True):
+            per_job[owner].append(px)
+        for job in batch:
+            images = per_job[job]
+            if any(px is None for px in images):  # cancelled while it ran
                 continue
             try:
-                self._encoder.submit(self._deliver, job, images, started)
+                self._encoder.submit(self._deliver, job, np.stack(images), started)  # type: ignore[arg-type]
             except RuntimeError:  # the encoders were shut down: a shutdown outwaited this batch
                 self._fail(job, ProviderUnavailable("The local engine shut down while this ran."))
 
@@ -551,34 +660,18 @@ class Engine:
                 seconds if previous is None else EMA_WEIGHT * seconds + (1 - EMA_WEIGHT) * previous
             )
 
-    def _generate_pixels(self, batch: list[Job]) -> list[np.ndarray | None]:
-        """Per job: float pixels in [0, 1], shape (n, H, W, 3); None if it was cancelled."""
+    def _denoise(self, batch: list[Job]) -> list[_Denoised]:
+        """The batch's denoised latents: one pipeline call, or one per image for a job that asked
+        to run alone (each then equal to a plain diffusers call)."""
         first = batch[0]
         entries = [(job, i) for job in batch for i in range(job.images)]
         if first.request.batching:
-            pixels = self._call_pipeline(entries, step_offset=0)
-        else:
-            # Alone for exact bytes: one call per image, each equal to a plain diffusers call.
-            steps = self._key_for(first).steps
-            pixels = [
-                px
-                for i, entry in enumerate(entries)
-                for px in self._call_pipeline([entry], i * steps)
-            ]
-        per_job: dict[Job, list[np.ndarray | None]] = {job: [] for job in batch}
-        for (job, _), px in zip(entries, pixels, strict=True):
-            per_job[job].append(px)
-        return [
-            None if any(px is None for px in per_job[job]) else np.stack(per_job[job])  # type: ignore[arg-type]
-            for job in batch
-        ]
+            return [self._call_pipeline(entries, step_offset=0)]
+        steps = self._key_for(first).steps
+        return [self._call_pipeline([entry], i * steps) for i, entry in enumerate(entries)]
 
-    def _prompt_embeds(self, prompt: str) -> torch.Tensor:
-        """The pipeline's own `encode_prompt` for one prompt, cached. Encoding each prompt alone
-        keeps a batched request's embeddings bit-equal to those of a plain pipeline call."""
-        cached = self._prompt_cache.get(prompt)
-        if cached is not None:
-            return cached
+    def _encode_prompt(self, prompt: str) -> torch.Tensor:
+        """The pipeline's own `encode_prompt` for one prompt, on the CPU."""
         loaded = self._loaded
         assert loaded is not None
         pipe = loaded.pipe
@@ -590,30 +683,47 @@ class Engine:
                 max_sequence_length=loaded.max_sequence_length,
                 text_encoder_out_layers=loaded.text_encoder_out_layers,
             )
-        embeds = embeds.to("cpu")
+        return embeds.to("cpu")
+
+    def _prompt_embeds(self, prompt: str) -> torch.Tensor:
+        """`_encode_prompt`, cached. Encoding each prompt alone keeps a batched request's
+        embeddings bit-equal to those of a plain pipeline call."""
+        cached = self._prompt_cache.get(prompt)
+        if cached is not None:
+            return cached
+        embeds = self._encode_prompt(prompt)
         self._prompt_cache.put(prompt, embeds)
         return embeds
 
-    def _call_pipeline(
-        self, entries: list[tuple[Job, int]], step_offset: int
-    ) -> list[np.ndarray | None]:
-        """One pipeline call; `entries` are (job, image index) in batch order. Returns an
-        (H, W, 3) float array per entry, None where its job was cancelled."""
+    def _bucket(self, images: int) -> int:
+        """The batch size a batch of `images` runs at: itself, or with static shapes the next
+        bucket (the padding rows are computed and thrown away)."""
+        if not self.cfg.pads_batches:
+            return images
+        return next((b for b in self.cfg.batch_buckets() if b >= images), images)
+
+    def _call_pipeline(self, entries: list[tuple[Job, int]], step_offset: int) -> _Denoised:
+        """One pipeline call up to the latents; `entries` are (job, image index) in batch
+        order."""
         loaded = self._loaded
         assert loaded is not None
         pipe = loaded.pipe
         key = self._key_for(entries[0][0])
         jobs = list(dict.fromkeys(job for job, _ in entries))
         device = pipe._execution_device
-        prompt_embeds = torch.cat([self._prompt_embeds(job.request.prompt) for job, _ in entries])
+        rows = [self._prompt_embeds(job.request.prompt) for job, _ in entries]
         generators = [
             torch.Generator("cpu").manual_seed(job.request.seed + index) for job, index in entries
         ]
+        padding = self._bucket(len(entries)) - len(entries)
+        rows += rows[-1:] * padding
+        generators += [torch.Generator("cpu").manual_seed(0) for _ in range(padding)]
+        prompt_embeds = torch.cat(rows)
         extra: dict[str, Any] = {}
         if key.guidance > 1.0 and not loaded.is_distilled:
             # The pipeline would encode "" once (batch 1); a batch needs one row per image.
             negative = self._prompt_embeds("")
-            extra["negative_prompt_embeds"] = negative.repeat(len(entries), 1, 1).to(device)
+            extra["negative_prompt_embeds"] = negative.repeat(len(rows), 1, 1).to(device)
         references = entries[0][0].request.references  # equal across the batch: in the key
         if references:
             extra["image"] = [_reference_pil(ref) for ref in references]
@@ -639,21 +749,31 @@ class Engine:
             text_encoder_out_layers=loaded.text_encoder_out_layers,
             **extra,
         ).images
-        return self._decode(latents, [job for job, _ in entries])
+        return _Denoised(latents[: len(entries)], [job for job, _ in entries])
 
-    def _decode(self, latents: torch.Tensor, owners: list[Job]) -> list[np.ndarray | None]:
+    def _decode(
+        self, latents: torch.Tensor, owners: list[Job], ready: Any = None
+    ) -> list[np.ndarray | None]:
         """The pipeline's own last steps (VAE decode, postprocess), one image at a time.
 
         Measured with the demo weights on an H100 in bf16: the denoised latents came out
         bit-equal batched or alone, but the VAE's convolutions pick other kernels for other batch
         sizes, so images decoded together drifted up to 16/255 from their lone selves (7% of
         values). Decoded one by one they are equal; on CPU float32 batching then changes only a
-        few values by 1/255. It also skips the images of jobs cancelled meanwhile.
+        few values by 1/255. It also skips the images of jobs cancelled meanwhile. `ready` is
+        the CUDA event after the denoising when this runs on the decode thread.
         """
         pipe = self._loaded.pipe  # type: ignore[union-attr]
         vae_device = _execution_device(pipe.vae)
+        stream: Any = contextlib.nullcontext()
+        if ready is not None:
+            if self._decode_stream is None:
+                self._decode_stream = torch.cuda.Stream(latents.device)
+            self._decode_stream.wait_event(ready)
+            latents.record_stream(self._decode_stream)  # the allocator must not reuse it early
+            stream = torch.cuda.stream(self._decode_stream)
         pixels: list[np.ndarray | None] = []
-        with torch.no_grad():
+        with torch.no_grad(), stream:
             for index, owner in enumerate(owners):
                 if owner.state is JobState.CANCELLED:
                     pixels.append(None)
@@ -662,9 +782,8 @@ class Engine:
                     latents[index : index + 1].to(vae_device), return_dict=False
                 )
                 pixels.append(pipe.image_processor.postprocess(image[0], output_type="np")[0])
-        pipe.maybe_free_model_hooks()
-        if all(px is None for px in pixels):
-            raise _BatchAborted
+        if self._decoder is None:
+            pipe.maybe_free_model_hooks()
         return pixels
 
     # ------------------------------------------------------------------ the encoder threads
