@@ -112,12 +112,20 @@ def serve(
         int | None, typer.Option(help="Images per engine batch (default 4)")
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+    drain_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            envvar="PIXELROUTER_DRAIN_TIMEOUT_S",
+            help="On SIGTERM: seconds generations in flight get to finish before they are "
+            "cancelled (a second signal cuts it short)",
+        ),
+    ] = 30.0,
 ) -> None:
     """Serve the API (and the engine) on HOST:PORT."""
     import logging
 
-    import uvicorn
-
+    from pixelrouter.api import lifecycle
     from pixelrouter.api.app import create_app
 
     settings = _settings(
@@ -142,12 +150,13 @@ def serve(
             "but the images are noise."
         )
     console.print(f"pixelrouter on http://{settings.host}:{settings.port}  (API: /api/v1)")
-    uvicorn.run(
-        create_app(settings),
+    api = create_app(settings, drain_timeout_s=drain_timeout)
+    lifecycle.serve(
+        api,
+        api.state.lifecycle,
         host=settings.host,
         port=settings.port,
         log_level=log_level.lower(),
-        timeout_graceful_shutdown=30,
     )
 
 

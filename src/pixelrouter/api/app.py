@@ -27,6 +27,7 @@ from pixelrouter.web import router as web_router
 
 from .auth import current_key
 from .errors import install_error_handlers
+from .lifecycle import CANCEL_GRACE_S, DEFAULT_DRAIN_TIMEOUT_S, DrainMiddleware, Lifecycle
 from .metrics import Metrics, MetricsMiddleware
 from .metrics import router as metrics_router
 from .middleware import EdgeMiddleware
@@ -85,6 +86,7 @@ def create_app(
     *,
     providers: list[Provider] | None = None,
     store: Store | None = None,
+    drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S,
 ) -> FastAPI:
     catalog_ = Catalog()
     store_ = store or Store(settings.resolved_database_url)
@@ -108,6 +110,12 @@ def create_app(
         demo=settings.demo,
     )
 
+    def record_finished(generation_id: str) -> bool:
+        record = store_.get_generation(generation_id)
+        return record is None or record.finished
+
+    lifecycle = Lifecycle(drain_timeout_s, record_finished=record_finished)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         guard_logs()  # after the server configured its loggers
@@ -126,7 +134,13 @@ def create_app(
         try:
             yield
         finally:
+            # Under `pixelrouter serve` the drain already ran before uvicorn's shutdown; under
+            # another server this is where generations in flight finish or are cancelled.
             px.accepting = False
+            await lifecycle.drain()
+            service_drain = getattr(px.service, "drain", None)
+            if service_drain is not None:
+                await service_drain(CANCEL_GRACE_S)  # bookkeeping that outlives its response
             sweeper.cancel()
             if owned:
                 for provider in providers_:
@@ -142,6 +156,7 @@ def create_app(
         default_response_class=OrjsonResponse,
     )
     app.state.px = px
+    app.state.lifecycle = lifecycle
     app.state.metrics = metrics = Metrics(providers_, store_)
     px.service.observers.append(metrics.generation_finished)
     install_error_handlers(app)
@@ -159,6 +174,8 @@ def create_app(
     # The web pages (public: no key to view them) and their CSS, JS and Chart.js.
     app.include_router(web_router)
     app.mount("/static", StaticFiles(directory=WEB_STATIC_DIR), name="static")
+    # Inside the edge middleware: a refusal while draining carries the generation id header.
+    app.add_middleware(DrainMiddleware, lifecycle=lifecycle)
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes, demo=settings.demo)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: sees every response
     return app

@@ -20,12 +20,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.process_collector import ProcessCollector
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pixelrouter.providers.base import Provider
 from pixelrouter.service import GenerationEnd
 from pixelrouter.store import Store
+
+from .schemas import ErrorEnvelope
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +278,15 @@ def route_template(scope: Scope) -> str:
 router = APIRouter(tags=["service"])
 
 
-@router.get("/metrics", summary="Prometheus metrics", include_in_schema=True)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=PlainTextResponse,
+    responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+        "4XX": {"model": ErrorEnvelope, "description": "A client error, in the envelope"},
+    },
+)
 async def metrics_endpoint(request: Request) -> Response:
     metrics: Metrics = request.app.state.metrics
     body = await asyncio.to_thread(metrics.exposition)

@@ -1,7 +1,10 @@
-"""Wire models of the requests the API accepts (responses are rendered in `render.py`).
+"""Wire models of the requests the API accepts (responses are rendered in `render.py`), and
+the shapes the OpenAPI document gives every response, errors included.
 
 Unknown fields are allowed, so OpenAI and OpenRouter clients that send extra parameters keep
-working; such parameters are listed as ignored on the generation record.
+working; such parameters are listed as ignored on the generation record. Bounds that `wire.py`
+checks (with its own messages) are stated in the schema too, so `/openapi.json` says what the
+server accepts.
 """
 
 from __future__ import annotations
@@ -9,6 +12,17 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_IMAGES = 4
+MAX_SEED = 2**63 - 1 - 16  # seed + i must stay a valid torch seed
+MAX_STEPS = 100
+MAX_GUIDANCE = 30.0
+
+
+def _bounds(minimum: float, maximum: float) -> Any:
+    """Documented bounds of an optional number, checked in `wire.py` with a clearer message
+    than a validation error would give."""
+    return Field(default=None, json_schema_extra={"minimum": minimum, "maximum": maximum})
 
 
 def _unicode_only(value: Any) -> Any:
@@ -74,9 +88,9 @@ class ProviderPreferences(_Open):
 class ImageConfig(_Open):
     aspect_ratio: str | None = None
     image_size: str | None = None
-    steps: int | None = None
-    guidance: float | None = None
-    seed: int | None = None
+    steps: int | None = _bounds(1, MAX_STEPS)
+    guidance: float | None = _bounds(0, MAX_GUIDANCE)
+    seed: int | None = _bounds(0, MAX_SEED)
     batching: bool | None = None
 
 
@@ -86,8 +100,8 @@ class ChatCompletionRequest(_Open):
     messages: list[ChatMessage] = Field(min_length=1)
     modalities: list[str] | None = None
     image_config: ImageConfig | None = None
-    n: int | None = None
-    seed: int | None = None
+    n: int | None = _bounds(1, MAX_IMAGES)
+    seed: int | None = _bounds(0, MAX_SEED)
     stream: bool | None = False
     provider: ProviderPreferences | None = None
     user: str | None = None
@@ -104,21 +118,21 @@ class ImagesRequest(_Open):
     model: str | None = None
     models: list[str] | None = None
     prompt: str
-    n: int | None = None
+    n: int | None = _bounds(1, MAX_IMAGES)
     size: str | None = None
     resolution: str | None = None
     aspect_ratio: str | None = None
     quality: str | None = None
     background: str | None = None
     output_format: str | None = None
-    output_compression: int | None = None
-    seed: int | None = None
+    output_compression: int | None = _bounds(0, 100)
+    seed: int | None = _bounds(0, MAX_SEED)
     input_references: list[InputReference] | None = None
     stream: bool | None = False
     provider: ProviderPreferences | None = None
     user: str | None = None
-    steps: int | None = None
-    guidance: float | None = None
+    steps: int | None = _bounds(1, MAX_STEPS)
+    guidance: float | None = _bounds(0, MAX_GUIDANCE)
 
 
 class OpenAIImagesRequest(_Open):
@@ -126,17 +140,17 @@ class OpenAIImagesRequest(_Open):
 
     prompt: str
     model: str | None = None
-    n: int | None = None
+    n: int | None = _bounds(1, MAX_IMAGES)
     size: str | None = None
     quality: str | None = None
     background: str | None = None
     response_format: str | None = None
     output_format: str | None = None
-    output_compression: int | None = None
+    output_compression: int | None = _bounds(0, 100)
     moderation: str | None = None
     style: str | None = None
     user: str | None = None
-    seed: int | None = None
+    seed: int | None = _bounds(0, MAX_SEED)
     stream: bool | None = False
     partial_images: int | None = None
     provider: ProviderPreferences | None = None
@@ -161,3 +175,249 @@ class UpdateKeyRequest(_Open):
     limit_reset: Literal["daily", "weekly", "monthly"] | None = None
     expires_at: str | None = None
     include_byok_in_limit: bool | None = None
+
+
+# --------------------------------------------------------------------------------------
+# Response shapes, for the OpenAPI document only: the routes render their JSON themselves
+# (`render.py`), and these name the fields a client may rely on. Extra fields are allowed.
+
+
+class _Shape(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ErrorMetadata(_Shape):
+    error_type: str = Field(description="invalid_request, invalid_image, authentication, ...")
+
+
+class ErrorBody(_Shape):
+    code: int = Field(description="The HTTP status, repeated")
+    message: str = Field(description="What went wrong, in words a person can act on")
+    metadata: ErrorMetadata
+
+
+class ErrorEnvelope(BaseModel):
+    """SPEC §5: every 4xx and 5xx body."""
+
+    model_config = ConfigDict(extra="forbid")
+    error: ErrorBody
+
+
+class Usage(_Shape):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cost: float
+
+
+class ChatImageURL(_Shape):
+    url: str
+
+
+class ChatImage(_Shape):
+    type: Literal["image_url"]
+    image_url: ChatImageURL
+
+
+class ChatResponseMessage(_Shape):
+    role: Literal["assistant"]
+    content: str | None
+    images: list[ChatImage]
+
+
+class ChatChoice(_Shape):
+    index: int
+    finish_reason: str | None
+    message: ChatResponseMessage
+
+
+class ChatCompletion(_Shape):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    provider: str | None = None
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class ImageData(_Shape):
+    b64_json: str
+    media_type: str
+
+
+class ImagesResponse(_Shape):
+    created: int
+    data: list[ImageData]
+    usage: Usage
+
+
+class OpenAIImageData(_Shape):
+    b64_json: str
+
+
+class OpenAIImagesResponse(_Shape):
+    created: int
+    data: list[OpenAIImageData]
+    usage: Usage
+
+
+class ModelArchitecture(_Shape):
+    input_modalities: list[str]
+    output_modalities: list[str]
+
+
+class Model(_Shape):
+    id: str
+    canonical_slug: str
+    name: str
+    created: int
+    context_length: int
+    architecture: ModelArchitecture
+    pricing: dict[str, str]
+    supported_parameters: list[str]
+
+
+class ModelsList(_Shape):
+    data: list[Model]
+    total_count: int
+
+
+class Endpoint(_Shape):
+    name: str
+    provider_name: str
+    tag: str
+    status: int
+    pricing: dict[str, str]
+
+
+class ModelEndpointsData(_Shape):
+    id: str
+    name: str
+    endpoints: list[Endpoint]
+
+
+class ModelEndpoints(_Shape):
+    data: ModelEndpointsData
+
+
+class ImageModel(_Shape):
+    id: str
+    name: str
+    endpoints: str
+    pricing: list[dict[str, Any]]
+
+
+class ImageModelsList(_Shape):
+    data: list[ImageModel]
+
+
+class ImageEndpoint(_Shape):
+    provider_name: str
+    provider_slug: str
+    status: int
+
+
+class ImageModelEndpoints(_Shape):
+    id: str
+    name: str
+    endpoints: list[ImageEndpoint]
+
+
+class ModelStatsData(_Shape):
+    id: str
+    providers: list[dict[str, Any]]
+    activity: list[dict[str, Any]]
+
+
+class ModelStats(_Shape):
+    data: ModelStatsData
+
+
+class AppsRanking(_Shape):
+    data: list[dict[str, Any]]
+    month: str
+    sort: str
+
+
+class GenerationData(_Shape):
+    id: str
+    model: str
+    total_cost: float
+    created_at: str
+    streamed: bool
+    cancelled: bool
+    provider_responses: list[dict[str, Any]]
+
+
+class GenerationResponse(_Shape):
+    data: GenerationData
+
+
+class KeyLimits(_Shape):
+    limit: float | None
+    limit_remaining: float | None
+    limit_reset: str | None
+    usage: float
+    usage_daily: float
+    usage_weekly: float
+    usage_monthly: float
+    is_management_key: bool
+
+
+class CurrentKey(_Shape):
+    data: KeyLimits
+
+
+class Key(_Shape):
+    hash: str
+    name: str
+    label: str
+    disabled: bool
+    limit: float | None
+    limit_remaining: float | None
+    usage: float
+    created_at: str | None
+
+
+class KeyResponse(_Shape):
+    data: Key
+
+
+class KeyCreated(_Shape):
+    data: Key
+    key: str = Field(description="The new key in plain text, shown this once")
+
+
+class KeysList(_Shape):
+    data: list[Key]
+
+
+class KeyDeleted(_Shape):
+    deleted: bool
+
+
+class CreditsData(_Shape):
+    total_credits: float
+    total_usage: float
+
+
+class Credits(_Shape):
+    data: CreditsData
+
+
+class ActivityList(_Shape):
+    data: list[dict[str, Any]]
+
+
+class EngineStatus(_Shape):
+    data: dict[str, Any]
+
+
+class Health(_Shape):
+    status: str
+
+
+class Ready(_Shape):
+    status: str
+    providers: list[dict[str, Any]]

@@ -21,15 +21,15 @@ from pixelrouter.refimages import MAX_REFERENCES, FetchPolicy, decode_reference,
 from pixelrouter.types import Attribution, ImageRequest, ProviderPrefs, ReferenceImage
 
 from .schemas import (
+    MAX_GUIDANCE,
+    MAX_SEED,
+    MAX_STEPS,
     ChatCompletionRequest,
     ImagesRequest,
     OpenAIImagesRequest,
     ProviderPreferences,
 )
 
-MAX_SEED = 2**63 - 1 - 16  # seed + i must stay a valid torch seed
-MAX_STEPS = 100
-MAX_GUIDANCE = 30.0
 SortBy = Literal["price", "throughput", "latency"]
 
 

@@ -24,11 +24,13 @@ from pixelrouter.stats import ProviderStats, endpoint_status, providers_stats
 from pixelrouter.store import utcnow
 
 from ..responses import OrjsonResponse
+from ..schemas import ImageModelEndpoints, ImageModelsList, ModelEndpoints, ModelsList
 from ..state import AppState, app_state
+from .openapi import BEARER, READ_ERRORS, errors, ok
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(tags=["catalogue"])
+router = APIRouter(tags=["catalogue"], dependencies=BEARER, responses=errors(*READ_ERRORS))
 
 NO_TOOL_CHOICE = {"auto": False, "function": False, "none": False, "required": False}
 STATS_FIELDS = (
@@ -182,7 +184,7 @@ def _models_for(px: AppState, output_modalities: str | None) -> list[ModelEntry]
     return [m for m in px.catalog.models if kinds & set(m.output_modalities)]
 
 
-@router.get("/models", summary="List models")
+@router.get("/models", summary="List models", responses=ok(ModelsList))
 async def list_models(
     request: Request,
     output_modalities: str | None = Query(default=None),
@@ -204,7 +206,11 @@ async def list_models(
     )
 
 
-@router.get("/models/{author}/{slug}/endpoints", summary="List a model's endpoints")
+@router.get(
+    "/models/{author}/{slug}/endpoints",
+    summary="List a model's endpoints",
+    responses=ok(ModelEndpoints),
+)
 async def list_endpoints(author: str, slug: str, request: Request) -> OrjsonResponse:
     px = app_state(request)
     entry = px.catalog.get(f"{author}/{slug}")
@@ -247,14 +253,20 @@ def image_model_json(entry: ModelEntry) -> dict[str, Any]:
     }
 
 
-@router.get("/images/models", summary="List image models (Image API)")
+@router.get(
+    "/images/models", summary="List image models (Image API)", responses=ok(ImageModelsList)
+)
 async def list_image_models(request: Request) -> OrjsonResponse:
     px = app_state(request)
     models = [m for m in px.catalog.models if "image" in m.output_modalities]
     return OrjsonResponse({"data": [image_model_json(m) for m in models]})
 
 
-@router.get("/images/models/{author}/{slug}/endpoints", summary="List an image model's endpoints")
+@router.get(
+    "/images/models/{author}/{slug}/endpoints",
+    summary="List an image model's endpoints",
+    responses=ok(ImageModelEndpoints),
+)
 async def list_image_endpoints(author: str, slug: str, request: Request) -> OrjsonResponse:
     px = app_state(request)
     entry = px.catalog.get(f"{author}/{slug}")

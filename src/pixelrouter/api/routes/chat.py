@@ -15,7 +15,7 @@ from pixelrouter.store import KeyRecord
 from .. import render, wire
 from ..auth import inference_key
 from ..responses import OrjsonResponse
-from ..schemas import ChatCompletionRequest
+from ..schemas import ChatCompletion, ChatCompletionRequest
 from ..state import AppState, app_state
 from ..streaming import KEEPALIVE, Tick
 from .common import (
@@ -26,11 +26,16 @@ from .common import (
     progress_comment,
     sse_response,
 )
+from .openapi import BEARER, GENERATION_ERRORS, GENERATION_LINKS, errors, ok
 
-router = APIRouter(tags=["chat"])
+router = APIRouter(tags=["chat"], dependencies=BEARER, responses=errors(*GENERATION_ERRORS))
 
 
-@router.post("/chat/completions", summary="Create a chat completion with image output")
+@router.post(
+    "/chat/completions",
+    summary="Create a chat completion with image output",
+    responses=ok(ChatCompletion, stream=True, links=GENERATION_LINKS),
+)
 async def chat_completions(
     body: ChatCompletionRequest,
     request: Request,

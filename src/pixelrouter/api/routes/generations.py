@@ -13,9 +13,11 @@ from pixelrouter.store import GenerationRecord, KeyRecord
 
 from ..auth import current_key
 from ..responses import OrjsonResponse
+from ..schemas import GenerationResponse
 from ..state import app_state
+from .openapi import BEARER, READ_ERRORS, errors, ok
 
-router = APIRouter(tags=["generations"])
+router = APIRouter(tags=["generations"], dependencies=BEARER, responses=errors(*READ_ERRORS))
 
 
 def generation_json(record: GenerationRecord) -> dict[str, Any]:
@@ -87,7 +89,12 @@ def generation_json(record: GenerationRecord) -> dict[str, Any]:
     }
 
 
-@router.get("/generation", summary="Get a generation's record")
+@router.get(
+    "/generation",
+    summary="Get a generation's record",
+    operation_id="getGeneration",
+    responses=ok(GenerationResponse),
+)
 async def get_generation(
     request: Request,
     id: str = Query(min_length=1, max_length=200, description="The generation id, gen-..."),

@@ -16,7 +16,7 @@ from pixelrouter.store import KeyRecord
 from .. import render, wire
 from ..auth import inference_key
 from ..responses import OrjsonResponse
-from ..schemas import ImagesRequest
+from ..schemas import ImagesRequest, ImagesResponse
 from ..state import AppState, app_state
 from ..streaming import KEEPALIVE, Tick
 from .common import (
@@ -27,11 +27,16 @@ from .common import (
     progress_comment,
     sse_response,
 )
+from .openapi import BEARER, GENERATION_ERRORS, GENERATION_LINKS, errors, ok
 
-router = APIRouter(tags=["images"])
+router = APIRouter(tags=["images"], dependencies=BEARER, responses=errors(*GENERATION_ERRORS))
 
 
-@router.post("/images", summary="Generate images (OpenRouter Image API)")
+@router.post(
+    "/images",
+    summary="Generate images (OpenRouter Image API)",
+    responses=ok(ImagesResponse, stream=True, links=GENERATION_LINKS),
+)
 async def create_images(
     body: ImagesRequest,
     request: Request,

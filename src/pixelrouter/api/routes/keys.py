@@ -17,10 +17,21 @@ from pixelrouter.store import KeyBalance, KeyRecord, KeyUsage, Store
 
 from ..auth import current_key, management_key
 from ..responses import OrjsonResponse
-from ..schemas import CreateKeyRequest, UpdateKeyRequest
+from ..schemas import (
+    ActivityList,
+    CreateKeyRequest,
+    Credits,
+    CurrentKey,
+    KeyCreated,
+    KeyDeleted,
+    KeyResponse,
+    KeysList,
+    UpdateKeyRequest,
+)
 from ..state import app_state
+from .openapi import BEARER, KEY_LINKS, MANAGEMENT_ERRORS, errors, ok
 
-router = APIRouter(tags=["keys"])
+router = APIRouter(tags=["keys"], dependencies=BEARER, responses=errors(*MANAGEMENT_ERRORS))
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -90,7 +101,7 @@ def _rate_limit(record: KeyRecord, settings: Settings) -> dict[str, Any]:
     return {"requests": requests, "interval": f"{interval}s", "note": note}
 
 
-@router.get("/key", summary="The calling key's limits and usage")
+@router.get("/key", summary="The calling key's limits and usage", responses=ok(CurrentKey))
 async def get_current_key(
     request: Request, key: KeyRecord = Depends(current_key)
 ) -> OrjsonResponse:
@@ -138,7 +149,12 @@ def _usd_to_micro(value: float | None) -> int | None:
     return None if value is None else usd_to_micro(value)
 
 
-@router.post("/keys", status_code=201, summary="Create an inference key (management)")
+@router.post(
+    "/keys",
+    status_code=201,
+    summary="Create an inference key (management)",
+    responses=ok(KeyCreated, status=201, links=KEY_LINKS),
+)
 async def create_key(
     body: CreateKeyRequest, request: Request, _: KeyRecord = Depends(management_key)
 ) -> OrjsonResponse:
@@ -159,7 +175,7 @@ async def create_key(
     )
 
 
-@router.get("/keys", summary="List keys (management)")
+@router.get("/keys", summary="List keys (management)", responses=ok(KeysList))
 async def list_keys(
     request: Request,
     include_disabled: bool = True,
@@ -183,7 +199,12 @@ async def _find(request: Request, key_hash: str) -> KeyRecord:
     return record
 
 
-@router.get("/keys/{key_hash}", summary="Get a key (management)")
+@router.get(
+    "/keys/{key_hash}",
+    summary="Get a key (management)",
+    operation_id="getKey",
+    responses=ok(KeyResponse),
+)
 async def get_key(
     key_hash: str, request: Request, _: KeyRecord = Depends(management_key)
 ) -> OrjsonResponse:
@@ -192,7 +213,12 @@ async def get_key(
     return OrjsonResponse({"data": key_json(record, spend, app_state(request).settings)})
 
 
-@router.patch("/keys/{key_hash}", summary="Update a key (management)")
+@router.patch(
+    "/keys/{key_hash}",
+    summary="Update a key (management)",
+    operation_id="updateKey",
+    responses=ok(KeyResponse),
+)
 async def update_key(
     key_hash: str,
     body: UpdateKeyRequest,
@@ -223,7 +249,12 @@ async def update_key(
     return OrjsonResponse({"data": key_json(record, spend, app_state(request).settings)})
 
 
-@router.delete("/keys/{key_hash}", summary="Delete a key (management)")
+@router.delete(
+    "/keys/{key_hash}",
+    summary="Delete a key (management)",
+    operation_id="deleteKey",
+    responses=ok(KeyDeleted),
+)
 async def delete_key(
     key_hash: str, request: Request, _: KeyRecord = Depends(management_key)
 ) -> OrjsonResponse:
@@ -233,7 +264,7 @@ async def delete_key(
     return OrjsonResponse({"deleted": True, "data": {"success": True}})
 
 
-@router.get("/credits", summary="Total credits and usage (management)")
+@router.get("/credits", summary="Total credits and usage (management)", responses=ok(Credits))
 async def get_credits(request: Request, _: KeyRecord = Depends(management_key)) -> OrjsonResponse:
     store = app_state(request).store
 
@@ -249,7 +280,11 @@ async def get_credits(request: Request, _: KeyRecord = Depends(management_key)) 
     )
 
 
-@router.get("/activity", summary="Daily usage per model and provider (management)")
+@router.get(
+    "/activity",
+    summary="Daily usage per model and provider (management)",
+    responses=ok(ActivityList),
+)
 async def get_activity(
     request: Request,
     date_: str | None = Query(default=None, alias="date", description="One UTC day, YYYY-MM-DD"),

@@ -19,7 +19,7 @@ from pixelrouter.types import ImageRequest
 from .. import render, wire
 from ..auth import inference_key
 from ..responses import OrjsonResponse
-from ..schemas import OpenAIImagesRequest
+from ..schemas import OpenAIImagesRequest, OpenAIImagesResponse
 from ..state import AppState, app_state
 from ..streaming import KEEPALIVE, Tick
 from .common import (
@@ -31,11 +31,18 @@ from .common import (
     sse_response,
 )
 from .images import stream_error
+from .openapi import BEARER, GENERATION_ERRORS, GENERATION_LINKS, errors, ok
 
-router = APIRouter(tags=["openai-images"])
+router = APIRouter(
+    tags=["openai-images"], dependencies=BEARER, responses=errors(*GENERATION_ERRORS)
+)
 
 
-@router.post("/images/generations", summary="Create images (OpenAI Images API)")
+@router.post(
+    "/images/generations",
+    summary="Create images (OpenAI Images API)",
+    responses=ok(OpenAIImagesResponse, stream=True, links=GENERATION_LINKS),
+)
 async def create_generation(
     body: OpenAIImagesRequest,
     request: Request,
@@ -49,6 +56,7 @@ async def create_generation(
 @router.post(
     "/images/edits",
     summary="Edit images (OpenAI Images API, multipart/form-data)",
+    responses=ok(OpenAIImagesResponse, stream=True, links=GENERATION_LINKS),
     openapi_extra={
         "requestBody": {
             "required": True,

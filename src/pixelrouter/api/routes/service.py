@@ -10,22 +10,40 @@ from pixelrouter.store import KeyRecord
 from ..auth import current_key
 from ..errors import error_response
 from ..responses import OrjsonResponse
+from ..schemas import EngineStatus, Health, Ready
 from ..state import app_state
+from .openapi import BEARER, errors, ok
 
 router = APIRouter(tags=["service"])
-engine_router = APIRouter(tags=["service"])
+engine_router = APIRouter(tags=["service"], dependencies=BEARER, responses=errors(401, 503))
 
 
-@router.get("/health", summary="The process is alive")
+@router.get("/health", summary="The process is alive", responses={**ok(Health), **errors()})
 async def health() -> OrjsonResponse:
     return OrjsonResponse({"status": "ok"})
 
 
-@router.get("/ready", summary="Ready to generate: an engine loaded or a provider up")
+@router.get(
+    "/ready",
+    summary="Ready to generate: an engine loaded or a provider up",
+    responses={**ok(Ready), **errors(503)},
+)
 async def ready(request: Request) -> OrjsonResponse:
     px = app_state(request)
+    lifecycle = getattr(request.app.state, "lifecycle", None)
+    if lifecycle is not None and lifecycle.draining:
+        # A load balancer stops sending work here while the generations in flight finish.
+        return error_response(
+            ServiceUnavailable(
+                "The server is shutting down: it finishes the generations in flight "
+                f"({lifecycle.in_flight} now) and takes no new ones.",
+                metadata={"reason": "draining", "in_flight": lifecycle.in_flight},
+            )
+        )
     if not px.accepting:
-        return error_response(ServiceUnavailable("The server is shutting down."))
+        return error_response(
+            ServiceUnavailable("The server is shutting down.", metadata={"reason": "stopping"})
+        )
     ok, reason = px.router.ready()
     if not ok:
         return error_response(ServiceUnavailable(f"Not ready: {reason}"))
@@ -43,7 +61,11 @@ async def ready(request: Request) -> OrjsonResponse:
     return OrjsonResponse({"status": "ready", "reason": reason, "providers": providers})
 
 
-@engine_router.get("/engine/status", summary="Queue depth of this process's engine")
+@engine_router.get(
+    "/engine/status",
+    summary="Queue depth of this process's engine",
+    responses=ok(EngineStatus),
+)
 async def engine_status(request: Request, _: KeyRecord = Depends(current_key)) -> OrjsonResponse:
     px = app_state(request)
     local = [p for p in px.providers if p.info.kind == "local"]

@@ -14,10 +14,12 @@ from pixelrouter.stats.windows import HOURLY_HOURS, month_start
 from pixelrouter.store import utcnow
 
 from ..responses import OrjsonResponse
+from ..schemas import AppsRanking, ModelStats
 from ..state import app_state
 from .catalog import live_status
+from .openapi import BEARER, READ_ERRORS, errors, ok
 
-router = APIRouter(tags=["statistics"])
+router = APIRouter(tags=["statistics"], dependencies=BEARER, responses=errors(*READ_ERRORS))
 
 ACTIVITY_DAYS = 30
 
@@ -26,7 +28,11 @@ def _iso(moment: Any) -> str:
     return str(moment.isoformat()).replace("+00:00", "Z")
 
 
-@router.get("/models/{author}/{slug}/stats", summary="A model's statistics per provider")
+@router.get(
+    "/models/{author}/{slug}/stats",
+    summary="A model's statistics per provider",
+    responses=ok(ModelStats),
+)
 async def model_stats(author: str, slug: str, request: Request) -> OrjsonResponse:
     """Per provider: uptime over 5 min / 30 min / 1 day and per hour for 72 hours, latency
     (seconds per image) and throughput (image tokens per second) percentiles over 30 min;
@@ -101,7 +107,11 @@ async def model_stats(author: str, slug: str, request: Request) -> OrjsonRespons
     )
 
 
-@router.get("/apps", summary="Apps ranked by requests or image tokens this month")
+@router.get(
+    "/apps",
+    summary="Apps ranked by requests or image tokens this month",
+    responses=ok(AppsRanking),
+)
 async def list_apps(
     request: Request,
     model: str | None = Query(default=None, description="Only this model's requests"),
