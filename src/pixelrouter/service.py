@@ -7,6 +7,7 @@ The API edges call `GenerationService.generate`; it knows nothing of wire shapes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -32,6 +33,10 @@ from pixelrouter.types import ImageRequest, ImageResult, ProgressEvent, Provider
 
 log = logging.getLogger(__name__)
 
+# The longest the bookkeeping of an answered generation waits for the edge to say the answer
+# went out (a client that left, or a caller without an HTTP edge, never says so).
+ANSWER_WAIT_S = 1.0
+
 
 @dataclass
 class Admission:
@@ -42,6 +47,9 @@ class Admission:
     started: float  # monotonic
     reserved_micro: int
     ran: bool = False
+    # Set for a key without a spending limit: its admission cannot refuse, so the pending
+    # record (and a reservation of what is delivered) is written with its close instead.
+    deferred: NewGeneration | None = None
 
 
 @dataclass(frozen=True)
@@ -97,8 +105,10 @@ class GenerationService:
         # The sweeper may release a reservation after this: the deadline plus a grace period.
         self.reservation_ttl = timedelta(seconds=reservation_ttl_s)
         self.observers: list[GenerationObserver] = []
-        # Bookkeeping of answered generations still being written, by key hash ("" for none).
+        # Bookkeeping of answered generations still being written, by key hash ("" for none),
+        # and the gates that hold each back until its answer has been sent.
         self._closing: dict[str, set[asyncio.Task[None]]] = {}
+        self._answers: dict[str, asyncio.Event] = {}
 
     def prompt_tokens(self, prompt: str) -> int:
         for provider in self.router.providers:
@@ -190,7 +200,7 @@ class GenerationService:
             return
         admission.ran = True
         await self._close_failed(
-            admission.request, state="cancelled", cancelled=True, finish_reason="cancelled"
+            admission, state="cancelled", cancelled=True, finish_reason="cancelled"
         )
 
     async def generate(
@@ -200,8 +210,21 @@ class GenerationService:
         api: GenerationApi,
         streamed: bool = False,
         on_progress: Callable[[ProgressEvent], None] | None = None,
+        unlimited_key: bool = False,
     ) -> Delivery:
-        admission = await self.admit(request, api=api, streamed=streamed)
+        """Admit, then route. With `unlimited_key` (the caller saw no spending limit on the
+        key) nothing can refuse the admission, so nothing is written before the work: the
+        generation is recorded, and charged, in one transaction just after it is answered
+        (docs/billing.md, "When bookkeeping is written")."""
+        if unlimited_key and request.key_hash is not None:
+            admission = Admission(
+                request,
+                time.monotonic(),
+                self.max_cost(request),
+                deferred=_new_record(request, api, streamed),
+            )
+        else:
+            admission = await self.admit(request, api=api, streamed=streamed)
         return await self.run(admission, on_progress)
 
     async def run(
@@ -225,7 +248,7 @@ class GenerationService:
         except asyncio.CancelledError:
             await _shielded(
                 self._close_failed(
-                    request,
+                    admission,
                     state="cancelled",
                     cancelled=True,
                     finish_reason="cancelled",
@@ -236,7 +259,7 @@ class GenerationService:
         except RoutingFailed as exc:
             await _shielded(
                 self._close_failed(
-                    request,
+                    admission,
                     latency_ms=elapsed_ms(),
                     provider_responses=_attempts_json(exc.attempts),
                     error_status=exc.status,
@@ -248,7 +271,7 @@ class GenerationService:
         except PixelrouterError as exc:
             await _shielded(
                 self._close_failed(
-                    request,
+                    admission,
                     latency_ms=elapsed_ms(),
                     error_status=exc.status,
                     error_message=exc.message,
@@ -258,7 +281,7 @@ class GenerationService:
             raise
         except Exception:
             await _shielded(
-                self._close_failed(request, error_status=500, error_message="internal error")
+                self._close_failed(admission, error_status=500, error_message="internal error")
             )
             raise
         # Observers (in-memory counters) hear of it now, with the answer; the images exist, so
@@ -275,12 +298,18 @@ class GenerationService:
                 tuple(served.attempts),
             )
         )
-        self._close_later(request, self._close_succeeded(delivery))
+        self._close_later(request, self._close_succeeded(admission, delivery))
         return delivery
 
     def _close_later(self, request: ImageRequest, work: Coroutine[Any, Any, None]) -> None:
+        """Write the bookkeeping of an answered generation once its answer has gone out
+        (`answered`), or after `ANSWER_WAIT_S`: started earlier, its database work would hold
+        the interpreter while the answer is still being sent."""
         key = request.key_hash or ""
-        task = asyncio.get_running_loop().create_task(_logged(work))
+        gate = self._answers[request.id] = asyncio.Event()
+        task = asyncio.get_running_loop().create_task(
+            _logged(self._after_answer(request.id, gate, work))
+        )
         tasks = self._closing.setdefault(key, set())
         tasks.add(task)
 
@@ -291,13 +320,38 @@ class GenerationService:
 
         task.add_done_callback(done)
 
+    async def _after_answer(
+        self, generation_id: str, gate: asyncio.Event, work: Coroutine[Any, Any, None]
+    ) -> None:
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(gate.wait(), ANSWER_WAIT_S)
+        except BaseException:
+            work.close()  # cancelled before it began: the sweeper releases what stays open
+            raise
+        finally:
+            self._answers.pop(generation_id, None)
+        await work
+
+    def answered(self, generation_id: str) -> None:
+        """The edge sent the last byte of this generation's answer."""
+        gate = self._answers.get(generation_id)
+        if gate is not None:
+            gate.set()
+
+    def _pending_closes(self, key_hash: str | None) -> list[asyncio.Task[None]]:
+        """The bookkeeping tasks still running (of one key, or all), told not to wait for their
+        answers any longer: whoever asks is past them."""
+        for gate in self._answers.values():
+            gate.set()
+        if key_hash is None:
+            return [task for tasks in self._closing.values() for task in tasks]
+        return list(self._closing.get(key_hash, ()))
+
     async def closed(self, key_hash: str | None = None) -> None:
         """Wait until the bookkeeping of every generation of this key (of every key: None) that
         has already answered is written: what a caller reads next includes them."""
-        if key_hash is None:
-            pending = [task for tasks in self._closing.values() for task in tasks]
-        else:
-            pending = list(self._closing.get(key_hash, ()))
+        pending = self._pending_closes(key_hash)
         if pending:
             await asyncio.wait(pending)
 
@@ -308,7 +362,7 @@ class GenerationService:
 
     async def drain(self, timeout_s: float) -> None:
         """At shutdown: wait (at most `timeout_s`) for the bookkeeping still being written."""
-        pending = [task for tasks in self._closing.values() for task in tasks]
+        pending = self._pending_closes(None)
         if not pending:
             return
         _, late = await asyncio.wait(pending, timeout=timeout_s)
@@ -350,7 +404,7 @@ class GenerationService:
         prompt_tokens = result.prompt_tokens or self.prompt_tokens(request.prompt)
         return Delivery(request, result, cost, prompt_tokens, completion, latency_ms)
 
-    async def _close_succeeded(self, delivery: Delivery) -> None:
+    async def _close_succeeded(self, admission: Admission, delivery: Delivery) -> None:
         request, result = delivery.request, delivery.result
         record = {
             "state": "succeeded",
@@ -367,24 +421,33 @@ class GenerationService:
             "provider_responses": _attempts_json(result.attempts),
         }
         outcomes = self._outcomes(request, result.attempts, delivery)
-        await asyncio.to_thread(self._close_now, request, record, delivery.cost_micro, outcomes)
+        await asyncio.to_thread(self._close_now, admission, record, delivery.cost_micro, outcomes)
 
     def _close_now(
         self,
-        request: ImageRequest,
+        admission: Admission,
         record: dict[str, Any],
         charge_micro: int | None,
         outcomes: list[ProviderOutcome],
     ) -> None:
         """Runs in a worker thread: finalise the record, settle the reservation to
         `charge_micro` (None: release it all) and count the provider outcomes, in one
-        transaction. Should the outcomes fail, the record and the money are written without
-        them: statistics never break a generation."""
+        transaction; a deferred admission is written first, in the same transaction. Should
+        the outcomes fail, the record and the money are written without them: statistics
+        never break a generation."""
+        request = admission.request
+        key_hash = request.key_hash
 
         def write(with_outcomes: bool) -> None:
             with self.store.transaction() as tx:
+                reserved = True
+                if admission.deferred is not None:
+                    self.store.start_generation(admission.deferred, tx=tx)
+                    reserved = bool(key_hash and charge_micro) and self._reserve_delivered(
+                        request, charge_micro or 0, tx
+                    )
                 self.store.finish_generation(request.id, **record, tx=tx)
-                if request.key_hash is not None:
+                if key_hash is not None and reserved:
                     if charge_micro is None:
                         self.store.release(request.id, tx=tx)
                     else:
@@ -400,15 +463,36 @@ class GenerationService:
             log.exception("could not record the provider outcomes of %s", request.id)
             write(with_outcomes=False)
 
+    def _reserve_delivered(self, request: ImageRequest, amount_micro: int, tx: Any) -> bool:
+        """For a deferred admission: reserve what was delivered, to settle it at once. Only a
+        limit set on the key while this ran (by another process) can refuse; the limit wins
+        and the images go uncharged, with a warning."""
+        assert request.key_hash is not None
+        reservation = self.store.reserve(
+            generation_id=request.id,
+            key_hash=request.key_hash,
+            amount_micro=amount_micro,
+            expires_at=utcnow() + self.reservation_ttl,
+            tx=tx,
+        )
+        if reservation is None:
+            log.warning(
+                "%s was delivered uncharged: its key got a spending limit while it ran, and "
+                "the limit cannot cover it",
+                request.id,
+            )
+        return reservation is not None
+
     async def _close_failed(
-        self, request: ImageRequest, *, attempts: list[ProviderAttempt] | None = None, **fields: Any
+        self, admission: Admission, *, attempts: list[ProviderAttempt] | None = None, **fields: Any
     ) -> None:
         """Failed or cancelled: nothing was delivered, so nothing is charged."""
+        request = admission.request
         fields.setdefault("state", "failed")
         fields.setdefault("finish_reason", "error")
         attempts = attempts or []
         outcomes = self._outcomes(request, attempts, None)
-        await asyncio.to_thread(self._close_now, request, fields, None, outcomes)
+        await asyncio.to_thread(self._close_now, admission, fields, None, outcomes)
         self._notify(GenerationEnd(request.id, fields["state"], None, 0, 0, tuple(attempts)))
 
     def _outcomes(

@@ -176,6 +176,11 @@ def create_app(
     app.mount("/static", StaticFiles(directory=WEB_STATIC_DIR), name="static")
     # Inside the edge middleware: a refusal while draining carries the generation id header.
     app.add_middleware(DrainMiddleware, lifecycle=lifecycle)
-    app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes, demo=settings.demo)
+    app.add_middleware(
+        EdgeMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        demo=settings.demo,
+        on_answered=px.service.answered,
+    )
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: sees every response
     return app

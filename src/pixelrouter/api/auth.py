@@ -45,9 +45,14 @@ async def _lookup(request: Request) -> KeyRecord:
             "Invalid API key format: keys look like 'sk-pr-v1-' followed by 64 hex digits.",
             error_type="authentication",
         )
-    store = app_state(request).store
+    px = app_state(request)
     # Looked up by SHA-256: equal hashes mean equal keys, and no plaintext is compared.
-    record = await asyncio.to_thread(store.find_key, hash_key(token))
+    key_hash = hash_key(token)
+    record = px.recent_keys.get(key_hash)
+    if record is None:
+        record = await asyncio.to_thread(px.store.find_key, key_hash)
+        if record is not None:
+            px.recent_keys.put(record)
     if record is None:
         raise Unauthorized("Invalid API key.", error_type="authentication")
     if record.disabled:

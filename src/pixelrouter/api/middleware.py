@@ -10,6 +10,7 @@ import logging
 import secrets
 import string
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -27,10 +28,19 @@ def new_generation_id() -> str:
 
 
 class EdgeMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, demo: bool) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        demo: bool,
+        on_answered: Callable[[str], None] | None = None,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.demo = demo
+        # Told each generation id whose response has been sent whole (or given up on).
+        self.on_answered = on_answered
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -88,6 +98,9 @@ class EdgeMiddleware:
                     metadata={"error_id": error_id},
                 ),
             )
+        finally:
+            if self.on_answered is not None:
+                self.on_answered(generation_id)
 
 
 def _content_length(scope: Scope) -> int | None:

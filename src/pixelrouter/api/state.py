@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
@@ -12,7 +13,36 @@ from pixelrouter.providers.base import Provider
 from pixelrouter.refimages import FetchPolicy
 from pixelrouter.routing.router import Router
 from pixelrouter.service import GenerationService
-from pixelrouter.store import Store
+from pixelrouter.store import KeyRecord, Store
+
+# How long a key read from the database answers for it in this process. Another process's
+# change (a key disabled from the CLI or another gateway) takes effect within this; this
+# process's own changes at once (`RecentKeys.forget`).
+KEY_CACHE_TTL_S = 1.0
+
+
+@dataclass
+class RecentKeys:
+    """Keys looked up in the last `ttl_s` seconds, by hash: a generation request then makes
+    no database round trip just to authenticate."""
+
+    ttl_s: float = KEY_CACHE_TTL_S
+    _keys: dict[str, tuple[float, KeyRecord]] = field(default_factory=dict)
+
+    def get(self, key_hash: str) -> KeyRecord | None:
+        entry = self._keys.get(key_hash)
+        if entry is None or time.monotonic() - entry[0] > self.ttl_s:
+            return None
+        return entry[1]
+
+    def put(self, record: KeyRecord) -> None:
+        if len(self._keys) > 10_000:  # bounded: drop what has expired
+            now = time.monotonic()
+            self._keys = {h: e for h, e in self._keys.items() if now - e[0] <= self.ttl_s}
+        self._keys[record.hash] = (time.monotonic(), record)
+
+    def forget(self, key_hash: str) -> None:
+        self._keys.pop(key_hash, None)
 
 
 @dataclass
@@ -25,6 +55,7 @@ class AppState:
     service: GenerationService
     demo: bool = False
     accepting: bool = True
+    recent_keys: RecentKeys = field(default_factory=RecentKeys)
 
     @property
     def fetch_policy(self) -> FetchPolicy:

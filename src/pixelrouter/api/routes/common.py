@@ -39,7 +39,11 @@ def edge(request: Request, key: KeyRecord) -> Edge:
 async def deliver(request: Request, image_request: ImageRequest, api: GenerationApi) -> Delivery:
     """Generate without streaming; a client that goes away cancels its queued work."""
     px = app_state(request)
-    return await until_disconnect(request, px.service.generate(image_request, api=api))
+    key: KeyRecord | None = getattr(request.state, "api_key", None)
+    unlimited = key is not None and key.limit_micro is None
+    return await until_disconnect(
+        request, px.service.generate(image_request, api=api, unlimited_key=unlimited)
+    )
 
 
 async def admit_stream(

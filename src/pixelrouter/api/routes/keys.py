@@ -243,6 +243,7 @@ async def update_key(
             changes[name] = getattr(body, name)
     store = app_state(request).store
     record = await asyncio.to_thread(store.update_key, key_hash, **changes)
+    app_state(request).recent_keys.forget(key_hash)
     if record is None:
         raise NotFound(f"No key with hash {key_hash!r}.")
     spend = await asyncio.to_thread(spend_of, store, record.hash)
@@ -259,6 +260,7 @@ async def delete_key(
     key_hash: str, request: Request, _: KeyRecord = Depends(management_key)
 ) -> OrjsonResponse:
     deleted = await asyncio.to_thread(app_state(request).store.delete_key, key_hash)
+    app_state(request).recent_keys.forget(key_hash)
     if not deleted:
         raise NotFound(f"No key with hash {key_hash!r}.")
     return OrjsonResponse({"deleted": True, "data": {"success": True}})
