@@ -164,9 +164,7 @@ class HTTPProvider:
                 delivered = await self._deliver(request)
                 images = self._passed_through(request, delivered.images)
                 if images is None:  # something to decode or convert: off the event loop
-                    images = await asyncio.to_thread(
-                        self._check_images, request, delivered.images
-                    )
+                    images = await asyncio.to_thread(self._check_images, request, delivered.images)
         except TimeoutError:
             raise self.error(
                 f"did not finish within {total_s:g} s (timeouts.total_s).",
