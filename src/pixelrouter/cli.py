@@ -121,9 +121,24 @@ def serve(
             "cancelled (a second signal cuts it short)",
         ),
     ] = 30.0,
+    random_weights: Annotated[
+        str | None,
+        typer.Option(
+            "--random-weights",
+            envvar="PIXELROUTER_RANDOM_WEIGHTS",
+            help="full: klein 4B's real architecture with random bf16 weights (a GPU load-test "
+            "target, no download); small: the same structure, CPU-sized. Images are noise.",
+        ),
+    ] = None,
 ) -> None:
     """Serve the API (and the engine) on HOST:PORT."""
     import logging
+    import os
+
+    if random_weights is not None:
+        if random_weights not in ("full", "small"):
+            raise typer.BadParameter("use full or small", param_hint="--random-weights")
+        os.environ["PIXELROUTER_RANDOM_WEIGHTS"] = random_weights  # read by EngineConfig
 
     from pixelrouter.api import lifecycle
     from pixelrouter.api.app import create_app
@@ -148,6 +163,11 @@ def serve(
         console.print(
             "[yellow]Demo mode:[/] the engine runs tiny RANDOM weights. Every code path is real, "
             "but the images are noise."
+        )
+    if random_weights is not None:
+        console.print(
+            f"[yellow]Random weights ({random_weights}):[/] klein 4B's architecture with random "
+            "weights, for load tests; the images are noise."
         )
     console.print(f"pixelrouter on http://{settings.host}:{settings.port}  (API: /api/v1)")
     api = create_app(settings, drain_timeout_s=drain_timeout)
