@@ -209,6 +209,9 @@ def _check_restart(
     fresh = _images(restarted, key, "64x64")
     assert fresh.status == 200, fresh.body
     with Store(db_url) as store:
+        # The settlement is written just after the answer (docs/billing.md); API readers wait
+        # for it, a direct read of the database polls.
+        poll("the fresh generation's settlement", lambda: not store.open_reservations())
         after = {g.id: g for g in store.list_generations(limit=1000)}
         assert store.ledger_total() == total + PRICE_64
         assert store.open_reservations() == []

@@ -158,9 +158,10 @@ class OpenAIImagesRequest(_Open):
 
 class CreateKeyRequest(_Open):
     name: str = Field(min_length=1, max_length=200)
-    limit: float | None = Field(default=None, ge=0, le=1e9)
-    rate_limit_requests: int | None = Field(default=None, ge=1)
-    rate_limit_interval_s: int | None = Field(default=None, ge=1, le=86400)
+    # strict: `true` or "5" is not a number of dollars or requests (lax mode would coerce it)
+    limit: float | None = Field(default=None, ge=0, le=1e9, strict=True)
+    rate_limit_requests: int | None = Field(default=None, ge=1, strict=True)
+    rate_limit_interval_s: int | None = Field(default=None, ge=1, le=86400, strict=True)
     limit_reset: Literal["daily", "weekly", "monthly"] | None = None
     expires_at: str | None = None
     include_byok_in_limit: bool | None = None
@@ -169,9 +170,10 @@ class CreateKeyRequest(_Open):
 class UpdateKeyRequest(_Open):
     name: str | None = Field(default=None, min_length=1, max_length=200)
     disabled: bool | None = None
-    limit: float | None = Field(default=None, ge=0, le=1e9)
-    rate_limit_requests: int | None = Field(default=None, ge=1)
-    rate_limit_interval_s: int | None = Field(default=None, ge=1, le=86400)
+    # strict: `true` or "5" is not a number of dollars or requests (lax mode would coerce it)
+    limit: float | None = Field(default=None, ge=0, le=1e9, strict=True)
+    rate_limit_requests: int | None = Field(default=None, ge=1, strict=True)
+    rate_limit_interval_s: int | None = Field(default=None, ge=1, le=86400, strict=True)
     limit_reset: Literal["daily", "weekly", "monthly"] | None = None
     expires_at: str | None = None
     include_byok_in_limit: bool | None = None

@@ -53,6 +53,19 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return described
 
 
+# One server-sent event as a client parses it: its `data` line(s), and `event` where named
+# (OpenAI's image streams); keep-alive comments carry no event.
+SSE_EVENT = {
+    "type": "object",
+    "properties": {
+        "data": {"type": "string"},
+        "event": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+}
+
+
 def ok(
     model: type[BaseModel],
     *,
@@ -63,7 +76,7 @@ def ok(
     response: dict[str, Any] = {"model": model}
     if stream:
         response["description"] = "JSON, or with `stream: true` server-sent events"
-        response["content"] = {"text/event-stream": {"schema": {"type": "string"}}}
+        response["content"] = {"text/event-stream": {"schema": SSE_EVENT}}
     if links:
         response["links"] = links
     return {status: response}
