@@ -43,6 +43,8 @@ class Settings:
     max_batch_size: int = 4
     # limits
     max_body_bytes: int = 64 * 1024 * 1024
+    # the whole request body must arrive within this (a client that trickles it gets a 408)
+    body_timeout_s: float = 30.0
     request_timeout_s: float = 600.0
     # how long an open circuit (a provider that failed K times in a row) waits before a probe
     circuit_cooldown_s: float = 30.0
@@ -74,6 +76,7 @@ class Settings:
             dtype=os.environ.get("PIXELROUTER_DTYPE") or None,
             max_batch_size=_env_int("PIXELROUTER_MAX_BATCH_SIZE", 4),
             request_timeout_s=float(os.environ.get("PIXELROUTER_REQUEST_TIMEOUT_S") or 600),
+            body_timeout_s=float(os.environ.get("PIXELROUTER_BODY_TIMEOUT_S") or 30),
             circuit_cooldown_s=float(os.environ.get("PIXELROUTER_CIRCUIT_COOLDOWN_S") or 30),
             rate_limit_requests=_env_int("PIXELROUTER_RATE_LIMIT_REQUESTS", 0) or None,
             rate_limit_interval_s=_env_int("PIXELROUTER_RATE_LIMIT_INTERVAL_S", 60),

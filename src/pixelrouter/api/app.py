@@ -179,6 +179,7 @@ def create_app(
     app.add_middleware(
         EdgeMiddleware,
         max_body_bytes=settings.max_body_bytes,
+        body_timeout_s=settings.body_timeout_s,
         demo=settings.demo,
         on_answered=px.service.answered,
     )

@@ -6,6 +6,7 @@ Pure ASGI (not BaseHTTPMiddleware) so streaming responses and disconnect detecti
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import string
@@ -16,7 +17,7 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pixelrouter.errors import InternalError, PayloadTooLarge, PixelrouterError
+from pixelrouter.errors import InternalError, PayloadTooLarge, PixelrouterError, RequestTimeout
 
 log = logging.getLogger("pixelrouter.api")
 _ALPHABET = string.ascii_letters + string.digits
@@ -35,9 +36,11 @@ class EdgeMiddleware:
         max_body_bytes: int,
         demo: bool,
         on_answered: Callable[[str], None] | None = None,
+        body_timeout_s: float = 30.0,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
         self.demo = demo
         # Told each generation id whose response has been sent whole (or given up on).
         self.on_answered = on_answered
@@ -66,10 +69,17 @@ class EdgeMiddleware:
         if declared is not None and declared > self.max_body_bytes:
             await _send_error(send_with_headers, too_large)
             return
-        if declared is None and _may_have_body(scope):
-            # A chunked body: read it here, within the limit, so an oversized one is a 413
-            # before the app parses anything.
-            body = await _read_limited(receive, self.max_body_bytes)
+        if _may_have_body(scope):
+            # Read the body here, within the size limit (a chunked one has no length to check
+            # first) and the deadline (a client that trickles it, slow-loris, gets a 408 and
+            # holds nothing longer), before the app parses anything.
+            try:
+                body = await _read_limited(
+                    _with_deadline(receive, self.body_timeout_s), self.max_body_bytes
+                )
+            except RequestTimeout as exc:
+                await _send_error(send_with_headers, exc)
+                return
             if body is None:
                 await _send_error(send_with_headers, too_large)
                 return
@@ -115,8 +125,25 @@ def _content_length(scope: Scope) -> int | None:
 
 def _may_have_body(scope: Scope) -> bool:
     return scope.get("method") in ("POST", "PUT", "PATCH") and any(
-        name == b"transfer-encoding" for name, _ in scope.get("headers", [])
+        name in (b"transfer-encoding", b"content-length") for name, _ in scope.get("headers", [])
     )
+
+
+def _with_deadline(receive: Receive, seconds: float) -> Receive:
+    """`receive` for reading the body: each part must come before the body's deadline."""
+    deadline = time.monotonic() + seconds
+
+    async def receive_in_time() -> Message:
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                return await receive()
+        except TimeoutError:
+            raise RequestTimeout(
+                f"The request body did not arrive within {seconds:g} s: send it whole, "
+                "without pauses."
+            ) from None
+
+    return receive_in_time
 
 
 async def _read_limited(receive: Receive, limit: int) -> bytes | None:
@@ -155,7 +182,7 @@ async def _send_error(send: Any, error: PixelrouterError) -> None:
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
     ]
-    if error.status == 413:
+    if error.status in (408, 413):  # the rest of the body is not read
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
