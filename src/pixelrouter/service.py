@@ -160,16 +160,8 @@ class GenerationService:
         amount = self.max_cost(request) if request.key_hash is not None else 0
         try:
             with self.store.transaction() as tx:
-                if request.key_hash is not None:
-                    reservation = self.store.reserve(
-                        generation_id=request.id,
-                        key_hash=request.key_hash,
-                        amount_micro=amount,
-                        expires_at=utcnow() + self.reservation_ttl,
-                        tx=tx,
-                    )
-                    if reservation is None:
-                        raise _LimitReached
+                if request.key_hash is not None and not self._reserve(request, amount, tx):
+                    raise _LimitReached
                 self.store.start_generation(_new_record(request, api, streamed), tx=tx)
         except _LimitReached:
             raise self._payment_required(request, amount) from None
@@ -467,6 +459,17 @@ class GenerationService:
         """For a deferred admission: reserve what was delivered, to settle it at once. Only a
         limit set on the key while this ran (by another process) can refuse; the limit wins
         and the images go uncharged, with a warning."""
+        reserved = self._reserve(request, amount_micro, tx)
+        if not reserved:
+            log.warning(
+                "%s was delivered uncharged: its key got a spending limit while it ran, and "
+                "the limit cannot cover it",
+                request.id,
+            )
+        return reserved
+
+    def _reserve(self, request: ImageRequest, amount_micro: int, tx: Any) -> bool:
+        """Reserve against the request's key, in `tx`; False when its limit cannot cover it."""
         assert request.key_hash is not None
         reservation = self.store.reserve(
             generation_id=request.id,
@@ -475,12 +478,6 @@ class GenerationService:
             expires_at=utcnow() + self.reservation_ttl,
             tx=tx,
         )
-        if reservation is None:
-            log.warning(
-                "%s was delivered uncharged: its key got a spending limit while it ran, and "
-                "the limit cannot cover it",
-                request.id,
-            )
         return reservation is not None
 
     async def _close_failed(

@@ -34,6 +34,7 @@ from pixelrouter.errors import ServiceUnavailable
 
 from . import render
 from .errors import error_response
+from .routes.images import stream_error
 
 log = logging.getLogger("pixelrouter.lifecycle")
 
@@ -130,15 +131,7 @@ class Flight:
                 error=error,
             )
             return render.sse_data(chunk) + render.sse_data("[DONE]")
-        event = {
-            "type": "error",
-            "error": {
-                "message": error.message,
-                "code": str(error.status),
-                "type": error.error_type,
-                "param": None,
-            },
-        }
+        event = stream_error(error)
         prefix = b"event: error\n" if self.path in OPENAI_IMAGE_PATHS else b""
         return prefix + render.sse_data(event) + render.sse_data("[DONE]")
 
