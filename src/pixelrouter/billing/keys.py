@@ -1,7 +1,12 @@
-"""API key material: generation, hashing, labels, constant-time comparison and reset periods.
+"""API key material: generation, hashing, labels and reset periods.
 
 Pure functions, no database. A plaintext key is only ever returned to its creator once; callers
 store `hash_key(plaintext)` and show `key_label(plaintext)`. Never log a plaintext key.
+
+No plaintext is ever compared: a presented key is hashed and looked up by its SHA-256 (the
+management key too). What a lookup's timing could reveal is how much of a *hash* matches, and a
+256-bit random key's hash gives nothing to work towards another key (SPEC §7's constant-time
+rule, met by never comparing secrets at all).
 """
 
 from __future__ import annotations
