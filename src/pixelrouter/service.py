@@ -108,7 +108,7 @@ class GenerationService:
         # Bookkeeping of answered generations still being written, by key hash ("" for none),
         # and the gates that hold each back until its answer has been sent.
         self._closing: dict[str, set[asyncio.Task[None]]] = {}
-        self._answers: dict[str, asyncio.Event] = {}
+        self._answers: dict[str, tuple[str, asyncio.Event]] = {}  # id → (key hash, gate)
 
     def prompt_tokens(self, prompt: str) -> int:
         for provider in self.router.providers:
@@ -298,7 +298,8 @@ class GenerationService:
         (`answered`), or after `ANSWER_WAIT_S`: started earlier, its database work would hold
         the interpreter while the answer is still being sent."""
         key = request.key_hash or ""
-        gate = self._answers[request.id] = asyncio.Event()
+        gate = asyncio.Event()
+        self._answers[request.id] = (key, gate)
         task = asyncio.get_running_loop().create_task(
             _logged(self._after_answer(request.id, gate, work))
         )
@@ -327,15 +328,17 @@ class GenerationService:
 
     def answered(self, generation_id: str) -> None:
         """The edge sent the last byte of this generation's answer."""
-        gate = self._answers.get(generation_id)
-        if gate is not None:
-            gate.set()
+        entry = self._answers.get(generation_id)
+        if entry is not None:
+            entry[1].set()
 
     def _pending_closes(self, key_hash: str | None) -> list[asyncio.Task[None]]:
         """The bookkeeping tasks still running (of one key, or all), told not to wait for their
-        answers any longer: whoever asks is past them."""
-        for gate in self._answers.values():
-            gate.set()
+        answers any longer: whoever asks is past them. Other keys' stay gated, so their writes
+        still wait until their answers are sent."""
+        for key, gate in self._answers.values():
+            if key_hash is None or key == key_hash:
+                gate.set()
         if key_hash is None:
             return [task for tasks in self._closing.values() for task in tasks]
         return list(self._closing.get(key_hash, ()))

@@ -138,9 +138,7 @@ def create_app(
             # another server this is where generations in flight finish or are cancelled.
             px.accepting = False
             await lifecycle.drain()
-            service_drain = getattr(px.service, "drain", None)
-            if service_drain is not None:
-                await service_drain(CANCEL_GRACE_S)  # bookkeeping that outlives its response
+            await px.service.drain(CANCEL_GRACE_S)  # bookkeeping that outlives its response
             sweeper.cancel()
             if owned:
                 for provider in providers_:
