@@ -1,7 +1,7 @@
 """Soak: a `pixelrouter serve --demo` process under steady mixed traffic, then the books checked.
 
 Run: OMP_NUM_THREADS=1 .venv/bin/python bench/soak.py [--seconds 600] [--rate 2] [--json FILE]
-     [--max-rss-growth-mb 150]
+     [--max-rss-growth-mb 150] [--rss-every 30]
 
 Starts the server on a free loopback port (SQLite in a temporary folder, demo weights), makes an
 inference key with a limit, and sends requests at `--rate` per second (open loop) for
@@ -13,7 +13,9 @@ inference key with a limit, and sends requests at `--rate` per second (open loop
   10 %  cancellations: a request whose client leaves after 50-300 ms
 
 Then it waits for the traffic to end and reports: requests by kind and by outcome class,
-latency p50/p99 of the successes, the server's resident memory after warm-up and at the end,
+latency p50/p99 of the successes, the server's resident memory after warm-up, every
+`--rss-every` seconds and at the end (and how much of the growth came in the run's second half:
+memory that levels off grows there little or not at all),
 the reservations still open (must be 0), and the ledger: the key's settled total must equal the
 sum of `usage.cost` of the delivered answers, and every successful generation's record must be
 final. Exit status 1 if any check fails (a 5xx, a lost request, money that does not add up,
@@ -34,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -296,7 +299,33 @@ def _books(db_url: str, key_hash: str, soak: Soak) -> dict[str, Any]:
         }
 
 
-def run(seconds: float, rate: float, seed: int, max_growth_mb: float) -> dict[str, Any]:
+class _RssSampler(threading.Thread):
+    """The server's resident memory every `every` seconds while the traffic runs."""
+
+    def __init__(self, pid: int, every: float) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.every = pid, every
+        self.samples: list[tuple[float, float]] = []
+        self.stopped = threading.Event()
+        self.started_at = time.monotonic()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.every):
+            self.sample()
+
+    def sample(self) -> None:
+        elapsed = time.monotonic() - self.started_at
+        self.samples.append((round(elapsed, 1), round(_rss_mb(self.pid), 1)))
+
+    def at(self, fraction: float) -> float:
+        """The sample nearest to `fraction` of the run's length."""
+        target = fraction * self.samples[-1][0]
+        return min(self.samples, key=lambda s: abs(s[0] - target))[1]
+
+
+def run(
+    seconds: float, rate: float, seed: int, max_growth_mb: float, rss_every: float = 30.0
+) -> dict[str, Any]:
     from pixelrouter.billing.keys import generate_key
 
     admin_key = generate_key()
@@ -317,9 +346,16 @@ def run(seconds: float, rate: float, seed: int, max_growth_mb: float) -> dict[st
             # Warm-up: every kind once, so the memory baseline includes what is loaded lazily.
             asyncio.run(_drive(soak, 5, 2))
             warm_up = len(soak.outcomes)  # in the books, not in the figures
-            rss_start = _rss_mb(process.pid)
-            wall = asyncio.run(_drive(soak, seconds, rate))
-            rss_end = _rss_mb(process.pid)
+            sampler = _RssSampler(process.pid, rss_every)
+            sampler.sample()
+            rss_start = sampler.samples[0][1]
+            sampler.start()
+            try:
+                wall = asyncio.run(_drive(soak, seconds, rate))
+            finally:
+                sampler.stopped.set()
+            sampler.sample()
+            rss_end = sampler.samples[-1][1]
             # Read through the API first: it waits for bookkeeping written after answers.
             view = httpx.get(f"{url}/api/v1/key", headers={"Authorization": f"Bearer {key}"})
             view.raise_for_status()
@@ -361,6 +397,8 @@ def run(seconds: float, rate: float, seed: int, max_growth_mb: float) -> dict[st
         "rss_start_mb": round(rss_start, 1),
         "rss_end_mb": round(rss_end, 1),
         "rss_growth_mb": round(rss_end - rss_start, 1),
+        "rss_growth_second_half_mb": round(rss_end - sampler.at(0.5), 1),
+        "rss_samples_s_mb": sampler.samples,
         "max_rss_growth_mb": max_growth_mb,
         "usage_via_api_usd": view.json()["data"]["usage"],
         "tracebacks_in_server_log": len(server_errors),
@@ -397,9 +435,12 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=2.0, help="requests per second, open loop")
     parser.add_argument("--seed", type=int, default=20261129)
     parser.add_argument("--max-rss-growth-mb", type=float, default=150.0)
+    parser.add_argument(
+        "--rss-every", type=float, default=30.0, help="seconds between memory samples"
+    )
     parser.add_argument("--json", type=Path, help="also write the report to this file")
     args = parser.parse_args()
-    report = run(args.seconds, args.rate, args.seed, args.max_rss_growth_mb)
+    report = run(args.seconds, args.rate, args.seed, args.max_rss_growth_mb, args.rss_every)
     text = json.dumps(report, indent=2)
     if args.json:
         args.json.write_text(text)
@@ -407,7 +448,8 @@ def main() -> int:
     print(
         f"\n{report['requests']} requests in {report['wall_s']} s: {report['by_class']}; "
         f"ok p50 {report['latency_ok_p50_s']} s, p99 {report['latency_ok_p99_s']} s; "
-        f"RSS {report['rss_start_mb']} -> {report['rss_end_mb']} MB; "
+        f"RSS {report['rss_start_mb']} -> {report['rss_end_mb']} MB "
+        f"(second half {report['rss_growth_second_half_mb']:+} MB); "
         f"open reservations {report['open_reservations']}; ledger "
         f"{report['ledger_total_micro']} µ$ = delivered {report['delivered_total_micro']} µ$"
     )

@@ -24,8 +24,14 @@ _ALPHABET = string.ascii_letters + string.digits
 
 
 def new_generation_id() -> str:
-    """`gen-<unix seconds>-<20 random letters and digits>`, as OpenRouter's ids look."""
-    return f"gen-{int(time.time())}-" + "".join(secrets.choice(_ALPHABET) for _ in range(20))
+    """`gen-<unix seconds>-<20 random letters and digits>`, as OpenRouter's ids look: one
+    draw of 119 random bits (62^20 > 2^119) written in base 62, not 20 draws."""
+    number = secrets.randbits(119)
+    letters = []
+    for _ in range(20):
+        number, digit = divmod(number, 62)
+        letters.append(_ALPHABET[digit])
+    return f"gen-{int(time.time())}-" + "".join(letters)
 
 
 class EdgeMiddleware:

@@ -42,6 +42,7 @@ from pixelrouter import __version__
 from pixelrouter.catalog import estimate_prompt_tokens
 from pixelrouter.engine.encode import encode_image
 from pixelrouter.errors import InvalidRequest, PayloadTooLarge, PixelrouterError
+from pixelrouter.providers import splice
 from pixelrouter.providers.base import ProviderError, ProviderInfo
 from pixelrouter.providers.config import ProviderConfig
 from pixelrouter.types import (
@@ -113,11 +114,19 @@ class HTTPProvider:
         self._headers = {"User-Agent": USER_AGENT, **dict(options.get("headers", {}))}
         self._session: aiohttp.ClientSession | None = None  # made on first use, in its loop
         self._session_loop: asyncio.AbstractEventLoop | None = None
+        self._info: ProviderInfo | None = None
 
     # ------------------------------------------------------------------ Provider protocol
 
     @property
     def info(self) -> ProviderInfo:
+        # Built once: routing reads it for every provider on every request, and it depends
+        # only on the configuration.
+        if self._info is None:
+            self._info = self._make_info()
+        return self._info
+
+    def _make_info(self) -> ProviderInfo:
         parameters = self.config.options.get("supported_parameters")
         return ProviderInfo(
             slug=self.config.name,
@@ -411,7 +420,7 @@ class HTTPProvider:
     def parse_json(self, response: UpstreamResponse, *, what: str) -> dict[str, Any]:
         """The answer as a JSON object; anything else is an invalid upstream response."""
         try:
-            payload = orjson.loads(response.body)
+            payload = splice.loads(response.body)  # base64 lifted out, not parsed
         except (orjson.JSONDecodeError, ValueError, UnicodeDecodeError):
             raise self.error(f"sent malformed JSON as its {what} answer.") from None
         if not isinstance(payload, dict):
