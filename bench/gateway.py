@@ -40,7 +40,7 @@ PORTKEY_ENTRY = (
 
 USAGE = """\
 Run: .venv/bin/python bench/gateway.py [--rates 5,50,200,500] [--seconds 10] [--quick]
-     [--json out.json] [--no-portkey] [--targets direct,pixelrouter,portkey]
+     [--json out.json] [--no-portkey] [--targets direct,relay,...]
      [--client raw|httpx] [--workers 1] [--max-in-flight 256] [--timeout 15]
 First, once: cd bench/portkey && npm ci   (the pinned @portkey-ai/gateway; without it the
 Portkey rows are skipped and the reason is reported).
@@ -49,16 +49,22 @@ Starts, listening on 127.0.0.1 only:
   - a fast OpenAI-Images upstream (a raw asyncio protocol, uvloop when installed) answering every
     POST /v1/images/generations with one fixed, pre-encoded 1024x1024 PNG as b64_json (a smooth
     synthetic landscape with light grain: ~0.8 MB of PNG, ~1.1 MB of JSON);
+  - two bare relays (a raw asyncio protocol in Python, uvloop) that pass the bytes between a
+    client connection and its own upstream connection and do nothing else: `relay` as they come,
+    `relay-buffered` each answer once it is whole (as a gateway that checks what it delivers
+    must). They are the floor of an extra Python hop on this machine: what a gateway adds beyond
+    them is its own work;
   - `pixelrouter serve --no-engine` with that upstream as its only provider (type openai-images,
     SQLite in a temporary folder, one inference key made with POST /api/v1/keys);
   - the Portkey gateway (node, --headless, NODE_ENV=production) routing to the same upstream
     with x-portkey-provider: openai and x-portkey-custom-host.
 Each target must first return the upstream's PNG byte for byte. Then, for each offered rate, an
-open-loop load runs against each target back to back (direct, pixelrouter, Portkey): request k
-is sent at start + k / rate whether or not earlier ones have finished. Latency runs from the
-moment a request is handed to the client to the moment its whole body is read. The default client
-is a lean asyncio HTTP/1.1 client (about 1 ms of CPU per 1 MB answer); --client httpx uses
-httpx.AsyncClient (about 4-5 ms per answer on 2 cores, so it cannot offer 500 req/s here).
+open-loop load runs against each target back to back (direct, the relays, pixelrouter, Portkey):
+request k is sent at start + k / rate whether or not earlier ones have finished. Latency runs
+from the moment a request is handed to the client to the moment its whole body is read. The
+default client is a lean asyncio HTTP/1.1 client (about 1 ms of CPU per 1 MB answer); --client
+httpx uses httpx.AsyncClient (about 4-5 ms per answer on 2 cores, so it cannot offer 500 req/s
+here).
 Bounds: each request times out after --timeout s; at most --max-in-flight requests are open (a
 request due while that many are open is shed: counted, never sent); a cell ends at the latest
 --timeout s after its last send; between cells the gateway is left to go idle.
@@ -79,7 +85,7 @@ REQUEST_BODY = {
     "size": "1024x1024",
     "response_format": "b64_json",
 }
-TARGETS = ("direct", "pixelrouter", "portkey")
+TARGETS = ("direct", "relay", "relay-buffered", "pixelrouter", "portkey")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -156,6 +162,93 @@ def _run(coro: Any) -> Any:
     except ImportError:
         return asyncio.run(coro)
     return uvloop.run(coro)
+
+
+# ------------------------------------------------------------------ role: a bare relay
+
+
+def run_relay(port: int, upstream_port: int, buffered: bool) -> None:
+    """The floor of any gateway written in Python on this machine: one extra hop that does
+    nothing but pass bytes. Each client connection gets its own upstream connection, and
+    whatever arrives on one is written to the other: no HTTP library, no JSON, no checks.
+    Unbuffered, bytes go on as they come. Buffered, an answer goes on only once it is whole (its
+    Content-Length read), as in a gateway that checks what it delivers before answering. What a
+    gateway adds beyond these rows is its own work."""
+
+    class Pipe(asyncio.Protocol):
+        def __init__(self, peer: Pipe | None = None) -> None:
+            self.peer = peer
+            self.is_upstream = peer is not None
+            self.transport: asyncio.Transport | None = None
+            self.pending: list[bytes] = []  # what arrived before the other side connected
+            self.answer: list[bytes] = []  # buffered: the answer so far
+            self.answer_size = 0
+            self.answer_need = -1  # its whole size, head included; -1: head not yet seen
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport  # type: ignore[assignment]
+            if self.peer is None:  # a client: open its upstream connection
+                loop = asyncio.get_running_loop()
+                connecting = loop.create_connection(lambda: Pipe(self), "127.0.0.1", upstream_port)
+                loop.create_task(connecting).add_done_callback(self._connected)
+            else:  # the upstream side: the client's bytes so far go out now
+                self.peer.peer = self
+                for data in self.peer.pending:
+                    transport.write(data)  # type: ignore[attr-defined]
+                self.peer.pending.clear()
+
+        def _connected(self, task: asyncio.Task[Any]) -> None:
+            if task.exception() is not None and self.transport is not None:
+                self.transport.close()
+
+        def data_received(self, data: bytes) -> None:
+            peer = self.peer
+            if peer is None or peer.transport is None:
+                self.pending.append(data)
+            elif buffered and self.is_upstream:
+                self._buffer(data, peer.transport)
+            else:
+                peer.transport.write(data)
+
+        def _buffer(self, data: bytes, client: asyncio.Transport) -> None:
+            self.answer.append(data)
+            self.answer_size += len(data)
+            while True:
+                if self.answer_need < 0:
+                    joined = b"".join(self.answer)
+                    self.answer = [joined]
+                    end = joined.find(b"\r\n\r\n")
+                    if end < 0:
+                        return
+                    length = 0
+                    for line in joined[:end].split(b"\r\n")[1:]:
+                        name, _, value = line.partition(b":")
+                        if name.strip().lower() == b"content-length":
+                            length = int(value.strip())
+                    self.answer_need = end + 4 + length
+                if self.answer_size < self.answer_need:
+                    return
+                whole = b"".join(self.answer)
+                client.write(whole[: self.answer_need])
+                rest = whole[self.answer_need :]
+                self.answer, self.answer_size, self.answer_need = [rest], len(rest), -1
+                if not rest:
+                    return
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.peer is not None and self.peer.transport is not None:
+                self.peer.transport.close()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Pipe, "127.0.0.1", port, backlog=4096)
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        async with server:
+            await stop.wait()
+
+    _run(main())
 
 
 # ------------------------------------------------------------------ role: a load generator
@@ -506,6 +599,31 @@ def stack(args: argparse.Namespace) -> Iterator[Stack]:
             None,
         )
 
+        for relay_name in ("relay", "relay-buffered"):
+            if relay_name not in args.targets:
+                continue
+            relay_port = free_port()
+            relay, relay_log = spawn(
+                [
+                    sys.executable,
+                    __file__,
+                    "--role",
+                    relay_name,
+                    "--port",
+                    str(relay_port),
+                    "--upstream-port",
+                    str(up_port),
+                ],
+                relay_name,
+            )
+            wait_for_port(relay_port, relay, f"the {relay_name}", relay_log)
+            st.targets[relay_name] = Target(
+                relay_name,
+                f"http://127.0.0.1:{relay_port}/v1/images/generations",
+                {"authorization": f"Bearer {UPSTREAM_KEY}"},
+                relay.pid,
+            )
+
         if "pixelrouter" in args.targets:
             gw_port = free_port()
             config = tmp / "gw.toml"
@@ -798,7 +916,7 @@ def main() -> int:
     )
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each cell")
     parser.add_argument(
-        "--targets", default=",".join(TARGETS), help="subset of direct,pixelrouter,portkey"
+        "--targets", default=",".join(TARGETS), help="subset of " + ",".join(TARGETS)
     )
     parser.add_argument("--no-portkey", action="store_true", help="leave out the Portkey gateway")
     parser.add_argument("--workers", type=int, default=1, help="load-generator processes")
@@ -818,14 +936,20 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="2 s cells, a smoke run")
     parser.add_argument("--json", type=Path, help="also write the JSON object to this file")
     parser.add_argument("--keep-tmp", action="store_true", help="keep the temp folder (logs)")
-    parser.add_argument("--role", choices=("upstream", "loadgen"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--role", choices=("upstream", "relay", "relay-buffered", "loadgen"), help=argparse.SUPPRESS
+    )
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--upstream-port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--png", help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.role == "upstream":
         run_upstream(args.port, args.png)
+        return 0
+    if args.role in ("relay", "relay-buffered"):
+        run_relay(args.port, args.upstream_port, buffered=args.role == "relay-buffered")
         return 0
     if args.role == "loadgen":
         run_loadgen(json.loads(args.spec))
