@@ -477,7 +477,16 @@ class HTTPProvider:
         concurrently. Images that arrive are delivered even when others fail (a failed image
         costs nothing); when none arrives, the most telling error is raised: a client error
         before a provider error."""
-        results = await asyncio.gather(*(one(i) for i in range(request.n)), return_exceptions=True)
+        results: list[tuple[Encoded, int | None] | BaseException]
+        if request.n == 1:  # awaited in place: no task to make and wake for the one image
+            try:
+                results = [await one(0)]
+            except PixelrouterError as exc:
+                results = [exc]
+        else:
+            results = await asyncio.gather(
+                *(one(i) for i in range(request.n)), return_exceptions=True
+            )
         images: list[RawImage] = []
         errors: list[PixelrouterError] = []
         prompt_tokens: int | None = None
