@@ -1,0 +1,50 @@
+"""The gateway benchmark (bench/gateway.py) runs: a short smoke run through every target but
+Portkey (which needs `npm ci`). Each target must hand back the upstream's PNG byte for byte, and
+every request sent must be answered. Speed is not asserted here (docs/performance.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.e2e
+
+
+def test_the_gateway_benchmark_runs_every_target(tmp_path: Path) -> None:
+    out = tmp_path / "gateway.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "gateway.py"),
+            "--quick",
+            "--rates",
+            "5",
+            "--no-portkey",
+            "--json",
+            str(out),
+        ],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    targets = report["targets"]
+    assert set(targets) == {"direct", "relay", "relay-buffered", "pixelrouter"}
+    for name, target in targets.items():
+        assert target["check"].startswith("ok"), (name, target)
+    cells = {cell["target"]: cell for cell in report["cells"]}
+    assert set(cells) == set(targets)
+    for name, cell in cells.items():
+        assert cell["ok"] == cell["scheduled"] > 0, (name, cell)
+        assert cell["errors"] == {}, (name, cell)
+    # The added latency is measured against the direct path for every gateway row.
+    assert all("added_p50_ms" in cells[name] for name in targets if name != "direct")
