@@ -229,6 +229,10 @@ def run_relay(port: int, upstream_port: int, buffered: bool) -> None:
                 if self.answer_size < self.answer_need:
                     return
                 whole = b"".join(self.answer)
+                if len(whole) == self.answer_need:  # the usual case: no copy
+                    client.write(whole)
+                    self.answer, self.answer_size, self.answer_need = [], 0, -1
+                    return
                 client.write(whole[: self.answer_need])
                 rest = whole[self.answer_need :]
                 self.answer, self.answer_size, self.answer_need = [rest], len(rest), -1
