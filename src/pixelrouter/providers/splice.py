@@ -10,9 +10,11 @@ the same value `orjson.loads` gives, for about a third of the time (docs/perform
 Strings are found by walking the body's quotes in order, skipping escaped ones: outside a
 string, valid JSON has no quote, so the quotes pair up into exactly its strings. A string is
 lifted only when it is at least `lift_min` bytes long and has no backslash (so its JSON text is
-its value). The one thing the skeleton does not check is that a lifted string holds no raw
-control character; the base64 check of whoever reads it refuses those. Malformed JSON stays
-malformed: anything unexpected falls back to parsing the whole body, so the error is orjson's.
+its value). The one thing not checked is that a lifted string holds no raw control character,
+which strict JSON refuses: it stays in the text, where it is one more stray character in what
+should be base64 (`HTTPProvider.decode_b64` drops whitespace; a pass-through PNG is checked by
+its header and trailer, as before). Otherwise malformed JSON stays malformed: anything
+unexpected falls back to parsing the whole body, so the error is orjson's.
 """
 
 from __future__ import annotations
