@@ -103,3 +103,19 @@ def test_a_forged_mark_is_just_text() -> None:
     forged = {"a": "\x01splice-0000000000000000:0", "b": "z" * 100}
     body = orjson.dumps(forged)
     assert splice.loads(body, lift_min=50) == forged
+
+
+def test_bodies_the_walk_would_be_slow_on_are_parsed_whole() -> None:
+    # Each escaped quote, each string and each backslash in a run is a Python step: past a
+    # bound the body goes to orjson whole, so no upstream can make the walk take seconds.
+    big = "b" * 100
+    many_escaped_quotes = orjson.dumps({"a": '"' * (splice.MAX_STEPS + 5), "b": big})
+    many_strings = orjson.dumps({"a": ["x"] * (splice.MAX_STEPS + 5), "b": big})
+    long_backslash_run = orjson.dumps({"a": "\\" * (splice.MAX_BACKSLASH_RUN + 5), "b": big})
+    for body in (many_escaped_quotes, many_strings, long_backslash_run):
+        assert splice._lift(body, 50) is None
+        assert splice.loads(body, lift_min=50) == orjson.loads(body)
+    # Within the bounds, the same shapes are walked and the long string is lifted.
+    few = orjson.dumps({"a": '"' * 10, "s": ["x"] * 10, "c": "\\" * 10, "b": big})
+    assert splice._lift(few, 50) is not None
+    assert splice.loads(few, lift_min=50) == orjson.loads(few)

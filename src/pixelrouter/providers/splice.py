@@ -25,7 +25,10 @@ from typing import Any
 import orjson
 
 LIFT_MIN = 64 * 1024  # shorter strings are cheap to parse in place
-MAX_STRINGS = 10_000  # a body of many strings is parsed whole: the walk would cost more
+# The walk is Python, one step per quote: a body that needs more (many strings, many escaped
+# quotes, long runs of backslashes) is parsed whole by orjson, in C, instead.
+MAX_STEPS = 10_000
+MAX_BACKSLASH_RUN = 64
 _BACKSLASH = 0x5C
 # Stands in for a lifted string in the skeleton; random per process, so no upstream can send it.
 _MARK = f"\x01splice-{secrets.token_hex(8)}:"
@@ -50,18 +53,24 @@ def _lift(body: bytes, lift_min: int) -> tuple[bytes, list[str]] | None:
     strings: list[str] = []
     copied = 0  # body[:copied] is in pieces
     pos = 0
-    for _ in range(MAX_STRINGS):
+    steps = 0
+    while True:
         start = find(b'"', pos)
         if start < 0:
             break
         end = find(b'"', start + 1)
         while end > 0 and body[end - 1] == _BACKSLASH:
             # Escaped unless the backslashes before it pair up (`\\"` ends the string).
-            run = end - 1
-            while body[run] == _BACKSLASH:
-                run -= 1  # stops at the opening quote at the latest
-            if (end - 1 - run) % 2 == 0:
+            run = 1
+            while body[end - 1 - run] == _BACKSLASH:  # stops at the opening quote at the latest
+                run += 1
+                if run > MAX_BACKSLASH_RUN:
+                    return None
+            if run % 2 == 0:
                 break
+            steps += 1
+            if steps > MAX_STEPS:
+                return None
             end = find(b'"', end + 1)
         if end < 0:
             return None  # unterminated: orjson says what is wrong
@@ -74,8 +83,9 @@ def _lift(body: bytes, lift_min: int) -> tuple[bytes, list[str]] | None:
             pieces.append(_MARK_JSON + str(len(strings) - 1).encode())
             copied = end
         pos = end + 1
-    else:
-        return None
+        steps += 1
+        if steps > MAX_STEPS:
+            return None
     if not strings:
         return None
     pieces.append(body[copied:])
