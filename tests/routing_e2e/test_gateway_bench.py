@@ -48,3 +48,35 @@ def test_the_gateway_benchmark_runs_every_target(tmp_path: Path) -> None:
         assert cell["errors"] == {}, (name, cell)
     # The added latency is measured against the direct path for every gateway row.
     assert all("added_p50_ms" in cells[name] for name in targets if name != "direct")
+
+
+def test_the_step_timings_cover_the_whole_request(tmp_path: Path) -> None:
+    out = tmp_path / "steps.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "gateway_steps.py"),
+            "--requests",
+            "5",
+            "--json",
+            str(out),
+        ],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    marks = report["marks_p50_ms"]
+    # Every wrapped step was reached, in the order a request passes them.
+    for earlier, later in [
+        ("metrics middleware entered", "FastAPI dependencies begins"),
+        ("key lookup begins", "translation begins"),
+        ("service begins", "upstream exchange begins"),
+        ("upstream exchange ends", "JSON read begins"),
+        ("JSON read ends", "render begins"),
+        ("render ends", "answer sent"),
+    ]:
+        assert marks[earlier] <= marks[later], (earlier, later, marks)
+    assert marks["answer sent"] == report["whole_p50_ms"]
