@@ -60,7 +60,7 @@ class GenerationRecords:
         }
         try:
             with write_transaction(self.engine, tx) as conn:
-                conn.execute(insert(generations).values(**row))
+                conn.execute(insert(generations), row)
         except IntegrityError as exc:
             raise ValueError(f"generation {rec.id} already exists") from exc
         return _generation_record(row)

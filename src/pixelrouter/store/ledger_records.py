@@ -103,7 +103,7 @@ class LedgerRecords:
                 "finished_at": None,
             }
             try:
-                conn.execute(insert(reservations).values(**row))
+                conn.execute(insert(reservations), row)
             except IntegrityError as exc:  # the same id reserved at once on another key
                 raise ValueError(f"generation {generation_id} already has a reservation") from exc
             _append(conn, [(key_hash, generation_id, "reserve", amount_micro)], now)
