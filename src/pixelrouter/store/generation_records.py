@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, Update, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from pixelrouter.store.db import utcnow, write_transaction
@@ -128,13 +129,10 @@ class GenerationRecords:
         values.update({name: value for name, value in optional.items() if value is not None})
         if provider_responses is not None:
             values["provider_responses"] = [dict(item) for item in provider_responses]
-        stmt = (
-            update(generations)
-            .where(generations.c.id == id, generations.c.state == "pending")
-            .values(**values)
-        )
+        stmt = _finish_statement(tuple(values))
+        params = {f"new_{name}": value for name, value in values.items()}
         with write_transaction(self.engine, tx) as conn:
-            return conn.execute(stmt).rowcount == 1
+            return conn.execute(stmt, {"finished_id": id, **params}).rowcount == 1
 
     def get_generation(self, id: str) -> GenerationRecord | None:
         with self.engine.connect() as conn:
@@ -185,6 +183,18 @@ class GenerationRecords:
         )
         with write_transaction(self.engine) as conn:
             return conn.execute(stmt).rowcount
+
+
+@functools.lru_cache(maxsize=256)
+def _finish_statement(columns: tuple[str, ...]) -> Update:
+    """The UPDATE that finalises a pending generation, setting `columns`: built once per set
+    of columns, with bound parameters (`finished_id`, `new_<column>`), not from literals on
+    every call."""
+    return (
+        update(generations)
+        .where(generations.c.id == bindparam("finished_id"), generations.c.state == "pending")
+        .values({name: bindparam(f"new_{name}") for name in columns})
+    )
 
 
 def _generation_record(m: Mapping[Any, Any]) -> GenerationRecord:

@@ -9,6 +9,7 @@ BEGIN IMMEDIATE runs them one at a time, so settled cost never exceeds the limit
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from datetime import datetime
 from typing import Any
@@ -19,6 +20,8 @@ from sqlalchemy import (
     Connection,
     Engine,
     Row,
+    Update,
+    bindparam,
     case,
     cast,
     func,
@@ -33,11 +36,48 @@ from pixelrouter.billing.keys import period_end
 from pixelrouter.billing.ledger import check_aware, check_micro, limit_period_start
 from pixelrouter.store.db import utcnow, write_transaction
 from pixelrouter.store.records import KeyBalance, LedgerEntry, Reservation
-from pixelrouter.store.tables import api_keys, key_balances, ledger_entries, reservations
+from pixelrouter.store.tables import (
+    UTCDateTime,
+    api_keys,
+    key_balances,
+    ledger_entries,
+    reservations,
+)
 
 _balance = key_balances.c
 _entry = ledger_entries.c
 _reservation = reservations.c
+
+# The fixed statements of a reservation and a settlement, built once with bound parameters:
+# building one from literals on every call (and its cache key) cost more than running it. An
+# UPDATE's parameters are named `b_...`: a column's own name is reserved for its SET value.
+_KEY_LIMIT = select(api_keys.c.limit_micro, api_keys.c.limit_reset).where(
+    api_keys.c.hash == bindparam("key_hash")
+)
+_KEY_RESET = select(api_keys.c.limit_reset).where(api_keys.c.hash == bindparam("key_hash"))
+_RESERVATION_ID = select(_reservation.generation_id).where(
+    _reservation.generation_id == bindparam("generation_id")
+)
+_RESERVATION_AMOUNT = select(_reservation.amount_micro).where(
+    _reservation.generation_id == bindparam("generation_id")
+)
+_HOLD_BALANCE = (
+    select(_balance.key_hash).where(_balance.key_hash == bindparam("key_hash")).with_for_update()
+)
+_SETTLE_RESERVATION = (
+    update(reservations)
+    .where(
+        _reservation.generation_id == bindparam("b_generation_id"),
+        _reservation.state == "open",
+        _reservation.amount_micro >= bindparam("b_delivered_micro"),
+    )
+    .values(
+        state="settled",
+        settled_micro=bindparam("b_delivered_micro"),
+        finished_at=bindparam("b_now"),
+    )
+    .returning(_reservation.key_hash, _reservation.amount_micro)
+)
 
 
 class LedgerRecords:
@@ -64,33 +104,25 @@ class LedgerRecords:
         check_aware("expires_at", expires_at)
         now = check_aware("now", now or utcnow())
         with write_transaction(self.engine, tx) as conn:
-            key = conn.execute(
-                select(api_keys.c.limit_micro, api_keys.c.limit_reset).where(
-                    api_keys.c.hash == key_hash
-                )
-            ).first()
+            key = conn.execute(_KEY_LIMIT, {"key_hash": key_hash}).first()
             if key is None:
                 raise ValueError(f"no key with hash {key_hash!r}")
             start = limit_period_start(key.limit_reset, now)
             _lock_balance(conn, key_hash, start, now)
             if _reservation_exists(conn, generation_id):
                 raise ValueError(f"generation {generation_id} already has a reservation")
-            used = _period_used(key_hash, start)
-            stmt = (
-                update(key_balances)
-                .where(_balance.key_hash == key_hash)
-                .values(
-                    period_start=start,
-                    period_used_micro=used,
-                    reserved_micro=_balance.reserved_micro + amount_micro,
-                    updated_at=now,
-                )
-            )
-            if key.limit_micro is not None:
-                stmt = stmt.where(
-                    used + _balance.reserved_micro + amount_micro <= int(key.limit_micro)
-                )
-            if conn.execute(stmt).rowcount != 1:
+            limited = key.limit_micro is not None
+            params: dict[str, Any] = {
+                "b_key_hash": key_hash,
+                "b_amount": amount_micro,
+                "b_now": now,
+            }
+            if start is not None:
+                params["b_start"] = start
+            if limited:
+                params["b_limit"] = int(key.limit_micro)
+            stmt = _reserve_statement(start is not None, limited)
+            if conn.execute(stmt, params).rowcount != 1:
                 return None
             row: dict[str, Any] = {
                 "generation_id": generation_id,
@@ -126,21 +158,15 @@ class LedgerRecords:
         now = check_aware("now", now or utcnow())
         with write_transaction(self.engine, tx) as conn:
             closed = conn.execute(
-                update(reservations)
-                .where(
-                    _reservation.generation_id == generation_id,
-                    _reservation.state == "open",
-                    _reservation.amount_micro >= delivered_micro,
-                )
-                .values(state="settled", settled_micro=delivered_micro, finished_at=now)
-                .returning(_reservation.key_hash, _reservation.amount_micro)
+                _SETTLE_RESERVATION,
+                {
+                    "b_generation_id": generation_id,
+                    "b_delivered_micro": delivered_micro,
+                    "b_now": now,
+                },
             ).first()
             if closed is None:
-                amount = conn.scalar(
-                    select(_reservation.amount_micro).where(
-                        _reservation.generation_id == generation_id
-                    )
-                )
+                amount = conn.scalar(_RESERVATION_AMOUNT, {"generation_id": generation_id})
                 if amount is not None and delivered_micro > amount:
                     raise ValueError(
                         f"cannot settle {delivered_micro} µ$ for generation {generation_id}: "
@@ -151,13 +177,11 @@ class LedgerRecords:
             if delivered_micro == 0:
                 _append_release(conn, [(key_hash, generation_id, amount)], now)
                 return True
-            reset = conn.scalar(select(api_keys.c.limit_reset).where(api_keys.c.hash == key_hash))
+            reset = conn.scalar(_KEY_RESET, {"key_hash": key_hash})
             start = limit_period_start(reset, now)
             # Hold the row before summing the ledger: a later statement then sees every
             # settlement committed for this key (READ COMMITTED takes a snapshot per statement).
-            conn.execute(
-                select(_balance.key_hash).where(_balance.key_hash == key_hash).with_for_update()
-            )
+            conn.execute(_HOLD_BALANCE, {"key_hash": key_hash})
             _append(
                 conn,
                 [
@@ -166,23 +190,15 @@ class LedgerRecords:
                 ],
                 now,
             )
-            # The period's usage: the counter plus this charge, or (in a new period) the
-            # ledger's sum since its start, which already holds this charge.
-            same = _same_period(start)
-            conn.execute(
-                update(key_balances)
-                .where(_balance.key_hash == key_hash)
-                .values(
-                    period_start=start,
-                    period_used_micro=case(
-                        (same, _balance.period_used_micro + delivered_micro),
-                        else_=_settled(key_hash, start),
-                    ),
-                    reserved_micro=_balance.reserved_micro - amount,
-                    total_used_micro=_balance.total_used_micro + delivered_micro,
-                    updated_at=now,
-                )
-            )
+            params = {
+                "b_key_hash": key_hash,
+                "b_delivered": delivered_micro,
+                "b_reserved": amount,
+                "b_now": now,
+            }
+            if start is not None:
+                params["b_start"] = start
+            conn.execute(_settle_statement(start is not None), params)
         return True
 
     def release(
@@ -243,7 +259,7 @@ class LedgerRecords:
         """The key's counters; `period_used` is for its limit period holding `now`."""
         now = check_aware("now", now or utcnow())
         with self.engine.connect() as conn:
-            reset = conn.scalar(select(api_keys.c.limit_reset).where(api_keys.c.hash == key_hash))
+            reset = conn.scalar(_KEY_RESET, {"key_hash": key_hash})
             start = limit_period_start(reset, now)
             end = None if reset is None else period_end(reset, now)
             in_period = _settled(key_hash, start, end)
@@ -322,6 +338,60 @@ def _same_period(start: datetime | None) -> ColumnElement[bool]:
     return _balance.period_start.is_(None) if start is None else _balance.period_start == start
 
 
+def _balance_params(periodic: bool) -> tuple[Any, Any, Any]:
+    """Bound parameters of a balance update: the key, the period's start (None: the key's
+    limit never resets) and now."""
+    start = bindparam("b_start", type_=UTCDateTime()) if periodic else None
+    return bindparam("b_key_hash"), start, bindparam("b_now", type_=UTCDateTime())
+
+
+@functools.cache
+def _reserve_statement(periodic: bool, limited: bool) -> Update:
+    """Reserve `b_amount` on the key's balance row, within `b_limit` when `limited`: one of
+    four shapes, each built once (with bound parameters, not literals)."""
+    key_hash, start, now = _balance_params(periodic)
+    amount = bindparam("b_amount", type_=BigInteger())
+    used = _period_used(key_hash, start)
+    stmt = (
+        update(key_balances)
+        .where(_balance.key_hash == key_hash)
+        .values(
+            period_start=start,
+            period_used_micro=used,
+            reserved_micro=_balance.reserved_micro + amount,
+            updated_at=now,
+        )
+    )
+    if limited:
+        stmt = stmt.where(
+            used + _balance.reserved_micro + amount <= bindparam("b_limit", type_=BigInteger())
+        )
+    return stmt
+
+
+@functools.cache
+def _settle_statement(periodic: bool) -> Update:
+    """Charge `b_delivered` of the `b_reserved` held on the key's balance row. The period's
+    usage: the counter plus this charge, or (in a new period) the ledger's sum since its start,
+    which already holds this charge (it is appended first)."""
+    key_hash, start, now = _balance_params(periodic)
+    delivered = bindparam("b_delivered", type_=BigInteger())
+    return (
+        update(key_balances)
+        .where(_balance.key_hash == key_hash)
+        .values(
+            period_start=start,
+            period_used_micro=case(
+                (_same_period(start), _balance.period_used_micro + delivered),
+                else_=_settled(key_hash, start),
+            ),
+            reserved_micro=_balance.reserved_micro - bindparam("b_reserved", type_=BigInteger()),
+            total_used_micro=_balance.total_used_micro + delivered,
+            updated_at=now,
+        )
+    )
+
+
 def _period_used(key_hash: str, start: datetime | None) -> Any:
     """The key's usage in the period starting at `start`: the counter when it is for that
     period, else the ledger's sum since `start` (a new period starts from what was settled in
@@ -329,30 +399,27 @@ def _period_used(key_hash: str, start: datetime | None) -> Any:
     return case((_same_period(start), _balance.period_used_micro), else_=_settled(key_hash, start))
 
 
+def _balance_upsert(dialect: Any) -> Any:
+    stmt = dialect.insert(key_balances).values(
+        period_used_micro=0, reserved_micro=0, total_used_micro=0
+    )
+    return stmt.on_conflict_do_update(
+        index_elements=[_balance.key_hash], set_={"updated_at": stmt.excluded.updated_at}
+    )
+
+
+_UPSERT_BALANCE = {"postgresql": _balance_upsert(postgresql), "sqlite": _balance_upsert(sqlite)}
+
+
 def _lock_balance(conn: Connection, key_hash: str, start: datetime | None, now: datetime) -> None:
     """Create the key's balance row if missing and hold its lock until the transaction ends
     (an upsert that touches the row locks it on PostgreSQL; SQLite holds the database)."""
-    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    stmt = dialect_insert(key_balances).values(
-        key_hash=key_hash,
-        period_start=start,
-        period_used_micro=0,
-        reserved_micro=0,
-        total_used_micro=0,
-        updated_at=now,
-    )
-    conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[_balance.key_hash], set_={"updated_at": stmt.excluded.updated_at}
-        )
-    )
+    upsert = _UPSERT_BALANCE["postgresql" if conn.dialect.name == "postgresql" else "sqlite"]
+    conn.execute(upsert, {"key_hash": key_hash, "period_start": start, "updated_at": now})
 
 
 def _reservation_exists(conn: Connection, generation_id: str) -> bool:
-    found = conn.scalar(
-        select(_reservation.generation_id).where(_reservation.generation_id == generation_id)
-    )
-    return found is not None
+    return conn.scalar(_RESERVATION_ID, {"generation_id": generation_id}) is not None
 
 
 def _append(conn: Connection, entries: list[tuple[str, str, str, int]], now: datetime) -> None:

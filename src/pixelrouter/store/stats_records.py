@@ -331,9 +331,13 @@ def _add_to_minutes(conn: Connection, outcomes: Sequence[ProviderOutcome]) -> No
         # In key order, so concurrent writers lock the rows they share in the same order.
         for (slug, model, minute), (ok, errors, excluded) in sorted(totals.items())
     ]
-    dialect: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
+    dialect = "postgresql" if conn.dialect.name == "postgresql" else "sqlite"
+    conn.execute(_ADD_TO_MINUTES[dialect], rows)
+
+
+def _minutes_upsert(dialect: Any) -> Any:
     stmt = dialect.insert(provider_outcome_minutes)
-    stmt = stmt.on_conflict_do_update(
+    return stmt.on_conflict_do_update(
         index_elements=[_min.provider_slug, _min.model, _min.minute],
         set_={
             "successes": _min.successes + stmt.excluded.successes,
@@ -341,7 +345,10 @@ def _add_to_minutes(conn: Connection, outcomes: Sequence[ProviderOutcome]) -> No
             "excluded": _min.excluded + stmt.excluded.excluded,
         },
     )
-    conn.execute(stmt, rows)
+
+
+# Built once per dialect, not on every write (its construction cost more than running it).
+_ADD_TO_MINUTES = {"postgresql": _minutes_upsert(postgresql), "sqlite": _minutes_upsert(sqlite)}
 
 
 def _sum(column: Any) -> Any:
