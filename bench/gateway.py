@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -144,16 +144,18 @@ def run_upstream(port: int, png_path: str) -> None:
                     self.transport.close()
                     return
 
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(Upstream, "127.0.0.1", port, backlog=4096)
-        stop = asyncio.Event()
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        loop.add_signal_handler(signal.SIGINT, stop.set)
-        async with server:
-            await stop.wait()
+    _run(_serve(Upstream, port))
 
-    _run(main())
+
+async def _serve(protocol: Callable[[], asyncio.Protocol], port: int) -> None:
+    """Serve `protocol` on 127.0.0.1:`port` until SIGTERM or SIGINT."""
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(protocol, "127.0.0.1", port, backlog=4096)
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    async with server:
+        await stop.wait()
 
 
 def _run(coro: Any) -> Any:
@@ -243,16 +245,7 @@ def run_relay(port: int, upstream_port: int, buffered: bool) -> None:
             if self.peer is not None and self.peer.transport is not None:
                 self.peer.transport.close()
 
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(Pipe, "127.0.0.1", port, backlog=4096)
-        stop = asyncio.Event()
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        loop.add_signal_handler(signal.SIGINT, stop.set)
-        async with server:
-            await stop.wait()
-
-    _run(main())
+    _run(_serve(Pipe, port))
 
 
 # ------------------------------------------------------------------ role: a load generator

@@ -19,7 +19,6 @@ import asyncio
 import functools
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gateway import free_port, wait_for_port
 from images import make_png
 
 HERE = Path(__file__).resolve().parent
@@ -103,12 +103,6 @@ def instrument() -> None:
     _wrap_async(http.HTTPProvider, "send", "upstream exchange")
     _wrap_sync(http.HTTPProvider, "parse_json", "JSON read")
     _wrap_sync(responses.OrjsonResponse, "render", "render")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _call(app: Any, path: str, body: bytes, key: str) -> tuple[int, bytes]:
@@ -202,29 +196,25 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="pixelrouter-steps-"))
     png = tmp / "image.png"
     png.write_bytes(make_png())
-    port = _free_port()
-    upstream = subprocess.Popen(
-        [
-            sys.executable,
-            str(HERE / "gateway.py"),
-            "--role",
-            "upstream",
-            "--port",
-            str(port),
-            "--png",
-            str(png),
-        ]
-    )
+    port = free_port()
+    log = tmp / "upstream.log"
+    with log.open("wb") as handle:
+        upstream = subprocess.Popen(
+            [
+                sys.executable,
+                str(HERE / "gateway.py"),
+                "--role",
+                "upstream",
+                "--port",
+                str(port),
+                "--png",
+                str(png),
+            ],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or upstream.poll() is not None:
-                    raise SystemExit("the upstream did not start") from None
-                time.sleep(0.1)
+        wait_for_port(port, upstream, "the upstream", log)
         (tmp / "gw.toml").write_text(
             f"""[server]
 db = "sqlite:///{(tmp / "pixelrouter.db").as_posix()}"

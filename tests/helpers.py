@@ -1,12 +1,19 @@
-"""Small test helpers: decode images out of responses and SSE bodies."""
+"""Small test helpers: decode images out of responses and SSE bodies, run a benchmark."""
 
 from __future__ import annotations
 
 import base64
 import io
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
 
 from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def png_size(b64: str) -> tuple[int, int]:
@@ -44,3 +51,19 @@ def tiny_png(width: int = 96, height: int = 64) -> bytes:
 
 def png_data_url(width: int = 96, height: int = 64) -> str:
     return "data:image/png;base64," + base64.b64encode(tiny_png(width, height)).decode()
+
+
+def run_bench(script: str, *args: str, out: Path, timeout: float) -> dict[str, Any]:
+    """Run `bench/<script>` with `args` and `--json out` (one thread for torch); its exit status
+    must be 0. The JSON report it wrote."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args, "--json", str(out)],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert out.exists(), done.stdout[-2000:] + done.stderr[-3000:]
+    report: dict[str, Any] = json.loads(out.read_text())
+    assert done.returncode == 0, (done.stdout[-2000:] + done.stderr[-3000:], report)
+    return report

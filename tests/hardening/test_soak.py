@@ -5,41 +5,20 @@ priced as answered, memory within its bound."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from helpers import run_bench
 
 pytestmark = pytest.mark.e2e
 
 
 def test_a_minute_of_mixed_traffic_loses_nothing(tmp_path: Path) -> None:
-    out = tmp_path / "soak.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "soak.py"),
-            "--seconds",
-            "60",
-            "--rate",
-            "2",
-            "--json",
-            str(out),
-        ],
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=420,
+    report = run_bench(
+        "soak.py", "--seconds", "60", "--rate", "2", out=tmp_path / "soak.json", timeout=420
     )
-    assert out.exists(), done.stdout[-2000:] + done.stderr[-3000:]
-    report = json.loads(out.read_text())
     assert report["failures"] == [], report
-    assert done.returncode == 0, done.stdout[-2000:]
     assert report["requests"] >= 100
     assert set(report["by_kind"]) >= {"images", "images-stream", "chat", "edits", "client-error"}
     assert report["by_class"].get("2xx", 0) >= 50

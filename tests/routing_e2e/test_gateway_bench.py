@@ -4,39 +4,25 @@ every request sent must be answered. Speed is not asserted here (docs/performanc
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from helpers import run_bench
 
 pytestmark = pytest.mark.e2e
 
 
 def test_the_gateway_benchmark_runs_every_target(tmp_path: Path) -> None:
-    out = tmp_path / "gateway.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "gateway.py"),
-            "--quick",
-            "--rates",
-            "5",
-            "--no-portkey",
-            "--json",
-            str(out),
-        ],
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
+    report = run_bench(
+        "gateway.py",
+        "--quick",
+        "--rates",
+        "5",
+        "--no-portkey",
+        out=tmp_path / "gateway.json",
         timeout=300,
     )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    report = json.loads(out.read_text())
     targets = report["targets"]
     assert set(targets) == {"direct", "relay", "relay-buffered", "pixelrouter"}
     for name, target in targets.items():
@@ -51,23 +37,9 @@ def test_the_gateway_benchmark_runs_every_target(tmp_path: Path) -> None:
 
 
 def test_the_step_timings_cover_the_whole_request(tmp_path: Path) -> None:
-    out = tmp_path / "steps.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "gateway_steps.py"),
-            "--requests",
-            "5",
-            "--json",
-            str(out),
-        ],
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
+    report = run_bench(
+        "gateway_steps.py", "--requests", "5", out=tmp_path / "steps.json", timeout=300
     )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    report = json.loads(out.read_text())
     marks = report["marks_p50_ms"]
     # Every wrapped step was reached, in the order a request passes them.
     for earlier, later in [
