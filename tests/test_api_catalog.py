@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 MODEL = "black-forest-labs/flux.2-klein-4b"
 PRICING = {
     "prompt": "0.000000244140625",
@@ -91,3 +93,104 @@ async def test_service_endpoints(api) -> None:
     status = await api.get("/api/v1/engine/status")
     assert status.status_code == 200
     assert status.json()["data"]["queue_depth"] == 0
+
+
+async def _listed(api, query: str) -> list[str]:
+    r = await api.get(f"/api/v1/models?{query}")
+    assert r.status_code == 200, (query, r.text)
+    count = await api.get(f"/api/v1/models/count?{query}")
+    assert count.status_code == 200, (query, count.text)
+    ids = [m["id"] for m in r.json()["data"]]
+    assert count.json() == {"data": {"count": len(ids)}}  # the count agrees with the list
+    return ids
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "q=klein",
+        "q=FLUX.2",
+        "output_modalities=image",
+        "output_modalities=text,image",
+        "output_modalities=all",
+        "input_modalities=text,image",
+        "model_authors=black-forest-labs,openai",
+        "supported_parameters=seed,n",
+        "context=67344",
+        "max_price=0.25&min_price=0.2",  # 0.001 USD/MP = 0.244 USD per million tokens
+        "max_output_price=1",
+        "arch=flux",
+        "arch=Qwen3",
+        "providers=local",
+        "distillable=true",
+        "zdr=true",
+        "min_age_days=1",
+        "sort=newest",
+        "sort=intelligence-high-to-low",  # no scores: the order stays
+        "sort=throughput-high-to-low",
+        "sort=most-popular",
+        "offset=0&limit=500",  # what the Python SDK always sends
+    ],
+)
+async def test_model_filters_that_match_klein(api, query: str) -> None:
+    assert await _listed(api, query) == [MODEL]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "q=gpt",
+        "supported_parameters=tools",
+        "supported_parameters=seed,tools",
+        "input_modalities=audio",
+        "input_modalities=text,file",
+        "output_modalities=text",
+        "output_modalities=embeddings,rerank,decisions,speech,transcription,video,audio",
+        "category=programming",
+        "context=200000",
+        "max_price=0.1",
+        "min_output_price=5",
+        "arch=GPT",
+        "model_authors=openai",
+        "providers=openai",
+        "distillable=false",
+        "region=eu",
+        "max_age_days=1",
+        "min_intelligence_index=10",
+        "max_tool_success_rate=1",
+    ],
+)
+async def test_model_filters_that_do_not_match_give_an_empty_list(api, query: str) -> None:
+    assert await _listed(api, query) == []
+
+
+async def test_unknown_modalities_are_a_400_naming_the_known_ones(api) -> None:
+    r = await api.get("/api/v1/models?output_modalities=smell")
+    assert r.status_code == 400
+    assert "speech" in r.json()["error"]["message"]
+    r = await api.get("/api/v1/models?input_modalities=smell")
+    assert r.status_code == 400
+
+
+async def test_one_model_by_id_alias_or_canonical_slug(api) -> None:
+    listed = (await api.get("/api/v1/models")).json()["data"][0]
+    for path in (
+        MODEL,
+        "black-forest-labs/FLUX.2-klein-4B",
+        "black-forest-labs/flux.2-klein-4b-20260114",
+    ):
+        r = await api.get(f"/api/v1/model/{path}")
+        assert r.status_code == 200, path
+        assert r.json() == {"data": listed}
+    r = await api.get("/api/v1/model/openai/gpt-4")
+    assert r.status_code == 404
+    assert r.json()["error"]["metadata"]["error_type"] == "not_found"
+
+
+async def test_providers_in_openrouters_shape(api) -> None:
+    r = await api.get("/api/v1/providers")
+    assert r.status_code == 200
+    [provider] = r.json()["data"]
+    assert provider["slug"] == "local"
+    assert provider["name"] == "Local (demo weights)"
+    assert provider["privacy_policy_url"] is None

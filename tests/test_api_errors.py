@@ -50,8 +50,8 @@ async def test_key_kinds_are_separate(api) -> None:
         ({"prompt": "x", "size": "1024x1024", "aspect_ratio": "16:9"}, "conflicts"),
         ({"prompt": "x", "aspect_ratio": "7:3"}, "aspect_ratio"),
         ({"prompt": "x", "resolution": "8K"}, "resolution"),
-        ({"prompt": "x", "n": 5}, "n must be between 1 and 4"),
-        ({"prompt": "x", "n": 0}, "n must be between 1 and 4"),
+        ({"prompt": "x", "n": 11}, "n must be between 1 and 10"),
+        ({"prompt": "x", "n": 0}, "n must be between 1 and 10"),
         ({"prompt": "   "}, "prompt is empty"),
         ({"prompt": "x", "background": "transparent"}, "transparent"),
         ({"prompt": "x", "output_format": "gif"}, "output_format"),
@@ -98,7 +98,7 @@ async def test_chat_specific_errors(api) -> None:
         "/api/v1/chat/completions",
         json={"model": "openai/gpt-5", "messages": [{"role": "user", "content": "x"}]},
     )
-    assert_error(r, 404, "model_not_found", "not served here")
+    assert_error(r, 404, "not_found", "not served here")
 
 
 @pytest.mark.parametrize(
@@ -143,7 +143,7 @@ async def test_unknown_generation_and_route(api) -> None:
     r = await api.get("/api/v1/no-such-thing")
     assert_error(r, 404, "not_found", "no such endpoint")
     r = await api.client.delete("/health")
-    assert_error(r, 405, "method_not_allowed", "method not allowed")
+    assert_error(r, 405, "invalid_request", "method not allowed")
 
 
 async def test_generation_of_another_key_reads_as_unknown(api) -> None:
@@ -190,3 +190,22 @@ async def test_text_that_is_not_unicode_is_a_400(api, field) -> None:
         headers={"Content-Type": "application/json"},
     )
     assert_error(r, 400, "invalid_request", "unicode")
+
+
+def test_every_error_type_a_client_can_see_is_openrouters() -> None:
+    """Every `error_type` in the code (class attributes and literals) is one of OpenRouter's
+    canonical values, so SDKs that switch on it find what they know."""
+    import re
+    from pathlib import Path
+
+    from pixelrouter.errors import ERROR_TYPES
+
+    source = Path(__file__).resolve().parents[1] / "src" / "pixelrouter"
+    pattern = re.compile(r"""error_type(?::\s*str)?\s*=\s*"([a-z_]+)\"""")
+    found = {
+        (path.name, value)
+        for path in source.rglob("*.py")
+        for value in pattern.findall(path.read_text())
+    }
+    assert len(found) > 20  # the pattern finds what it should
+    assert {(name, value) for name, value in found if value not in ERROR_TYPES} == set()

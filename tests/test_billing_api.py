@@ -182,10 +182,14 @@ async def test_activity_and_credits(sqlite_api) -> None:
             headers={"HTTP-Referer": "https://app.example", "X-Title": "Example"},
         )
         assert r.status_code == 200
+    # The last 30 completed UTC days leave today out; `date` asks for one day, today too.
     activity = await api.get("/api/v1/activity", key=api.admin_key)
     assert activity.status_code == 200, activity.text
+    assert activity.json()["data"] == []
+    today = datetime.now(UTC).date().isoformat()
+    activity = await api.get(f"/api/v1/activity?date={today}", key=api.admin_key)
     [row] = activity.json()["data"]
-    assert row["date"] == datetime.now(UTC).date().isoformat()
+    assert row["date"] == today
     assert row["provider_name"] == "Local (demo weights)"
     assert row["requests"] == 2 and row["images"] == 2 and row["megapixels"] == 3
     assert row["completion_tokens"] == 3 * 4096

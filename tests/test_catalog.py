@@ -9,8 +9,10 @@ from pixelrouter.catalog import (
     KLEIN_4B,
     TIERS,
     Catalog,
+    SizeChoice,
     billable_megapixels,
     check_size,
+    choose_size,
     image_price,
     image_tokens,
     nearest_valid_size,
@@ -47,9 +49,65 @@ def test_every_ratio_and_tier_follows_the_formula(ratio: str, tier: str) -> None
         16 * math.floor(math.sqrt(area * a / b) / 16),
         16 * math.floor(math.sqrt(area * b / a) / 16),
     )
+    if not size_is_valid(*want):  # 1:8 and 8:1 at 2K: a 400 that names the tiers that work
+        with pytest.raises(InvalidRequest, match="It works at: 0.5K, 1K"):
+            resolve_size(aspect_ratio=ratio, tier=tier)
+        return
     got = resolve_size(aspect_ratio=ratio, tier=tier)
     assert got == want
     assert size_is_valid(*got)
+
+
+def test_the_sdk_ratios_are_all_known() -> None:
+    sdk = [
+        "1:2",
+        "2:1",
+        "1:4",
+        "4:1",
+        "1:8",
+        "8:1",
+        "2.35:1",
+        "5:2",
+        "5:7",
+        "7:5",
+        "9:19.5",
+        "19.5:9",
+        "9:20",
+        "20:9",
+    ]
+    assert set(sdk) <= set(ASPECT_RATIOS)
+    assert resolve_size(aspect_ratio="2.35:1") == (1568, 656)  # 47:20, exactly 2.35
+    assert resolve_size(aspect_ratio="9:19.5") == (688, 1504)  # 6:13
+    assert resolve_size(aspect_ratio="1:8") == (352, 2896)
+
+
+def test_tier_names_between_tiers_take_the_larger_and_are_noted() -> None:
+    assert choose_size(tier="768") == SizeChoice(
+        1024, 1024, ("resolution 768 has no tier of its own: made at 1K",)
+    )
+    assert choose_size(size="1.5K", aspect_ratio="16:9").size == (2720, 1536)
+    assert choose_size(size="1.5K").adjustments == ("size 1.5K has no tier of its own: made at 2K",)
+    assert choose_size(tier="1K").adjustments == ()
+
+
+def test_a_tier_above_the_largest_is_clamped_and_noted() -> None:
+    choice = choose_size(tier="4K", aspect_ratio="16:9", tier_field="image_size")
+    assert choice.size == (2720, 1536)
+    assert choice.adjustments == ("image_size 4K is larger than this model makes: made at 2K",)
+    # Clamped, 1:8 has no valid size at 2K either: the largest tier that works, noted.
+    choice = choose_size(tier="4k", aspect_ratio="1:8")
+    assert choice.size == (352, 2896)
+    assert len(choice.adjustments) == 2
+    # An explicit size is never changed.
+    with pytest.raises(InvalidRequest, match="nearest valid size is 2048x2048"):
+        choose_size(size="4096x4096")
+
+
+def test_an_out_of_bounds_reference_ratio_keeps_its_ratio_and_is_noted() -> None:
+    choice = choose_size(reference_size=(100, 800), tier="2K")
+    assert choice.size == (512, 4096)
+    assert "out of bounds: made at 512x4096" in choice.adjustments[0]
+    assert choose_size(reference_size=(100, 800)).adjustments == ()
 
 
 def test_spec_examples() -> None:
@@ -108,7 +166,7 @@ def test_unparseable_sizes(text: str) -> None:
         resolve_size(size=text)
 
 
-@pytest.mark.parametrize(("field", "value"), [("aspect_ratio", "7:5"), ("tier", "4K")])
+@pytest.mark.parametrize(("field", "value"), [("aspect_ratio", "7:3"), ("tier", "3K")])
 def test_unknown_ratio_or_tier(field: str, value: str) -> None:
     with pytest.raises(InvalidRequest):
         resolve_size(**{field: value})

@@ -19,6 +19,16 @@ MAX_PIXELS = 4_194_304
 
 TIERS: dict[str, int] = {"0.5K": 2**18, "1K": 2**20, "2K": 2**22}
 DEFAULT_TIER = "1K"
+LARGEST_TIER = "2K"
+# Other names clients send for a tier. "512", "1024", "2048" name the same areas; "768" and
+# "1.5K" lie between two tiers and take the larger (the nearest by ratio of sides, and never
+# fewer pixels than asked); "4K"/"4096" ask for more than the model makes and are clamped to
+# the largest tier (the generation records both kinds of change).
+TIER_ALIASES = {"512": "0.5K", "1024": "1K", "2048": "2K", "768": "1K", "1.5K": "2K"}
+ABOVE_LARGEST_TIER = ("4K", "4096")
+_ALIASES_UPPER = {name.upper(): tier for name, tier in TIER_ALIASES.items()}
+# SPEC §2's ratios, then every further one of the current OpenRouter SDK enum; decimal ratios
+# as the equal ratio of integers, so the size formula stays exact.
 ASPECT_RATIOS: dict[str, tuple[int, int]] = {
     "1:1": (1, 1),
     "2:3": (2, 3),
@@ -31,6 +41,20 @@ ASPECT_RATIOS: dict[str, tuple[int, int]] = {
     "16:9": (16, 9),
     "9:21": (9, 21),
     "21:9": (21, 9),
+    "1:2": (1, 2),
+    "2:1": (2, 1),
+    "1:4": (1, 4),
+    "4:1": (4, 1),
+    "1:8": (1, 8),
+    "8:1": (8, 1),
+    "2.35:1": (47, 20),
+    "5:2": (5, 2),
+    "5:7": (5, 7),
+    "7:5": (7, 5),
+    "9:19.5": (6, 13),
+    "19.5:9": (13, 6),
+    "9:20": (9, 20),
+    "20:9": (20, 9),
 }
 
 
@@ -57,9 +81,12 @@ class ModelEntry:
     input_modalities: tuple[str, ...] = ("text", "image")
     output_modalities: tuple[str, ...] = ("image",)
     tokenizer: str = "Qwen3"
+    family: str = "FLUX"  # what `/models?arch=` matches, beside the tokenizer's group
+    distillable: bool = True  # its licence allows training on its outputs (Apache-2.0)
     default_steps: int = 4
     default_guidance: float = 1.0
-    max_images_per_request: int = 4
+    max_images_per_request: int = 10  # OpenRouter's bound; the engine runs more than its
+    # batch as several batches
     max_reference_images: int = 4
     supported_parameters: tuple[str, ...] = (
         "seed",
@@ -79,6 +106,10 @@ class ModelEntry:
     @property
     def modality(self) -> str:
         return "+".join(self.input_modalities) + "->" + "+".join(self.output_modalities)
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        return (self.family.lower(), self.tokenizer.lower())
 
     @property
     def author(self) -> str:
@@ -124,7 +155,7 @@ class Catalog:
         known = ", ".join(m.id for m in self.models)
         raise NotFound(
             f"Model {model_id!r} is not served here. Available models: {known}.",
-            error_type="model_not_found",
+            metadata={"reason": "model_not_found"},
         )
 
     @property
@@ -245,17 +276,17 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
-# Other names clients send for a tier: the OpenRouter SDK's "512" is the 0.5K area (512²).
-TIER_ALIASES = {"512": "0.5K", "1024": "1K", "2048": "2K"}
-
-
 def normalize_tier(text: str) -> str:
-    cleaned = TIER_ALIASES.get(text.strip(), text.strip())
+    """A tier name (any case) or one of its aliases; a tier above the largest is a 400 here
+    (`choose_size` clamps it instead)."""
+    upper = text.strip().upper()
+    upper = _ALIASES_UPPER.get(upper, upper)
     for tier in TIERS:
-        if cleaned.upper() == tier.upper():
+        if upper == tier.upper():
             return tier
     raise InvalidRequest(
-        f"image_size / resolution {text!r} is not supported: use one of {', '.join(TIERS)}."
+        f"image_size / resolution {text!r} is not supported: use one of {', '.join(TIERS)} "
+        "(also 512, 768, 1024, 1.5K, 2048; 4K is made at 2K)."
     )
 
 
@@ -269,11 +300,12 @@ def normalize_aspect_ratio(text: str) -> str:
 
 
 def size_for_ratio(a: int, b: int, tier: str) -> tuple[int, int]:
-    """`w = 16*floor(sqrt(A*a/b)/16)`, `h = 16*floor(sqrt(A*b/a)/16)`, in exact integers."""
+    """`w = 16*floor(sqrt(A*a/b)/16)`, `h = 16*floor(sqrt(A*b/a)/16)`, in exact integers (not
+    always a valid size: 1:8 at 2K is 720x5792)."""
     area = TIERS[tier]
     w = SIDE_MULTIPLE * (math.isqrt(area * a // b) // SIDE_MULTIPLE)
     h = SIDE_MULTIPLE * (math.isqrt(area * b // a) // SIDE_MULTIPLE)
-    return min(MAX_SIDE, max(MIN_SIDE, w)), min(MAX_SIDE, max(MIN_SIDE, h))
+    return w, h
 
 
 def ratio_matches(width: int, height: int, a: int, b: int) -> bool:
@@ -281,25 +313,94 @@ def ratio_matches(width: int, height: int, a: int, b: int) -> bool:
     return abs(width * b - height * a) < SIDE_MULTIPLE * (a + b)
 
 
-def resolve_size(
+@dataclass(frozen=True)
+class SizeChoice:
+    """The output size of a request and what was changed to reach it (recorded on the
+    generation): a tier name mapped or clamped, a reference's ratio fitted."""
+
+    width: int
+    height: int
+    adjustments: tuple[str, ...] = ()
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.width, self.height
+
+
+def _tier_of(text: str, notes: list[str], field_name: str) -> tuple[str, bool]:
+    """(tier, clamped): a tier above the largest becomes the largest, noted."""
+    cleaned = text.strip()
+    if cleaned.upper() in ABOVE_LARGEST_TIER:
+        notes.append(
+            f"{field_name} {cleaned} is larger than this model makes: made at {LARGEST_TIER}"
+        )
+        return LARGEST_TIER, True
+    tier = normalize_tier(cleaned)
+    if cleaned.upper() in ("768", "1.5K"):
+        notes.append(f"{field_name} {cleaned} has no tier of its own: made at {tier}")
+    return tier, False
+
+
+def _ratio_size(a: int, b: int, tier: str, clamped: bool, label: str, notes: list[str]):
+    """The formula's size for a:b at `tier`; when that is no valid size, a clamped tier steps
+    down to one that works (noted), and an asked one is a 400 naming the tiers that work."""
+    width, height = size_for_ratio(a, b, tier)
+    if size_is_valid(width, height):
+        return width, height
+    working = [t for t in TIERS if size_is_valid(*size_for_ratio(a, b, t))]
+    if clamped and working:
+        fitted = working[-1]
+        notes.append(f"aspect_ratio {label} has no valid size at {tier}: made at {fitted}")
+        return size_for_ratio(a, b, fitted)
+    raise InvalidRequest(
+        f"aspect_ratio {label} at {tier} gives {width}x{height}, which is not a valid size "
+        f"(sides 64 to 4096, multiples of 16, at most 4 MP). It works at: "
+        f"{', '.join(working) or 'no tier'}.",
+        metadata={"param": "aspect_ratio"},
+    )
+
+
+def _reference_size(rw: int, rh: int, tier: str, notes: list[str]) -> tuple[int, int]:
+    """The first reference's ratio at `tier`; when that size is out of bounds (a 1:8
+    reference at 2K), the largest valid size of the same ratio, noted."""
+    width, height = size_for_ratio(rw, rh, tier)
+    if size_is_valid(width, height):
+        return width, height
+    exact_w, exact_h = math.sqrt(TIERS[tier] * rw / rh), math.sqrt(TIERS[tier] * rh / rw)
+    scale = min(1.0, MAX_SIDE / max(exact_w, exact_h))
+    fitted_w, fitted_h = (
+        min(MAX_SIDE, max(MIN_SIDE, SIDE_MULTIPLE * math.floor(side * scale / SIDE_MULTIPLE)))
+        for side in (exact_w, exact_h)
+    )
+    notes.append(
+        f"the first reference's ratio ({rw}x{rh}) at {tier} gives {width}x{height}, out of "
+        f"bounds: made at {fitted_w}x{fitted_h}"
+    )
+    return fitted_w, fitted_h
+
+
+def choose_size(
     *,
     size: str | None = None,
     aspect_ratio: str | None = None,
     tier: str | None = None,
     reference_size: tuple[int, int] | None = None,
-) -> tuple[int, int]:
-    """The output size of a request, per SPEC §2.
+    tier_field: str = "resolution",
+) -> SizeChoice:
+    """The output size of a request, per SPEC §2, with what was adjusted on the way.
 
-    `size` may be 'WxH' or a tier name; an explicit 'WxH' wins, and conflicts with an
-    `aspect_ratio` are a 400. With no size and no ratio (or 'auto'): 1:1, or the first
-    reference image's ratio when references are given.
+    `size` may be 'WxH' or a tier name; an explicit 'WxH' wins and is never changed, and
+    conflicts with an `aspect_ratio` are a 400. With no size and no ratio (or 'auto'): 1:1,
+    or the first reference image's ratio when references are given.
     """
+    notes: list[str] = []
     ratio = normalize_aspect_ratio(aspect_ratio) if aspect_ratio else None
-    chosen_tier = normalize_tier(tier) if tier else DEFAULT_TIER
+    chosen_tier, clamped = _tier_of(tier, notes, tier_field) if tier else (DEFAULT_TIER, False)
     if size is not None and size.strip().lower() not in ("", "auto"):
         stripped = size.strip()
-        if stripped in TIER_ALIASES or any(stripped.upper() == t.upper() for t in TIERS):
-            chosen_tier = normalize_tier(stripped)
+        if _names_a_tier(stripped):
+            notes.clear()
+            chosen_tier, clamped = _tier_of(stripped, notes, "size")
         else:
             width, height = parse_size(stripped)
             check_size(width, height)
@@ -310,11 +411,34 @@ def resolve_size(
                         f"size {width}x{height} conflicts with aspect_ratio {ratio}: "
                         "give one of them, or a size with that ratio."
                     )
-            return width, height
+            return SizeChoice(width, height)
     if ratio and ratio != "auto":
         a, b = ASPECT_RATIOS[ratio]
-        return size_for_ratio(a, b, chosen_tier)
-    if reference_size is not None:
-        rw, rh = reference_size
-        return size_for_ratio(rw, rh, chosen_tier)
-    return size_for_ratio(1, 1, chosen_tier)
+        width, height = _ratio_size(a, b, chosen_tier, clamped, ratio, notes)
+    elif reference_size is not None:
+        width, height = _reference_size(*reference_size, chosen_tier, notes)
+    else:
+        width, height = size_for_ratio(1, 1, chosen_tier)
+    return SizeChoice(width, height, tuple(notes))
+
+
+def _names_a_tier(text: str) -> bool:
+    upper = text.upper()
+    return (
+        upper in ABOVE_LARGEST_TIER
+        or upper in _ALIASES_UPPER
+        or any(upper == t.upper() for t in TIERS)
+    )
+
+
+def resolve_size(
+    *,
+    size: str | None = None,
+    aspect_ratio: str | None = None,
+    tier: str | None = None,
+    reference_size: tuple[int, int] | None = None,
+) -> tuple[int, int]:
+    """`choose_size`'s width and height."""
+    return choose_size(
+        size=size, aspect_ratio=aspect_ratio, tier=tier, reference_size=reference_size
+    ).size

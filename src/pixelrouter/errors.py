@@ -1,19 +1,54 @@
 """Errors a user can cause or meet, each with its HTTP status and SPEC §5 `error_type`.
 
 Every layer raises these; only `api/` turns them into the wire envelope
-`{"error": {"code", "message", "metadata": {"error_type", ...}}}`.
+`{"error": {"code", "message", "metadata": {"error_type", ...}}}`. Every `error_type` a client
+can see is one of OpenRouter's canonical values (`ERROR_TYPES`, the SDKs' `APIErrorType`), so
+clients that switch on it find what they know; a finer reason goes in `metadata.reason`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+# OpenRouter's canonical error types (the `APIErrorType` enum of its SDKs).
+ERROR_TYPES = frozenset(
+    {
+        "context_length_exceeded",
+        "max_tokens_exceeded",
+        "token_limit_exceeded",
+        "string_too_long",
+        "authentication",
+        "permission_denied",
+        "payment_required",
+        "rate_limit_exceeded",
+        "provider_overloaded",
+        "provider_unavailable",
+        "invalid_request",
+        "invalid_prompt",
+        "not_found",
+        "precondition_failed",
+        "payload_too_large",
+        "unprocessable",
+        "content_policy_violation",
+        "refusal",
+        "invalid_image",
+        "image_too_large",
+        "image_too_small",
+        "unsupported_image_format",
+        "image_not_found",
+        "image_download_failed",
+        "server",
+        "timeout",
+        "unmapped",
+    }
+)
+
 
 class PixelrouterError(Exception):
     """Base class: a status, a machine-readable type and a message a person can act on."""
 
     status: int = 500
-    error_type: str = "internal_error"
+    error_type: str = "server"
 
     def __init__(
         self,
@@ -102,15 +137,19 @@ class RateLimited(PixelrouterError):
 
 
 class UpstreamFailed(PixelrouterError):
+    """Every provider failed (SPEC §5 502)."""
+
     status = 502
-    error_type = "upstream_error"
+    error_type = "provider_unavailable"
 
 
 class ServiceUnavailable(PixelrouterError):
+    """No provider can take the request now (SPEC §5 503): draining, loading, all busy."""
+
     status = 503
-    error_type = "service_unavailable"
+    error_type = "provider_overloaded"
 
 
 class InternalError(PixelrouterError):
     status = 500
-    error_type = "internal_error"
+    error_type = "server"

@@ -598,4 +598,8 @@ def _new_record(request: ImageRequest, api: GenerationApi, streamed: bool) -> Ne
         app_categories=request.attribution.categories,
         user=request.attribution.user,
         ignored_parameters=request.ignored_parameters,
+        session_id=request.attribution.session_id,
+        trace=request.attribution.trace,
+        metadata=request.attribution.metadata,
+        adjustments=request.adjustments,
     )

@@ -7,7 +7,7 @@ import binascii
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 OutputFormat = Literal["png", "jpeg", "webp"]
 MEDIA_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
@@ -30,12 +30,19 @@ class ReferenceImage:
 
 @dataclass(frozen=True)
 class Attribution:
-    """Who asked: the app (HTTP-Referer / X-OpenRouter-Title / X-Title) and the end user."""
+    """Who asked: the app (HTTP-Referer / X-OpenRouter-Title / X-Title), the end user, and how
+    the caller groups its requests (`session_id`, `trace`, `metadata`; stored, never sent on)."""
 
     referer: str | None = None
     title: str | None = None
     categories: tuple[str, ...] = ()
     user: str | None = None
+    session_id: str | None = None
+    trace: dict[str, Any] | None = field(default=None, hash=False, compare=False)
+    metadata: dict[str, str] | None = field(default=None, hash=False, compare=False)
+
+
+Percentiles = tuple[tuple[str, float], ...]  # (("p50", 2.0), ("p90", 5.0)): cut-offs by name
 
 
 @dataclass(frozen=True)
@@ -51,8 +58,13 @@ class ProviderPrefs:
     max_price_image_micro: int | None = None
     max_price_request_micro: int | None = None
     data_collection: Literal["allow", "deny"] = "allow"
-    # {provider slug: {"steps": .., "guidance": ..}} passthrough options
+    # {provider or author slug: {"steps": .., "guidance": ..}} passthrough options
     options: tuple[tuple[str, tuple[tuple[str, float | int | bool], ...]], ...] = ()
+    quantizations: tuple[str, ...] = ()  # only providers that declare one of these
+    zdr: bool = False  # only providers that declare zero data retention
+    # Soft limits from the live statistics: providers beyond them are tried after the others.
+    preferred_max_latency_s: Percentiles = ()
+    preferred_min_throughput: Percentiles = ()  # image tokens per second
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,9 @@ class ImageRequest:
     attribution: Attribution = field(default_factory=Attribution)
     ignored_parameters: tuple[str, ...] = ()
     key_hash: str | None = None
+    # What was changed to make the request (a tier clamped or mapped), recorded on the
+    # generation; an explicit WxH is never changed.
+    adjustments: tuple[str, ...] = ()
 
     @property
     def media_type(self) -> str:
@@ -184,6 +199,7 @@ class ProviderAttempt:
     latency_ms: int
     error: str | None = None
     provider_slug: str = ""
+    model: str = ""  # the model it was tried for (fallback models are tried in turn)
 
 
 @dataclass

@@ -91,6 +91,22 @@ async def test_n_images_use_seeds_s_and_s_plus_1(engine: Any, demo_pipe: Any) ->
         assert worst <= MAX_ROUNDING and fraction < MAX_DIFFERING_FRACTION
 
 
+async def test_n_above_the_batch_size_runs_as_several_batches(engine: Any, demo_pipe: Any) -> None:
+    limit = engine.cfg.max_batch_size
+    n = limit + 2  # one full batch and a part of two
+    events: list[ProgressEvent] = []
+    request = make_request("ten lanterns", seed=70, n=n, batching=False)
+    result = await engine.generate(request, events.append)
+    assert result.request_id == request.id
+    assert [(i.seed, i.index) for i in result.images] == [(70 + i, i) for i in range(n)]
+    # Alone, each image is still byte-equal to the plain diffusers call with seed s + i.
+    for image in (result.images[0], result.images[limit], result.images[-1]):
+        assert np.array_equal(pixels(image.data), plain_call(demo_pipe, "ten lanterns", image.seed))
+    # Progress covers every part and ends at its total.
+    assert {e.request_id for e in events} == {request.id}
+    assert events[-1].step == events[-1].total_steps
+
+
 async def test_references_change_the_image_and_match_a_plain_call(
     engine: Any, demo_pipe: Any
 ) -> None:

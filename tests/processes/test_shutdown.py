@@ -134,7 +134,7 @@ def _wait_draining(server: ServerProcess) -> httpx.Response:
     ready: httpx.Response = poll("/ready answering 503 after SIGTERM", draining, 30)
     error = ready.json()["error"]
     assert error["code"] == 503
-    assert error["metadata"]["error_type"] == "service_unavailable"
+    assert error["metadata"]["error_type"] == "provider_overloaded"
     assert error["metadata"]["reason"] == "draining"
     assert "shutting down" in error["message"]
     return ready
@@ -155,7 +155,7 @@ def _check_refused(server: ServerProcess, key: str) -> None:
     assert refused.status == 503, refused.body
     assert int(refused.headers["retry-after"]) >= 1
     error = refused.body["error"]
-    assert (error["code"], error["metadata"]["error_type"]) == (503, "service_unavailable")
+    assert (error["code"], error["metadata"]["error_type"]) == (503, "provider_overloaded")
     assert error["metadata"]["reason"] == "draining"
     streamed = _chat_stream(server, key, steps=1)
     assert streamed.status == 503, streamed.body

@@ -81,7 +81,7 @@ async def test_moderation_is_the_clients_outcome(status: str) -> None:
         finally:
             await provider.aclose()
     assert not isinstance(caught.value, ProviderError)
-    assert caught.value.error_type == "content_moderated" and status in caught.value.message
+    assert caught.value.error_type == "content_policy_violation" and status in caught.value.message
 
 
 @pytest.mark.parametrize("status", ["Error", "Failed"])

@@ -127,7 +127,7 @@ async def test_upstream_413_is_payload_too_large(kind: str) -> None:
 async def test_rejected_credentials_are_our_misconfiguration(kind: str, fault: str) -> None:
     error, _ = await _fail(kind, fault=fault)
     assert isinstance(error, ProviderError)
-    assert error.status == 502 and error.error_type == "provider_auth"
+    assert error.status == 502 and error.error_type == "provider_unavailable"
     assert f"Fake {kind} (fake-{kind})" in error.message
     assert "api_key" in error.message
     assert "test-upstream-key" not in error.message

@@ -3,7 +3,9 @@ queue awareness and the recent-failure window. No generation runs here."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
+from typing import Any
 
 from .standins import MODEL, OTHER_MODEL, FakeClock, StandIn, make_router, request, slugs
 
@@ -173,3 +175,60 @@ def test_an_open_circuit_or_a_pending_retry_after_is_never_planned() -> None:
     assert router.plan(request(), MODEL) == []
     clock.advance(10)
     assert slugs(router.plan(request(), MODEL)) == ["b"]  # a waits for its probe
+
+
+def _declaring(standin: StandIn, **info: Any) -> StandIn:
+    standin.info = dataclasses.replace(standin.info, **info)
+    return standin
+
+
+def test_zdr_and_quantizations_keep_only_the_providers_that_declare_them() -> None:
+    kept = _declaring(StandIn("kept"), zdr=True, quantization="bf16")
+    retains = _declaring(StandIn("retains"), zdr=False, quantization="bf16")
+    fp8 = _declaring(StandIn("fp8"), zdr=True, quantization="fp8")
+    undeclared = StandIn("undeclared")  # no quantization declared: "unknown"
+    router = make_router([kept, retains, fp8, undeclared])
+    assert set(slugs(router.plan(request(zdr=True), MODEL))) == {"kept", "fp8"}
+    assert set(slugs(router.plan(request(quantizations=("bf16",)), MODEL))) == {"kept", "retains"}
+    assert slugs(router.plan(request(zdr=True, quantizations=("bf16",)), MODEL)) == ["kept"]
+    assert slugs(router.plan(request(quantizations=("unknown",)), MODEL)) == ["undeclared"]
+    assert router.plan(request(quantizations=("int4",)), MODEL) == []
+
+
+def test_preferred_latency_and_throughput_try_the_providers_within_them_first() -> None:
+    cheap_slow, dear_fast = StandIn("cheap-slow", 5_000), StandIn("dear-fast", 20_000)
+    router = make_router([cheap_slow, dear_fast])
+    for _ in range(5):
+        router.health.of("cheap-slow").record_success(seconds=8.0, images=1, image_tokens=4096)
+        router.health.of("dear-fast").record_success(seconds=1.0, images=1, image_tokens=4096)
+    assert slugs(router.plan(request(sort="price"), MODEL)) == ["cheap-slow", "dear-fast"]
+    # p50 of 8 s is beyond 2 s: still a fallback, after the one within.
+    within = request(sort="price", preferred_max_latency_s=(("p50", 2.0),))
+    assert slugs(router.plan(within, MODEL)) == ["dear-fast", "cheap-slow"]
+    # 4096 tokens in 8 s is 512 tokens/s, under 1000.
+    fast = request(sort="price", preferred_min_throughput=(("p90", 1000.0),))
+    assert slugs(router.plan(fast, MODEL)) == ["dear-fast", "cheap-slow"]
+    # The weighted default draws only among those within the preference.
+    for seed in range(20):
+        router.rng.seed(seed)
+        assert slugs(router.plan(within, MODEL))[0] == "dear-fast"
+    # Both beyond: the order is as without the preference.
+    strict = request(sort="price", preferred_max_latency_s=(("p50", 0.5),))
+    assert slugs(router.plan(strict, MODEL)) == ["cheap-slow", "dear-fast"]
+
+
+def test_options_under_the_models_author_reach_every_provider_and_the_slug_wins() -> None:
+    a, b = StandIn("a"), StandIn("b")
+    router = make_router([a, b])
+    options = (
+        ("black-forest-labs", (("guidance", 3.0), ("steps", 8))),
+        ("a", (("steps", 2),)),
+    )
+    asked = request(options=options)
+    for_a = router.attempt_request(asked, MODEL, a)
+    for_b = router.attempt_request(asked, MODEL, b)
+    assert (for_a.steps, for_a.guidance) == (2, 3.0)
+    assert (for_b.steps, for_b.guidance) == (8, 3.0)
+    # Another author's options do not apply to this model.
+    other = request(options=(("openai", (("steps", 9),)),))
+    assert router.attempt_request(other, MODEL, a).steps is None

@@ -8,7 +8,7 @@ over loopback TCP like any upstream.
 
 - With a fallback (`order: [fault, healthy]`) the request succeeds through the healthy provider
   within the deadline, and its generation record lists the fault's attempt with its status.
-- Without (`order: [fault], allow_fallbacks: false`) it fails with 502 `upstream_error` and
+- Without (`order: [fault], allow_fallbacks: false`) it fails with 502 `provider_unavailable` and
   `metadata.provider_errors` naming the fault (a rate limit: 503 with `Retry-After`), and no
   other provider is asked.
 - 408 is the overall deadline only.
@@ -185,11 +185,11 @@ def test_a_fault_without_fallbacks_fails_with_the_provider_errors(
     if kind == "429":
         # Every attempt was rate limited: "no provider available", with the upstream's wait.
         assert response.status_code == 503, response.text
-        assert error["metadata"]["error_type"] == "service_unavailable"
+        assert error["metadata"]["error_type"] == "provider_overloaded"
         assert response.headers["retry-after"] == "7"
     else:
         assert response.status_code == 502, response.text
-        assert error["metadata"]["error_type"] == "upstream_error"
+        assert error["metadata"]["error_type"] == "provider_unavailable"
     provider_errors = error["metadata"]["provider_errors"]
     assert [(e["provider"], e["status"]) for e in provider_errors] == [(solo_name(kind), status)]
     assert provider_errors[0]["message"]

@@ -166,7 +166,7 @@ def test_only_and_ignore(cluster: Cluster) -> None:
         assert served_by(gateway, gateway.images({"only": ["worker-b", "nobody"]})) == B
     response = gateway.images({"only": ["nobody"]})
     assert response.status_code == 503, response.text
-    assert response.json()["error"]["metadata"]["error_type"] == "service_unavailable"
+    assert response.json()["error"]["metadata"]["error_type"] == "provider_overloaded"
     response = gateway.images({"ignore": ["worker-a", "worker-b"]})
     assert response.status_code == 503, response.text
 

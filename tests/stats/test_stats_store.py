@@ -103,11 +103,14 @@ def test_no_outcomes_means_null_figures(store: Store) -> None:
         "uptime_last_1d": None,
         "latency_last_30m": None,
         "throughput_last_30m": None,
+        "perf_last_30m_by_workload": {
+            "image_generation": {"latency": None, "request_count": 0, "throughput": None}
+        },
     }
     assert stats.samples_last_30m == 0
 
 
-def test_latency_per_image_and_throughput_over_the_last_30_minutes(store: Store) -> None:
+def test_latency_per_request_and_throughput_over_the_last_30_minutes(store: Store) -> None:
     samples = [(800, 1), (1200, 1), (2000, 2), (3000, 4), (500, 1)]  # (latency ms, images)
     store.record_outcomes(
         [
@@ -121,11 +124,11 @@ def test_latency_per_image_and_throughput_over_the_last_30_minutes(store: Store)
     )
     stats = provider_stats(store, "gpu", NOW)
     assert stats.samples_last_30m == 5
-    latency = percentiles([ms / 1000 / n for ms, n in samples], digits=4)
+    latency = percentiles([ms for ms, _ in samples], digits=1)  # milliseconds per request
     throughput = percentiles([4096 * n / (ms / 1000) for ms, n in samples], digits=1)
     assert stats.latency_last_30m == latency
     assert stats.throughput_last_30m == throughput
-    assert latency is not None and latency["p50"] == 0.8  # 0.8, 1.2, 1.0, 0.75, 0.5 s/image
+    assert latency is not None and latency["p50"] == 1200.0  # 500, 800, 1200, 2000, 3000 ms
 
 
 def test_figures_of_one_model(store: Store) -> None:

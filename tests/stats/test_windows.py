@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from pixelrouter.percentiles import percentile
 from pixelrouter.stats import (
     UNATTRIBUTED,
     ProviderStats,
@@ -16,7 +17,7 @@ from pixelrouter.stats import (
     rank_apps,
     uptime,
 )
-from pixelrouter.stats.windows import hour_start, month_start, percentile
+from pixelrouter.stats.windows import hour_start, month_start
 from pixelrouter.store.stats_records import AppUsage, OutcomeCounts
 
 

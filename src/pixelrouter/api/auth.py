@@ -109,8 +109,11 @@ def attribution(request: Request) -> Attribution:
     referer = headers.get("http-referer") or headers.get("referer")
     title = headers.get("x-openrouter-title") or headers.get("x-title")
     categories = headers.get("x-openrouter-categories", "")
+    session = headers.get("x-session-id")
     return Attribution(
         referer=referer[:512] if referer else None,
         title=title[:256] if title else None,
         categories=tuple(c.strip()[:64] for c in categories.split(",") if c.strip())[:10],
+        # checked against SPEC's bound with the body's, in `wire.py`
+        session_id=session if session else None,
     )

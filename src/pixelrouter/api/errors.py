@@ -22,9 +22,9 @@ _HTTP_TYPES = {
     401: "authentication",
     403: "permission_denied",
     404: "not_found",
-    405: "method_not_allowed",
+    405: "invalid_request",
     413: "payload_too_large",
-    415: "unsupported_media_type",
+    415: "invalid_request",
 }
 
 
@@ -65,7 +65,7 @@ def install_error_handlers(app: FastAPI) -> None:
         else:
             error = PixelrouterError(str(exc.detail), headers=dict(exc.headers or {}))
             error.status = exc.status_code
-            error.error_type = _HTTP_TYPES.get(exc.status_code, "http_error")
+            error.error_type = _HTTP_TYPES.get(exc.status_code, "unmapped")
         return error_response(error)
 
     @app.exception_handler(Exception)

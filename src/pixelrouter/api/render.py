@@ -28,7 +28,11 @@ def usage(delivery: Delivery) -> dict[str, Any]:
         "completion_tokens": delivery.completion_tokens,
         "total_tokens": delivery.prompt_tokens + delivery.completion_tokens,
         "prompt_tokens_details": {"cached_tokens": 0},
-        "completion_tokens_details": {"image_tokens": delivery.completion_tokens},
+        # The AI SDK's provider requires `reasoning_tokens` whenever the details are present.
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "image_tokens": delivery.completion_tokens,
+        },
         "cost": micro_to_usd(delivery.cost_micro),
         "is_byok": False,
     }
@@ -92,12 +96,13 @@ def chat_chunk(
     error: PixelrouterError | None = None,
     no_choices: bool = False,
 ) -> dict[str, Any]:
+    # No `system_fingerprint` in chunks: the TypeScript SDK's chunk schema refuses `null` there
+    # (non-streamed results keep it, where the SDKs require the key).
     chunk: dict[str, Any] = {
         "id": generation_id,
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
-        "system_fingerprint": None,
         "choices": []
         if no_choices
         else [
@@ -159,3 +164,44 @@ def sse_data(payload: dict[str, Any] | str) -> bytes:
 
 def sse_comment(text: str) -> bytes:
     return f": {text}\n\n".encode()
+
+
+# ------------------------------------------------------------------- router metadata
+
+
+def router_metadata(delivery: Delivery, serving: list[tuple[str, str]]) -> dict[str, Any]:
+    """`openrouter_metadata` (asked for with `X-OpenRouter-Metadata: enabled`), built from the
+    attempts the generation records; `serving` is (model, provider slug) of every endpoint that
+    could have taken it."""
+    request, result = delivery.request, delivery.result
+    attempts = result.attempts
+    strategy = "fallback" if result.model != request.model or len(attempts) > 1 else "direct"
+    tried = ", ".join(f"{a.provider_slug or a.provider_name} {a.status}" for a in attempts)
+    return {
+        "requested": request.model,
+        "strategy": strategy,
+        "attempt": len(attempts),
+        "is_byok": False,
+        "region": None,
+        "summary": f"{result.model} served by {result.provider_slug} (attempts: {tried})",
+        "generation_time": result.generation_time_ms,
+        "endpoints": {
+            "total": len(serving),
+            "available": [
+                {
+                    "model": model,
+                    "provider": slug,
+                    "selected": (model, slug) == (result.model, result.provider_slug),
+                }
+                for model, slug in serving
+            ],
+        },
+        "attempts": [
+            {
+                "model": a.model or request.model,
+                "provider": a.provider_slug or a.provider_name,
+                "status": a.status,
+            }
+            for a in attempts
+        ],
+    }

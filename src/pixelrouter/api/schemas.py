@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-MAX_IMAGES = 4
+MAX_IMAGES = 10  # OpenRouter's bound on `n`
+MAX_SESSION_ID = 256
 MAX_SEED = 2**63 - 1 - 16  # seed + i must stay a valid torch seed
 MAX_STEPS = 100
 MAX_GUIDANCE = 30.0
@@ -73,6 +74,13 @@ class MaxPrice(_Open):
     completion: float | str | None = None
 
 
+class PercentileCutoffs(_Open):
+    p50: float | None = None
+    p75: float | None = None
+    p90: float | None = None
+    p99: float | None = None
+
+
 class ProviderPreferences(_Open):
     order: list[str] | None = None
     allow_fallbacks: bool | None = None
@@ -83,6 +91,28 @@ class ProviderPreferences(_Open):
     max_price: MaxPrice | None = None
     data_collection: Literal["allow", "deny"] | None = None
     options: dict[str, dict[str, Any]] | None = None
+    quantizations: list[str] | None = None
+    zdr: bool | None = None
+    preferred_max_latency: float | PercentileCutoffs | None = None  # seconds
+    preferred_min_throughput: float | PercentileCutoffs | None = None  # tokens per second
+
+
+class TraceConfig(_Open):
+    """OpenRouter's `trace` (observability); stored on the generation as sent."""
+
+    trace_id: str | None = None
+    trace_name: str | None = None
+    span_name: str | None = None
+    generation_name: str | None = None
+    parent_span_id: str | None = None
+
+
+class _Tracked(_Open):
+    """Fields of the current API that group requests; stored on the generation."""
+
+    session_id: str | None = Field(default=None, max_length=MAX_SESSION_ID)
+    trace: TraceConfig | None = None
+    metadata: dict[str, str] | None = None
 
 
 class ImageConfig(_Open):
@@ -94,7 +124,7 @@ class ImageConfig(_Open):
     batching: bool | None = None
 
 
-class ChatCompletionRequest(_Open):
+class ChatCompletionRequest(_Tracked):
     model: str | None = None
     models: list[str] | None = None
     messages: list[ChatMessage] = Field(min_length=1)
@@ -112,7 +142,7 @@ class InputReference(_Open):
     image_url: ImageURL | str
 
 
-class ImagesRequest(_Open):
+class ImagesRequest(_Tracked):
     """OpenRouter Image API: `POST /api/v1/images`."""
 
     model: str | None = None
@@ -135,7 +165,7 @@ class ImagesRequest(_Open):
     guidance: float | None = _bounds(0, MAX_GUIDANCE)
 
 
-class OpenAIImagesRequest(_Open):
+class OpenAIImagesRequest(_Tracked):
     """OpenAI Images API: `POST /api/v1/images/generations`."""
 
     prompt: str
@@ -283,6 +313,28 @@ class Model(_Shape):
 class ModelsList(_Shape):
     data: list[Model]
     total_count: int
+
+
+class ModelsCountData(_Shape):
+    count: int
+
+
+class ModelsCount(_Shape):
+    data: ModelsCountData
+
+
+class ModelResponse(_Shape):
+    data: Model
+
+
+class ProviderEntry(_Shape):
+    name: str
+    slug: str
+    privacy_policy_url: str | None
+
+
+class ProvidersList(_Shape):
+    data: list[ProviderEntry]
 
 
 class Endpoint(_Shape):

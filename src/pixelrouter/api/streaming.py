@@ -28,7 +28,7 @@ class ClientGone(PixelrouterError):
     """The client closed the connection before its answer was ready (nginx's 499)."""
 
     status = 499
-    error_type = "client_closed_request"
+    error_type = "unmapped"  # nobody reads it: the client is gone
 
 
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:

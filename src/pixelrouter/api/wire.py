@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import math
 import secrets
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
+import orjson
 from pydantic import BaseModel
 
 from pixelrouter.catalog import (
     Catalog,
     ModelEntry,
+    choose_size,
     normalize_output_format,
-    resolve_size,
     usd_to_micro,
 )
 from pixelrouter.errors import InvalidRequest
@@ -23,14 +26,23 @@ from pixelrouter.types import Attribution, ImageRequest, ProviderPrefs, Referenc
 from .schemas import (
     MAX_GUIDANCE,
     MAX_SEED,
+    MAX_SESSION_ID,
     MAX_STEPS,
     ChatCompletionRequest,
     ImagesRequest,
     OpenAIImagesRequest,
+    PercentileCutoffs,
     ProviderPreferences,
 )
 
 SortBy = Literal["price", "throughput", "latency"]
+SORTS = ("price", "throughput", "latency", "exacto")
+# `provider.options` values the providers act on; other keys are dropped, as OpenRouter does.
+PASSTHROUGH_OPTIONS = ("steps", "guidance", "batching")
+MAX_METADATA_PAIRS = 16
+MAX_METADATA_KEY = 64
+MAX_METADATA_VALUE = 512
+MAX_TRACE_BYTES = 8192
 
 
 @dataclass(frozen=True)
@@ -115,8 +127,8 @@ def provider_prefs(p: ProviderPreferences | None) -> ProviderPrefs:
     if p is None:
         return ProviderPrefs()
     sort = p.sort.get("by") if isinstance(p.sort, dict) else p.sort
-    if sort not in (None, "price", "throughput", "latency"):
-        raise InvalidRequest("provider.sort must be one of price, throughput, latency.")
+    if sort not in (None, *SORTS):
+        raise InvalidRequest(f"provider.sort must be one of {', '.join(SORTS)}.")
     options: list[tuple[str, tuple[tuple[str, Any], ...]]] = []
     for slug, values in (p.options or {}).items():
         if not isinstance(values, dict):
@@ -136,14 +148,92 @@ def provider_prefs(p: ProviderPreferences | None) -> ProviderPrefs:
         require_parameters=bool(p.require_parameters),
         only=tuple(p.only or ()),
         ignore=tuple(p.ignore or ()),
-        sort=cast(SortBy | None, sort),
+        # "exacto" ranks by tool-calling quality, which image providers do not have: the
+        # default order serves it (and the generation lists provider.sort as ignored).
+        sort=cast(SortBy | None, None if sort == "exacto" else sort),
         max_price_image_micro=_usd_to_micro(p.max_price.image, "image") if p.max_price else None,
         max_price_request_micro=(
             _usd_to_micro(p.max_price.request, "request") if p.max_price else None
         ),
         data_collection=p.data_collection or "allow",
         options=tuple(options),
+        quantizations=tuple(q.strip().lower() for q in p.quantizations or () if q.strip()),
+        zdr=bool(p.zdr),
+        preferred_max_latency_s=_cutoffs(p.preferred_max_latency, "preferred_max_latency"),
+        preferred_min_throughput=_cutoffs(p.preferred_min_throughput, "preferred_min_throughput"),
     )
+
+
+def _cutoffs(value: float | PercentileCutoffs | None, name: str) -> tuple[tuple[str, float], ...]:
+    """A number (the p50 cut-off) or `{p50, p75, p90, p99}`, each a finite number >= 0."""
+    if value is None:
+        return ()
+    pairs = (
+        [("p50", value)]
+        if isinstance(value, int | float)
+        else [(k, v) for k, v in value.model_dump(include={"p50", "p75", "p90", "p99"}).items()]
+    )
+    cutoffs = []
+    for percentile, cutoff in pairs:
+        if cutoff is None:
+            continue
+        if not math.isfinite(cutoff) or cutoff < 0:
+            raise InvalidRequest(f"provider.{name}.{percentile} must be a number of at least 0.")
+        cutoffs.append((percentile, float(cutoff)))
+    return tuple(cutoffs)
+
+
+def ignored_provider_fields(p: ProviderPreferences | None) -> tuple[str, ...]:
+    """`provider` fields accepted but not acted on, for the generation record."""
+    if p is None:
+        return ()
+    names = [f"provider.{name}" for name in sorted(p.model_extra or {})]
+    sort = p.sort.get("by") if isinstance(p.sort, dict) else p.sort
+    if sort == "exacto":
+        names.append("provider.sort")
+    if isinstance(p.sort, dict) and p.sort.get("partition") not in (None, "model"):
+        names.append("provider.sort.partition")
+    for slug, values in (p.options or {}).items():
+        if isinstance(values, dict):
+            names += [
+                f"provider.options.{slug}.{k}" for k in values if k not in PASSTHROUGH_OPTIONS
+            ]
+    return tuple(names)
+
+
+def _attribution(edge: Edge, body: Any) -> Attribution:
+    """The edge's attribution with the body's end user, session, trace and metadata (the body's
+    `session_id` wins over the `x-session-id` header)."""
+    base = edge.attribution
+    session = body.session_id if body.session_id is not None else base.session_id
+    if session is not None and len(session) > MAX_SESSION_ID:
+        raise InvalidRequest(
+            f"session_id is longer than {MAX_SESSION_ID} characters ({len(session)})."
+        )
+    trace = body.trace.model_dump(exclude_none=True) if body.trace is not None else None
+    if trace is not None and len(orjson.dumps(trace)) > MAX_TRACE_BYTES:
+        raise InvalidRequest(f"trace is larger than {MAX_TRACE_BYTES} bytes of JSON.")
+    return dataclasses.replace(
+        base,
+        user=body.user[:256] if body.user is not None else base.user,
+        session_id=session or None,
+        trace=trace or None,
+        metadata=_metadata(body.metadata),
+    )
+
+
+def _metadata(value: dict[str, str] | None) -> dict[str, str] | None:
+    if not value:
+        return None
+    if len(value) > MAX_METADATA_PAIRS:
+        raise InvalidRequest(f"metadata holds at most {MAX_METADATA_PAIRS} keys; got {len(value)}.")
+    for key, text in value.items():
+        if len(key) > MAX_METADATA_KEY or len(text) > MAX_METADATA_VALUE:
+            raise InvalidRequest(
+                f"metadata keys are at most {MAX_METADATA_KEY} characters and values at most "
+                f"{MAX_METADATA_VALUE}; {key[:40]!r} is longer."
+            )
+    return dict(value)
 
 
 def _as_int(value: Any, name: str) -> int:
@@ -161,7 +251,19 @@ def _as_float(value: Any, name: str) -> float:
 def _ignored(body: BaseModel, also: tuple[str, ...] = ()) -> tuple[str, ...]:
     # Names only, cut and made printable: they are stored on the generation record.
     names = sorted((body.model_extra or {}).keys()) + list(also)
+    return _printable(names)
+
+
+def _printable(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
     return tuple(name[:64].encode("utf-8", "replace").decode() for name in names[:32])
+
+
+def _with_ignored_provider_fields(
+    ignored: tuple[str, ...], p: ProviderPreferences | None
+) -> tuple[str, ...]:
+    """Routing preferences not acted on are listed too, but never refuse a request under
+    `require_parameters` (which is about the model's parameters)."""
+    return _printable([*ignored, *ignored_provider_fields(p)])
 
 
 def _require_parameters(prefs: ProviderPrefs, ignored: tuple[str, ...]) -> None:
@@ -239,10 +341,11 @@ async def from_chat(body: ChatCompletionRequest, edge: Edge) -> ImageRequest:
     _check_prompt(prompt, entry)
     cfg = body.image_config
     references = await _load_references(urls, edge, entry)
-    width, height = resolve_size(
+    size = choose_size(
         aspect_ratio=cfg.aspect_ratio if cfg else None,
         tier=cfg.image_size if cfg else None,
         reference_size=_reference_size(references),
+        tier_field="image_config.image_size",
     )
     seed, seed_given = _resolve_seed(cfg.seed if cfg and cfg.seed is not None else body.seed)
     prefs = provider_prefs(body.provider)
@@ -252,8 +355,9 @@ async def from_chat(body: ChatCompletionRequest, edge: Edge) -> ImageRequest:
         id=edge.generation_id,
         model=entry.id,
         prompt=prompt,
-        width=width,
-        height=height,
+        width=size.width,
+        height=size.height,
+        adjustments=size.adjustments,
         n=_check_n(body.n, entry),
         seed=seed,
         seed_given=seed_given,
@@ -264,16 +368,10 @@ async def from_chat(body: ChatCompletionRequest, edge: Edge) -> ImageRequest:
         stream=bool(body.stream),
         fallback_models=fallbacks,
         prefs=prefs,
-        attribution=_with_user(edge.attribution, body.user),
-        ignored_parameters=ignored,
+        attribution=_attribution(edge, body),
+        ignored_parameters=_with_ignored_provider_fields(ignored, body.provider),
         key_hash=edge.key_hash,
     )
-
-
-def _with_user(attribution: Attribution, user: str | None) -> Attribution:
-    if user is None:
-        return attribution
-    return Attribution(attribution.referer, attribution.title, attribution.categories, user[:256])
 
 
 # ------------------------------------------------------------------- OpenRouter Image API
@@ -293,7 +391,7 @@ async def from_images(body: ImagesRequest, edge: Edge) -> ImageRequest:
     _check_background(body.background)
     urls = [_url_of(ref.image_url) for ref in body.input_references or []]
     references = await _load_references(urls, edge, entry)
-    width, height = resolve_size(
+    size = choose_size(
         size=body.size,
         aspect_ratio=body.aspect_ratio,
         tier=body.resolution,
@@ -308,8 +406,9 @@ async def from_images(body: ImagesRequest, edge: Edge) -> ImageRequest:
         id=edge.generation_id,
         model=entry.id,
         prompt=body.prompt,
-        width=width,
-        height=height,
+        width=size.width,
+        height=size.height,
+        adjustments=size.adjustments,
         n=_check_n(body.n, entry),
         seed=seed,
         seed_given=seed_given,
@@ -321,8 +420,8 @@ async def from_images(body: ImagesRequest, edge: Edge) -> ImageRequest:
         stream=bool(body.stream),
         fallback_models=fallbacks,
         prefs=prefs,
-        attribution=_with_user(edge.attribution, body.user),
-        ignored_parameters=ignored,
+        attribution=_attribution(edge, body),
+        ignored_parameters=_with_ignored_provider_fields(ignored, body.provider),
         key_hash=edge.key_hash,
     )
 
@@ -354,7 +453,7 @@ def from_openai(
     references: tuple[ReferenceImage, ...] = (),
 ) -> ImageRequest:
     entry, ignored = _openai_common(body, edge)
-    width, height = resolve_size(size=body.size, reference_size=_reference_size(references))
+    size = choose_size(size=body.size, reference_size=_reference_size(references))
     fmt = normalize_output_format(body.output_format)
     seed, seed_given = _resolve_seed(body.seed)
     prefs = provider_prefs(body.provider)
@@ -363,8 +462,9 @@ def from_openai(
         id=edge.generation_id,
         model=entry.id,
         prompt=body.prompt,
-        width=width,
-        height=height,
+        width=size.width,
+        height=size.height,
+        adjustments=size.adjustments,
         n=_check_n(body.n, entry),
         seed=seed,
         seed_given=seed_given,
@@ -373,8 +473,8 @@ def from_openai(
         output_compression=_output_compression(body.output_compression, fmt),
         stream=bool(body.stream),
         prefs=prefs,
-        attribution=_with_user(edge.attribution, body.user),
-        ignored_parameters=ignored,
+        attribution=_attribution(edge, body),
+        ignored_parameters=_with_ignored_provider_fields(ignored, body.provider),
         key_hash=edge.key_hash,
     )
 

@@ -140,7 +140,9 @@ class EngineConfig:
 class EngineLoadError(ServiceUnavailable):
     """The pipeline could not be loaded; the message says how to provide weights."""
 
-    error_type = "engine_load_error"
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        metadata = {"reason": "engine_load_error", **kwargs.pop("metadata", {})}
+        super().__init__(message, metadata=metadata, **kwargs)
 
 
 @dataclass

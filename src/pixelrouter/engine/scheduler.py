@@ -325,7 +325,82 @@ class Engine:
         self, request: ImageRequest, on_progress: ProgressCallback | None = None
     ) -> ImageResult:
         """Queue the request and wait for its images. Cancelling the awaiting task cancels the
-        job: a queued job then never runs, a running one is dropped from its batch."""
+        job: a queued job then never runs, a running one is dropped from its batch. A request
+        for more images than one batch holds runs as several jobs (`_generate_in_parts`)."""
+        if request.n > self.cfg.max_batch_size:
+            return await self._generate_in_parts(request, on_progress)
+        return await self._generate_job(request, on_progress)
+
+    async def _generate_in_parts(
+        self, request: ImageRequest, on_progress: ProgressCallback | None
+    ) -> ImageResult:
+        """`n` images as jobs of at most `max_batch_size`: part k starts at image `offset`, so
+        its seed is `seed + offset` and image i of the request still uses `seed + i`. The
+        images that were made are delivered (and charged) even when a part fails; only when
+        every part fails does the request fail."""
+        limit = self.cfg.max_batch_size
+        offsets = list(range(0, request.n, limit))
+        parts = [
+            dataclasses.replace(
+                request,
+                id=f"{request.id}.{k}",
+                n=min(limit, request.n - offset),
+                seed=request.seed + offset,
+            )
+            for k, offset in enumerate(offsets)
+        ]
+        steps_done: dict[str, int] = {}
+        sizes = {part.id: part.n for part in parts}
+
+        def progress(event: ProgressEvent) -> None:
+            # Progress is summed over the parts. A part's total is its steps once per batch,
+            # or once per image when it runs alone (`Job.total_steps`).
+            steps_done[event.request_id] = event.step
+            if on_progress is not None:
+                if request.batching:
+                    total = event.total_steps * len(parts)
+                else:
+                    total = event.total_steps // sizes[event.request_id] * request.n
+                on_progress(ProgressEvent(request.id, sum(steps_done.values()), total))
+
+        outcomes = await asyncio.gather(
+            *(self._generate_job(part, progress) for part in parts), return_exceptions=True
+        )
+        images: list[GeneratedImage] = []
+        results = [o for o in outcomes if isinstance(o, ImageResult)]
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        if not results:
+            raise errors[0]
+        failed = 0
+        for offset, part, outcome in zip(offsets, parts, outcomes, strict=True):
+            if not isinstance(outcome, ImageResult):
+                failed += part.n
+                continue
+            for image in outcome.images:
+                image.index += offset
+                images.append(image)
+            failed += outcome.failed_images
+        if errors:
+            logger.warning(
+                "%s: %d of %d parts failed (%s); delivering the %d images made",
+                request.id,
+                len(errors),
+                len(parts),
+                describe_error(errors[0], 200),
+                len(images),
+            )
+        first = results[0]
+        return dataclasses.replace(
+            first,
+            request_id=request.id,
+            images=images,
+            generation_time_ms=sum(r.generation_time_ms for r in results),
+            failed_images=failed,
+        )
+
+    async def _generate_job(
+        self, request: ImageRequest, on_progress: ProgressCallback | None = None
+    ) -> ImageResult:
         loop = asyncio.get_running_loop()
         job = Job(request=request, loop=loop, future=loop.create_future(), on_progress=on_progress)
         with self._cond:

@@ -56,7 +56,10 @@ def build_provider(config: ProviderConfig, settings: Settings, *, start: bool = 
             "slug": config.name,
             "models": config.models,
             "price": config.price,
+            "zdr": config.zero_data_retention,
         }
+        if config.quantization is not None:
+            overrides["quantization"] = config.quantization
         if config.display_name != config.name:  # else the engine's name (it names the weights)
             overrides["display_name"] = config.display_name
         return local_provider(settings, start=start, overrides=overrides)

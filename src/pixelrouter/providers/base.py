@@ -23,6 +23,7 @@ class ProviderInfo:
     quantization: str | None = None
     data_collection: str = "deny"
     supported_parameters: tuple[str, ...] = ()
+    zdr: bool = False  # zero data retention, as declared (`provider.zdr` routes on it)
 
 
 class ProviderError(PixelrouterError):
@@ -30,7 +31,7 @@ class ProviderError(PixelrouterError):
     through to the next provider. `status` is what the attempt is recorded as."""
 
     status = 502
-    error_type = "provider_error"
+    error_type = "provider_unavailable"
 
     def __init__(
         self,
@@ -50,7 +51,7 @@ class ProviderUnavailable(ProviderError):
     """The provider cannot take work now (weights missing, loading, shut down)."""
 
     status = 503
-    error_type = "service_unavailable"
+    error_type = "provider_overloaded"
 
 
 @runtime_checkable

@@ -11,7 +11,7 @@ URL on a delivery host, is downloaded without the key. Submit, polls and downloa
   `output_format` and `output_compression` mean what they mean on every other provider.
 - klein has no `steps` / `guidance` on BFL (only [flex] has), so they are not declared.
 - `Request Moderated` / `Content Moderated` are BFL's moderation refusing this prompt or
-  result: a client-side outcome (400, `error_type` "content_moderated"), not a provider
+  result: a client-side outcome (400, `error_type` "content_policy_violation"), not a provider
   failure, so it is not retried elsewhere (as OpenRouter does with moderation). `Error`,
   `Failed` and `Task not found` are provider failures (fall through).
 - A poll that fails transiently (timeout, 5xx, 429) is retried, up to 3 times in a row, so one
@@ -130,7 +130,7 @@ class BFLProvider(HTTPProvider):
                 raise InvalidRequest(
                     f"Provider {self.config.display_name} refused the request: {status} "
                     "(BFL's moderation flagged the prompt, a reference or the result).",
-                    error_type="content_moderated",
+                    error_type="content_policy_violation",
                     metadata={"provider_name": self.config.display_name, "bfl_status": status},
                 )
             if status in FAILED:

@@ -10,6 +10,8 @@ api_key = "env:WORKER_A_KEY"      # or "file:/run/secrets/worker-a"; never the k
 models = ["black-forest-labs/flux.2-klein-4b"]
 price = { first_mp = 0.014, extra_mp = 0.001 }   # USD, converted to integer micro-dollars
 data_collection = "deny"
+zdr = true                        # zero data retention (default: true for local, else false)
+quantization = "bf16"             # what the provider runs (shown; provider.quantizations)
 timeouts = { connect_s = 2, first_byte_s = 60, total_s = 120 }
 ```
 
@@ -40,6 +42,8 @@ KNOWN_KEYS = (
     "models",
     "price",
     "data_collection",
+    "zdr",
+    "quantization",
     "timeouts",
     "upstream_model",
     "max_queue",
@@ -53,7 +57,7 @@ SECRET_HEADERS = ("authorization", "x-key", "x-api-key", "api-key", "proxy-autho
 _HTTP_OPTIONS: dict[str, type | tuple[type, ...]] = {
     "supported_parameters": list,  # overrides the protocol's declared parameters
     "headers": dict,  # extra request headers, e.g. OpenRouter's HTTP-Referer / X-Title
-    "quantization": str,  # shown in the endpoints list
+    "quantization": str,  # the same as the provider's top-level `quantization` (older form)
     "max_response_bytes": int,
     "probe_path": str,  # path under `url` that `probe()` GETs
 }
@@ -101,6 +105,12 @@ class ProviderConfig:
     upstream_model: str | None = None  # None: derived per model, see `upstream_model_for`
     max_queue: int | None = None
     options: dict[str, Any] = field(default_factory=dict, hash=False)
+    zdr: bool | None = None  # None: true for a local provider, else false
+    quantization: str | None = None  # None: `options.quantization`, or the engine's dtype
+
+    @property
+    def zero_data_retention(self) -> bool:
+        return self.type == "local" if self.zdr is None else self.zdr
 
     def __post_init__(self) -> None:
         if not self.display_name:
@@ -206,6 +216,8 @@ def parse_provider(
         upstream_model=_optional_str(table.get("upstream_model"), "upstream_model", where),
         max_queue=_max_queue(table.get("max_queue"), where),
         options=_options(table.get("options"), kind, where),
+        zdr=_optional_bool(table.get("zdr"), "zdr", where),
+        quantization=_quantization(table.get("quantization"), where),
     )
 
 
@@ -363,6 +375,26 @@ def _optional_str(value: Any, key: str, where: str) -> str | None:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"{where}: '{key}' must be a non-empty string.")
     return value.strip()
+
+
+def _optional_bool(value: Any, key: str, where: str) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    raise ConfigError(f"{where}: '{key}' must be true or false; got {value!r}.")
+
+
+QUANTIZATIONS = ("int4", "int8", "fp4", "mxfp4", "nvfp4", "fp6", "fp8", "mxfp8", "fp16", "bf16")
+QUANTIZATIONS += ("fp32", "unknown")  # OpenRouter's list, which `provider.quantizations` uses
+
+
+def _quantization(value: Any, where: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or value.strip().lower() not in QUANTIZATIONS:
+        raise ConfigError(
+            f"{where}: 'quantization' must be one of {', '.join(QUANTIZATIONS)}; got {value!r}."
+        )
+    return value.strip().lower()
 
 
 def _max_queue(value: Any, where: str) -> int | None:

@@ -134,8 +134,9 @@ class HTTPProvider:
             models=self.config.models,
             price=self.config.price,
             kind=self.kind,
-            quantization=self.config.options.get("quantization"),
+            quantization=self.config.quantization or self.config.options.get("quantization"),
             data_collection=self.config.data_collection,
+            zdr=self.config.zero_data_retention,
             supported_parameters=(
                 tuple(parameters) if parameters is not None else self.declared_parameters()
             ),
@@ -163,7 +164,7 @@ class HTTPProvider:
         reason = self.unsupported_reason(request)
         if reason is not None:
             raise self.error(
-                f"cannot serve this request: {reason}.", status=400, error_type="unsupported"
+                f"cannot serve this request: {reason}.", status=400, error_type="invalid_request"
             )
         started = time.monotonic()
         total_s = self.config.timeouts.total_s
@@ -244,7 +245,7 @@ class HTTPProvider:
         message: str,
         *,
         status: int = 502,
-        error_type: str = "provider_error",
+        error_type: str = "provider_unavailable",
         retry_after_s: float | None = None,
         upstream_status: int | None = None,
     ) -> ProviderError:
@@ -371,7 +372,7 @@ class HTTPProvider:
             raise self.error(
                 f"is rate limiting pixelrouter (HTTP 429){said}",
                 status=429,
-                error_type="rate_limited",
+                error_type="rate_limit_exceeded",
                 retry_after_s=retry_after,
                 upstream_status=429,
             )
@@ -380,7 +381,7 @@ class HTTPProvider:
             raise self.error(
                 f"{problem} pixelrouter (HTTP {status}) for the {what}: check this provider's "
                 f"api_key and account in pixelrouter.toml{said}",
-                error_type="provider_auth",
+                error_type="provider_unavailable",
                 upstream_status=status,
             )
         if status in (400, 422):

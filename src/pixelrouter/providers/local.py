@@ -35,6 +35,8 @@ class LocalProvider:
         start: bool = True,
         slug: str = LOCAL_SLUG,
         display_name: str | None = None,  # None: the engine's (it names the loaded weights)
+        zdr: bool = True,  # this process keeps no prompt and no image
+        quantization: str | None = None,  # None: from the loaded weights' dtype
     ) -> None:
         if engine is None:
             from pixelrouter.engine.scheduler import Engine
@@ -46,6 +48,8 @@ class LocalProvider:
         self._supported_parameters = supported_parameters
         self._slug = slug
         self._display_name = display_name
+        self._zdr = zdr
+        self._declared_quantization = quantization
         if start:
             engine.start()
 
@@ -57,9 +61,10 @@ class LocalProvider:
             models=self._models,
             price=self._price,
             kind="local",
-            quantization=self._quantization(),
+            quantization=self._declared_quantization or self._quantization(),
             data_collection="deny",
             supported_parameters=self._supported_parameters,
+            zdr=self._zdr,
         )
 
     def _quantization(self) -> str | None:

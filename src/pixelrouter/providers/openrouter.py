@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pixelrouter.catalog import ASPECT_RATIOS, TIERS, size_for_ratio
+from pixelrouter.catalog import ASPECT_RATIOS, TIERS, size_for_ratio, size_is_valid
 from pixelrouter.providers.http import Delivered, HTTPProvider, png_data_url, reference_pngs
 from pixelrouter.types import Encoded, ImageRequest
 
@@ -41,7 +41,9 @@ def _size_grid() -> dict[tuple[int, int], tuple[str, str]]:
     grid: dict[tuple[int, int], tuple[str, str]] = {}
     for tier in ("1K", *(t for t in TIERS if t != "1K")):  # 1K first: the usual default
         for ratio, (a, b) in ASPECT_RATIOS.items():
-            grid.setdefault(size_for_ratio(a, b, tier), (ratio, tier))
+            size = size_for_ratio(a, b, tier)
+            if size_is_valid(*size):
+                grid.setdefault(size, (ratio, tier))
     return grid
 
 

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pixelrouter.percentiles import percentiles
+
 Clock = Callable[[], float]
 
 
@@ -31,6 +33,8 @@ class HealthConfig:
     cooldown_s: float = 30.0  # an open circuit waits this long before a probe
     recent_failure_window_s: float = 30.0  # a failure this recent demotes a provider
     ewma_weight: float = 0.3  # weight of the newest success in the latency/throughput figures
+    percentile_window_s: float = 1800.0  # successes behind the live percentiles (30 min)
+    percentile_samples: int = 512  # at most this many of them, the newest
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,8 @@ class ProviderHealth:
         # EWMA over successes: seconds per image, image tokens per second.
         self.latency_s: float | None = None
         self.throughput: float | None = None
+        # Recent successes (at, seconds end to end, image tokens per second), for percentiles.
+        self.samples: deque[tuple[float, float, float]] = deque(maxlen=config.percentile_samples)
         # Every attempt is counted here, whatever its outcome.
         self.attempts = 0
         self.successes = 0
@@ -113,8 +119,11 @@ class ProviderHealth:
 
     # ------------------------------------------------------------------ outcomes
 
-    def record_success(self, *, seconds: float, images: int, image_tokens: int) -> None:
+    def record_success(
+        self, *, seconds: float, images: int, image_tokens: int, now: float | None = None
+    ) -> None:
         """A generation delivered: the circuit closes and the live figures move."""
+        now = self.clock() if now is None else now
         self.attempts += 1
         self.successes += 1
         self.consecutive_failures = 0
@@ -125,6 +134,17 @@ class ProviderHealth:
         tokens_per_s = image_tokens / seconds
         self.latency_s = self._ewma(self.latency_s, per_image)
         self.throughput = self._ewma(self.throughput, tokens_per_s)
+        self.samples.append((now, seconds, tokens_per_s))
+
+    def percentiles(self, now: float | None = None) -> tuple[dict[str, float], dict[str, float]]:
+        """(latency in seconds per request, throughput in image tokens per second) at p50, p75,
+        p90 and p99 over the recent successes; empty before the first."""
+        now = self.clock() if now is None else now
+        recent = [s for s in self.samples if now - s[0] <= self.config.percentile_window_s]
+        return (
+            percentiles([s[1] for s in recent]) or {},
+            percentiles([s[2] for s in recent]) or {},
+        )
 
     def record_failure(
         self,

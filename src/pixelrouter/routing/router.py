@@ -27,7 +27,13 @@ from pixelrouter.errors import (
 )
 from pixelrouter.providers.base import Provider, ProviderError
 from pixelrouter.routing.health import CircuitState, HealthConfig, HealthRegistry
-from pixelrouter.types import ImageRequest, ImageResult, ProgressEvent, ProviderAttempt
+from pixelrouter.types import (
+    ImageRequest,
+    ImageResult,
+    ProgressEvent,
+    ProviderAttempt,
+    ProviderPrefs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,19 +55,23 @@ class RoutingFailed(PixelrouterError):
 
 
 def apply_provider_options(request: ImageRequest, slug: str) -> ImageRequest:
-    """`provider.options.<slug>` passthrough (steps, guidance, batching) for one provider."""
-    for option_slug, values in request.prefs.options:
-        if option_slug == slug:
-            options = dict(values)
-            return dataclasses.replace(
-                request,
-                steps=int(options["steps"]) if "steps" in options else request.steps,
-                guidance=(
-                    float(options["guidance"]) if "guidance" in options else request.guidance
-                ),
-                batching=bool(options.get("batching", request.batching)),
-            )
-    return request
+    """`provider.options` passthrough (steps, guidance, batching) for one provider: the options
+    under the model's author (`black-forest-labs`, which the SDKs let through) apply to every
+    provider of the model, and those under the provider's own slug win over them."""
+    author = request.model.split("/", 1)[0]
+    merged: dict[str, float | int | bool] = {}
+    for wanted in (author, slug):
+        for option_slug, values in request.prefs.options:
+            if option_slug == wanted:
+                merged.update(values)
+    if not merged:
+        return request
+    return dataclasses.replace(
+        request,
+        steps=int(merged["steps"]) if "steps" in merged else request.steps,
+        guidance=float(merged["guidance"]) if "guidance" in merged else request.guidance,
+        batching=bool(merged.get("batching", request.batching)),
+    )
 
 
 def used_parameters(request: ImageRequest) -> tuple[str, ...]:
@@ -96,6 +106,8 @@ class Candidate:
     demoted: bool  # a provider-caused failure within the recent-failure window
     latency_s: float | None  # EWMA seconds per image, None before a success
     throughput: float | None  # EWMA image tokens per second, None before a success
+    # Beyond the request's preferred_max_latency / preferred_min_throughput (tried later).
+    beyond_preferences: bool = False
 
     @property
     def slug(self) -> str:
@@ -123,8 +135,25 @@ SORT_KEYS: dict[str, Callable[[Candidate], tuple[Any, ...]]] = {
 
 def _settled(candidates: list[Candidate]) -> list[Candidate]:
     """Stable: free queues before full ones (SPEC §4: never a full queue while another provider
-    is free), and within each, recently failed providers after the others."""
-    return sorted(candidates, key=lambda c: (c.queue_full, c.demoted))
+    is free), and within each, recently failed providers after the others, then those beyond
+    the request's preferred latency or throughput."""
+    return sorted(candidates, key=lambda c: (c.queue_full, c.demoted, c.beyond_preferences))
+
+
+def beyond_preferences(
+    prefs: ProviderPrefs, latency_s: dict[str, float], throughput: dict[str, float]
+) -> bool:
+    """Whether a provider's live percentiles miss the request's preferred cut-offs; a provider
+    without figures yet is given the benefit of the doubt."""
+    slow = any(
+        name in latency_s and latency_s[name] > cutoff
+        for name, cutoff in prefs.preferred_max_latency_s
+    )
+    thin = any(
+        name in throughput and throughput[name] < cutoff
+        for name, cutoff in prefs.preferred_min_throughput
+    )
+    return slow or thin
 
 
 def weighted_pick(candidates: list[Candidate], rng: random.Random) -> Candidate:
@@ -164,6 +193,7 @@ def order_candidates(
     else:
         fallbacks = _settled(sorted(candidates, key=_by_price))
         healthy = [c for c in candidates if not c.queue_full and not c.demoted]
+        healthy = [c for c in healthy if not c.beyond_preferences] or healthy
         if healthy:
             first = weighted_pick(healthy, rng)
             ordered = [first, *(c for c in fallbacks if c is not first)]
@@ -232,6 +262,10 @@ class Router:
                 continue
             if prefs.data_collection == "deny" and info.data_collection != "deny":
                 continue
+            if prefs.zdr and not info.zdr:
+                continue
+            if prefs.quantizations and (info.quantization or "unknown") not in prefs.quantizations:
+                continue
             price = image_price(info.price, request.width, request.height)
             if prefs.max_price_image_micro is not None and price > prefs.max_price_image_micro:
                 continue
@@ -256,12 +290,16 @@ class Router:
         self, request: ImageRequest, eligible: list[Provider], now: float | None = None
     ) -> list[Provider]:
         now = self.health.clock() if now is None else now
+        prefs = request.prefs
         candidates = []
         for provider in eligible:
             health = self.health.of(provider.info.slug)
             if not health.accepts_work(now):
                 continue  # open circuit (or awaiting its probe), or its Retry-After pending
             status = _live_status(provider)
+            beyond = False
+            if prefs.preferred_max_latency_s or prefs.preferred_min_throughput:
+                beyond = beyond_preferences(prefs, *health.percentiles(now))
             candidates.append(
                 Candidate(
                     provider=provider,
@@ -271,6 +309,7 @@ class Router:
                     demoted=health.failed_recently(now),
                     latency_s=health.latency_s,
                     throughput=health.throughput,
+                    beyond_preferences=beyond,
                 )
             )
         return [c.provider for c in order_candidates(candidates, request, self.rng)]
@@ -399,7 +438,9 @@ class Router:
         ) -> None:
             latency = int((time.monotonic() - started) * 1000)
             name = provider.info.display_name
-            attempts.append(ProviderAttempt(name, status, latency, message, provider.info.slug))
+            attempts.append(
+                ProviderAttempt(name, status, latency, message, provider.info.slug, model)
+            )
             errors.append({"provider": name, "status": status, "message": message})
             self.health.of(provider.info.slug).record_failure(
                 status, message, retry_after_s=retry_after_s
@@ -455,7 +496,7 @@ class Router:
                         latency = int((time.monotonic() - started) * 1000)
                         attempts.append(
                             ProviderAttempt(
-                                name, exc.status, latency, exc.message, provider.info.slug
+                                name, exc.status, latency, exc.message, provider.info.slug, model
                             )
                         )
                         self.health.of(provider.info.slug).record_client_error()
@@ -494,6 +535,7 @@ class Router:
                         200,
                         int(seconds * 1000),
                         provider_slug=provider.info.slug,
+                        model=model,
                     )
                 )
                 result.provider_slug = result.provider_slug or provider.info.slug

@@ -7,19 +7,18 @@ store at an explicit `now`, so tests freeze the clock by passing it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from pixelrouter.percentiles import Percentiles, percentiles
 from pixelrouter.store.stats_records import AppUsage, OutcomeCounts, SuccessSample
 
 if TYPE_CHECKING:
     from pixelrouter.store import Store
 
 MIN_UPTIME_SAMPLES = 5  # SPEC §3.4: uptime is null under 5 provider-caused outcomes
-PERCENTILES: tuple[tuple[str, float], ...] = (("p50", 50), ("p75", 75), ("p90", 90), ("p99", 99))
 MAX_SAMPLES = 1_000  # the newest successes of a window that percentiles are computed from
 HOURLY_HOURS = 72
 DEGRADED_BELOW = 95.0  # uptime_last_30m under this marks an endpoint degraded
@@ -31,7 +30,6 @@ WINDOWS: dict[str, timedelta] = {
     "30m": timedelta(minutes=30),
     "1d": timedelta(days=1),
 }
-Percentiles = dict[str, float]
 
 
 def provider_caused(status: int) -> bool:
@@ -53,28 +51,6 @@ def uptime(successes: int, errors: int) -> float | None:
     return successes / total * 100.0
 
 
-def percentile(ordered: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100) of sorted values, linearly interpolated between the two
-    nearest ranks (numpy's default method)."""
-    if not ordered:
-        raise ValueError("percentile of no values")
-    position = (len(ordered) - 1) * q / 100.0
-    low = math.floor(position)
-    high = math.ceil(position)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def percentiles(samples: Sequence[float], *, digits: int | None = None) -> Percentiles | None:
-    """{p50, p75, p90, p99} of the samples, or None when there are none."""
-    if not samples:
-        return None
-    ordered = sorted(samples)
-    values = {name: percentile(ordered, q) for name, q in PERCENTILES}
-    if digits is not None:
-        values = {name: round(value, digits) for name, value in values.items()}
-    return values
-
-
 @dataclass(frozen=True)
 class ProviderStats:
     """One provider endpoint's live figures, as the endpoints API shows them."""
@@ -83,7 +59,9 @@ class ProviderStats:
     uptime_last_5m: float | None
     uptime_last_30m: float | None
     uptime_last_1d: float | None
-    latency_last_30m: Percentiles | None  # seconds per image, end to end of the attempt
+    # Milliseconds per request, end to end of the serving attempt (as the current OpenRouter
+    # API documents it for image models); people are shown seconds.
+    latency_last_30m: Percentiles | None
     throughput_last_30m: Percentiles | None  # image tokens per second
     counts: dict[str, OutcomeCounts]  # per window name: successes, errors, excluded
     samples_last_30m: int  # successes the percentiles were computed from
@@ -95,6 +73,13 @@ class ProviderStats:
             "uptime_last_1d": self.uptime_last_1d,
             "latency_last_30m": self.latency_last_30m,
             "throughput_last_30m": self.throughput_last_30m,
+            "perf_last_30m_by_workload": {
+                "image_generation": {
+                    "latency": self.latency_last_30m,
+                    "request_count": self.counts["30m"].successes if self.counts else 0,
+                    "throughput": self.throughput_last_30m,
+                }
+            },
         }
 
 
@@ -121,7 +106,7 @@ def providers_stats(
 def _provider_stats(
     slug: str, counts: dict[str, OutcomeCounts], samples: Sequence[SuccessSample]
 ) -> ProviderStats:
-    latencies = [s.latency_ms / 1000.0 / s.images for s in samples]
+    latencies = [float(s.latency_ms) for s in samples]
     # A 0 ms attempt (a clock tick) would be an infinite throughput: count it as 1 ms.
     throughputs = [s.image_tokens / (max(s.latency_ms, 1) / 1000.0) for s in samples]
     return ProviderStats(
@@ -129,7 +114,7 @@ def _provider_stats(
         uptime_last_5m=uptime(counts["5m"].successes, counts["5m"].errors),
         uptime_last_30m=uptime(counts["30m"].successes, counts["30m"].errors),
         uptime_last_1d=uptime(counts["1d"].successes, counts["1d"].errors),
-        latency_last_30m=percentiles(latencies, digits=4),
+        latency_last_30m=percentiles(latencies, digits=1),
         throughput_last_30m=percentiles(throughputs, digits=1),
         counts=counts,
         samples_last_30m=len(samples),

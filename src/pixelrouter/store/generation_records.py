@@ -59,6 +59,14 @@ class GenerationRecords:
             "provider_responses": [],
             "ignored_parameters": list(rec.ignored_parameters),
         }
+        # Columns of migration 0004, written only when set (their defaults are NULL and []).
+        optional = {
+            "session_id": rec.session_id,
+            "trace": dict(rec.trace) if rec.trace else None,
+            "request_metadata": dict(rec.metadata) if rec.metadata else None,
+            "adjustments": list(rec.adjustments) or None,
+        }
+        row.update((name, value) for name, value in optional.items() if value is not None)
         try:
             with write_transaction(self.engine, tx) as conn:
                 conn.execute(insert(generations), row)
@@ -229,4 +237,8 @@ def _generation_record(m: Mapping[Any, Any]) -> GenerationRecord:
         ignored_parameters=tuple(m["ignored_parameters"] or ()),
         error_message=m.get("error_message"),
         error_status=m.get("error_status"),
+        session_id=m.get("session_id"),
+        trace=m.get("trace"),
+        metadata=m.get("request_metadata"),
+        adjustments=tuple(m.get("adjustments") or ()),
     )

@@ -84,6 +84,10 @@ class NewGeneration:
     ignored_parameters: tuple[str, ...] = ()
     tokens_prompt: int | None = None
     created_at: datetime | None = None  # None: now
+    session_id: str | None = None
+    trace: Mapping[str, Any] | None = None
+    metadata: Mapping[str, str] | None = None
+    adjustments: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,10 @@ class GenerationRecord:
     ignored_parameters: tuple[str, ...] = ()
     error_message: str | None = None
     error_status: int | None = None
+    session_id: str | None = None
+    trace: Mapping[str, Any] | None = None
+    metadata: Mapping[str, str] | None = None
+    adjustments: tuple[str, ...] = ()
 
     @property
     def finished(self) -> bool:

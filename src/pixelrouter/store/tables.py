@@ -21,6 +21,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeDecorator
@@ -62,6 +63,11 @@ class UTCDateTime(TypeDecorator[datetime]):
 def JSONList() -> Any:  # noqa: N802 - reads as a type in column definitions
     """A JSON column (JSONB on PostgreSQL) holding a list."""
     return JSON().with_variant(JSONB(), "postgresql")
+
+
+def JSONObject() -> Any:  # noqa: N802 - reads as a type in column definitions
+    """A JSON column (JSONB on PostgreSQL) holding an object, or NULL."""
+    return JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 
 
 api_keys = Table(
@@ -120,6 +126,12 @@ generations = Table(
     Column("ignored_parameters", JSONList(), nullable=False),
     Column("error_message", Text, nullable=True),
     Column("error_status", Integer, nullable=True),
+    # The current API's grouping fields, stored as sent (migration 0004).
+    Column("session_id", String(256), nullable=True),
+    Column("trace", JSONObject(), nullable=True),
+    Column("request_metadata", JSONObject(), nullable=True),
+    # What was changed to make the request: a tier clamped or mapped (migration 0004).
+    Column("adjustments", JSONList(), nullable=False, server_default=text("'[]'")),
     CheckConstraint("state IN ('pending', 'succeeded', 'failed', 'cancelled')", name="state"),
     CheckConstraint("api IN ('chat', 'images', 'openai_images')", name="api"),
     CheckConstraint("total_cost_micro >= 0", name="total_cost_micro"),

@@ -135,11 +135,20 @@ def provider_row(entry: ModelEntry, figures: ProviderFigures) -> dict[str, Any]:
         "status_class": css,
         "uptime_30m_text": display.percent_text(endpoint["uptime_last_30m"]),
         "uptime_1d_text": display.percent_text(endpoint["uptime_last_1d"]),
-        "latency_p50_text": display.seconds_text(latency.get("p50")),
+        "latency_p50_text": display.seconds_text(_seconds(latency.get("p50"))),
         "throughput_p50_text": display.rate_text(throughput.get("p50")),
         "price_1mp": micro_to_usd(price_1mp),
         "price_1mp_text": display.usd_text(price_1mp),
     }
+
+
+def _seconds(milliseconds: float | None) -> float | None:
+    """The API's milliseconds as the seconds people are shown."""
+    return None if milliseconds is None else milliseconds / 1000.0
+
+
+def _in_seconds(figures: dict[str, float] | None) -> dict[str, float] | None:
+    return None if figures is None else {q: v / 1000.0 for q, v in figures.items()}
 
 
 def uptime_row(figures: ProviderFigures) -> dict[str, Any]:
@@ -165,7 +174,7 @@ def uptime_row(figures: ProviderFigures) -> dict[str, Any]:
 def performance_view(
     px: AppState, entry: ModelEntry, figures: list[ProviderFigures]
 ) -> dict[str, Any]:
-    """Hourly p50 latency (s per image) and throughput (image tokens/s) per provider, over the
+    """Hourly p50 latency (s per request) and throughput (image tokens/s) per provider, over the
     hours of the uptime buckets, computed from the same samples as the endpoints API's
     30-minute percentiles. Only hours with a success are read."""
     labels: list[str] = []
@@ -186,7 +195,7 @@ def performance_view(
                 hour.hour + timedelta(hours=1) - timedelta(microseconds=1),
                 model=entry.id,
             )
-            lat = percentiles([s.latency_ms / 1000.0 / s.images for s in samples], digits=4)
+            lat = percentiles([s.latency_ms / 1000.0 for s in samples], digits=4)
             thr = percentiles(
                 [s.image_tokens / (max(s.latency_ms, 1) / 1000.0) for s in samples], digits=1
             )
@@ -198,7 +207,7 @@ def performance_view(
                 "tag": f.provider.info.slug,
                 "latency_p50": latency,
                 "throughput_p50": throughput,
-                "latency_last_30m": f.stats.latency_last_30m,
+                "latency_last_30m": _in_seconds(f.stats.latency_last_30m),
                 "throughput_last_30m": f.stats.throughput_last_30m,
             }
         )

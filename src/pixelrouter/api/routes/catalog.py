@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import timedelta
 from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 
 from pixelrouter.catalog import (
     ASPECT_RATIOS,
@@ -17,14 +18,22 @@ from pixelrouter.catalog import (
     micro_to_usd,
     per_token_price_string,
 )
-from pixelrouter.errors import InvalidRequest
 from pixelrouter.providers.base import Provider
 from pixelrouter.routing.health import CircuitState
 from pixelrouter.stats import ProviderStats, endpoint_status, providers_stats
 from pixelrouter.store import utcnow
 
+from ..model_query import NEEDS_FIGURES, ModelFigures, ModelQuery, matches, model_query, sort_models
 from ..responses import OrjsonResponse
-from ..schemas import ImageModelEndpoints, ImageModelsList, ModelEndpoints, ModelsList
+from ..schemas import (
+    ImageModelEndpoints,
+    ImageModelsList,
+    ModelEndpoints,
+    ModelResponse,
+    ModelsCount,
+    ModelsList,
+    ProvidersList,
+)
 from ..state import AppState, app_state
 from .openapi import BEARER, READ_ERRORS, errors, ok
 
@@ -40,6 +49,12 @@ STATS_FIELDS = (
     "latency_last_30m",
     "throughput_last_30m",
 )
+NO_FIGURES: dict[str, Any] = {
+    **dict.fromkeys(STATS_FIELDS),
+    "perf_last_30m_by_workload": {
+        "image_generation": {"latency": None, "request_count": 0, "throughput": None}
+    },
+}
 
 
 def token_pricing(price: Price) -> dict[str, str]:
@@ -132,7 +147,7 @@ def endpoint_json(
     entry: ModelEntry, provider: Provider, stats: ProviderStats | None, status: int
 ) -> dict[str, Any]:
     info = provider.info
-    figures = stats.json() if stats is not None else dict.fromkeys(STATS_FIELDS)
+    figures = stats.json() if stats is not None else NO_FIGURES
     return {
         "name": f"{info.display_name} | {entry.id}",
         "model_id": entry.id,
@@ -170,29 +185,51 @@ def capability_descriptors(entry: ModelEntry) -> dict[str, dict[str, Any]]:
     }
 
 
-def _models_for(px: AppState, output_modalities: str | None) -> list[ModelEntry]:
-    wanted = (output_modalities or "all").strip().lower()
-    if wanted == "all":
-        return list(px.catalog.models)
-    kinds = {k.strip() for k in wanted.split(",") if k.strip()}
-    known = {"text", "image", "audio", "embeddings", "video"}
-    if not kinds <= known:
-        raise InvalidRequest(
-            "output_modalities must be 'all' or a comma-separated list of "
-            "text, image, audio, embeddings, video."
+async def _query_models(px: AppState, query: ModelQuery) -> list[ModelEntry]:
+    now = utcnow()
+    entries = [
+        entry
+        for entry in px.catalog.models
+        if matches(entry, query, [p.info for p in px.router.serves(entry.id)], now)
+    ]
+    figures: dict[str, ModelFigures] = {}
+    if (query.sort or "").strip().lower() in NEEDS_FIGURES and entries:
+        figures = await asyncio.to_thread(_model_figures, px, entries)
+    return sort_models(entries, query.sort, figures)
+
+
+def _model_figures(px: AppState, entries: list[ModelEntry]) -> dict[str, ModelFigures]:
+    """Per model: requests in the last 7 days, and its best provider's p50 latency (ms) and
+    throughput over 30 minutes, for the usage and speed sorts."""
+    now = utcnow()
+    requests: dict[str, int] = {}
+    for row in px.store.activity(since=now.date() - timedelta(days=6)):
+        requests[row.model] = requests.get(row.model, 0) + row.requests
+    figures = {}
+    for entry in entries:
+        slugs = [p.info.slug for p in px.router.serves(entry.id)]
+        stats = providers_stats(px.store, slugs, now, model=entry.id)
+        latencies = [s.latency_last_30m["p50"] for s in stats.values() if s.latency_last_30m]
+        speeds = [s.throughput_last_30m["p50"] for s in stats.values() if s.throughput_last_30m]
+        figures[entry.id] = ModelFigures(
+            requests_last_week=requests.get(entry.id, 0),
+            latency_ms_p50=min(latencies, default=None),
+            throughput_p50=max(speeds, default=None),
         )
-    return [m for m in px.catalog.models if kinds & set(m.output_modalities)]
+    return figures
 
 
 @router.get("/models", summary="List models", responses=ok(ModelsList))
 async def list_models(
     request: Request,
-    output_modalities: str | None = Query(default=None),
+    query: ModelQuery = Depends(model_query),
     offset: int = Query(default=0, ge=0),
     limit: int | None = Query(default=None, ge=1),
 ) -> OrjsonResponse:
+    """Every filter the current OpenRouter SDKs send is applied (docs/api-decisions.md);
+    without `output_modalities`, every model is listed."""
     px = app_state(request)
-    models = _models_for(px, output_modalities)
+    models = await _query_models(px, query)
     end = len(models) if limit is None else min(len(models), offset + limit)
     # The official SDK's `ModelsListResponse` requires `links` and `total_count` (it pages
     # with `offset` and `limit`).
@@ -202,6 +239,45 @@ async def list_models(
             "data": [model_json(m) for m in models[offset:end]],
             "links": {"next": next_url},
             "total_count": len(models),
+        }
+    )
+
+
+@router.get("/models/count", summary="Count models", responses=ok(ModelsCount))
+async def count_models(
+    request: Request, query: ModelQuery = Depends(model_query)
+) -> OrjsonResponse:
+    """The number of models `/models` lists for the same filters."""
+    px = app_state(request)
+    models = await _query_models(px, query)
+    return OrjsonResponse({"data": {"count": len(models)}})
+
+
+@router.get("/model/{author}/{slug}", summary="Get a model", responses=ok(ModelResponse))
+async def get_model(author: str, slug: str, request: Request) -> OrjsonResponse:
+    """One model by id, its Hugging Face id or its canonical slug (aliases resolve to it)."""
+    entry = app_state(request).catalog.get(f"{author}/{slug}")
+    return OrjsonResponse({"data": model_json(entry)})
+
+
+@router.get("/providers", summary="List providers", responses=ok(ProvidersList))
+async def list_providers(request: Request) -> OrjsonResponse:
+    """The providers this server routes to, in OpenRouter's shape."""
+    px = app_state(request)
+    return OrjsonResponse(
+        {
+            "data": [
+                {
+                    "name": p.info.display_name,
+                    "slug": p.info.slug,
+                    "privacy_policy_url": None,
+                    "terms_of_service_url": None,
+                    "status_page_url": None,
+                    "headquarters": None,
+                    "datacenters": None,
+                }
+                for p in px.router.providers
+            ]
         }
     )
 

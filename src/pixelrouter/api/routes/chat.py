@@ -25,6 +25,7 @@ from .common import (
     edge,
     progress_comment,
     sse_response,
+    with_router_metadata,
 )
 from .openapi import BEARER, GENERATION_ERRORS, GENERATION_LINKS, errors, ok
 
@@ -47,7 +48,7 @@ async def chat_completions(
         admission = await admit_stream(request, image_request, "chat")
         return sse_response(px, admission, _chat_stream(px, admission))
     delivery = await deliver(request, image_request, "chat")
-    return OrjsonResponse(render.chat_completion(delivery))
+    return OrjsonResponse(with_router_metadata(request, render.chat_completion(delivery), delivery))
 
 
 async def _chat_stream(px: AppState, admission: Admission) -> AsyncIterator[bytes]:

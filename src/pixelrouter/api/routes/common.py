@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
@@ -80,6 +81,25 @@ def sse_response(
         headers=SSE_HEADERS,
         background=BackgroundTask(px.service.abandon, admission),
     )
+
+
+def wants_router_metadata(request: Request) -> bool:
+    return request.headers.get("x-openrouter-metadata", "").strip().lower() == "enabled"
+
+
+def with_router_metadata(
+    request: Request, body: dict[str, Any], delivery: Delivery
+) -> dict[str, Any]:
+    """The body with `openrouter_metadata` when the client asked for it."""
+    if wants_router_metadata(request):
+        router = app_state(request).router
+        serving = [
+            (model, p.info.slug)
+            for model in (delivery.request.model, *delivery.request.fallback_models)
+            for p in router.serves(model)
+        ]
+        body["openrouter_metadata"] = render.router_metadata(delivery, serving)
+    return body
 
 
 def progress_comment(tick: Tick) -> bytes:

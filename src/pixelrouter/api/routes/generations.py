@@ -73,6 +73,11 @@ def generation_json(record: GenerationRecord) -> dict[str, Any]:
         "n": record.n,
         "seed": record.seed,
         "ignored_parameters": list(record.ignored_parameters),
+        "adjustments": list(record.adjustments),
+        "session_id": record.session_id,
+        "trace": record.trace,
+        "metadata": record.metadata,
+        "request_id": None,
         "error": (
             {"code": record.error_status, "message": record.error_message}
             if record.error_status

@@ -26,6 +26,7 @@ from .common import (
     edge,
     progress_comment,
     sse_response,
+    with_router_metadata,
 )
 from .openapi import BEARER, GENERATION_ERRORS, GENERATION_LINKS, errors, ok
 
@@ -48,7 +49,7 @@ async def create_images(
         admission = await admit_stream(request, image_request, "images")
         return sse_response(px, admission, _images_stream(px, admission))
     delivery = await deliver(request, image_request, "images")
-    return OrjsonResponse(render.images_response(delivery))
+    return OrjsonResponse(with_router_metadata(request, render.images_response(delivery), delivery))
 
 
 def stream_error(error: PixelrouterError) -> dict[str, Any]:

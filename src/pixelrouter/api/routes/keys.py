@@ -34,6 +34,9 @@ from .openapi import BEARER, KEY_LINKS, MANAGEMENT_ERRORS, errors, ok
 router = APIRouter(tags=["keys"], dependencies=BEARER, responses=errors(*MANAGEMENT_ERRORS))
 
 
+ACTIVITY_DAYS = 30
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
 
@@ -179,14 +182,22 @@ async def create_key(
 async def list_keys(
     request: Request,
     include_disabled: bool = True,
+    include_expired: bool = False,
     offset: int = 0,
     _: KeyRecord = Depends(management_key),
 ) -> OrjsonResponse:
+    """Every key, disabled ones included; expired ones only with `include_expired=true`, as
+    OpenRouter lists them."""
     store = app_state(request).store
     settings = app_state(request).settings
 
     def collect() -> list[dict[str, Any]]:
-        records = [r for r in store.list_keys() if include_disabled or not r.disabled]
+        now = datetime.now(UTC)
+        records = [
+            r
+            for r in store.list_keys()
+            if (include_disabled or not r.disabled) and (include_expired or not r.is_expired(now))
+        ]
         return [key_json(r, spend_of(store, r.hash), settings) for r in records[max(0, offset) :]]
 
     return OrjsonResponse({"data": await asyncio.to_thread(collect)})
@@ -293,15 +304,16 @@ async def get_activity(
     api_key_hash: str | None = Query(default=None, description="Only this key's activity"),
     _: KeyRecord = Depends(management_key),
 ) -> OrjsonResponse:
-    """SPEC §3.5: per day, model and provider; the last 30 days unless `date` names one."""
+    """SPEC §3.5: per day, model and provider; the last 30 completed UTC days (today, still
+    running, left out, as OpenRouter does) unless `date` names one day (today included)."""
     if date_ is not None:
         try:
             since = until = date.fromisoformat(date_)
         except ValueError as exc:
             raise InvalidRequest(f"date {date_!r} is not a day such as 2026-11-25.") from exc
     else:
-        until = datetime.now(UTC).date()
-        since = until - timedelta(days=29)
+        until = datetime.now(UTC).date() - timedelta(days=1)
+        since = until - timedelta(days=ACTIVITY_DAYS - 1)
     store = app_state(request).store
     rows = await asyncio.to_thread(store.activity, since=since, until=until, key_hash=api_key_hash)
     return OrjsonResponse(
