@@ -194,3 +194,19 @@ async def test_providers_in_openrouters_shape(api) -> None:
     assert provider["slug"] == "local"
     assert provider["name"] == "Local (demo weights)"
     assert provider["privacy_policy_url"] is None
+
+
+async def test_models_for_the_key_and_openais_retrieve(api) -> None:
+    listed = (await api.get("/api/v1/models?output_modalities=image")).json()
+    assert (await api.get("/api/v1/models/user?output_modalities=image")).json() == listed
+    assert (await api.get("/api/v1/models/user?q=gpt")).json()["data"] == []
+    # The OpenAI SDK's models.retrieve sends the id with its slash encoded.
+    r = await api.get("/api/v1/models/black-forest-labs%2Fflux.2-klein-4b")
+    assert r.status_code == 200, r.text
+    model = r.json()
+    assert (model["id"], model["object"], model["owned_by"]) == (
+        MODEL,
+        "model",
+        "black-forest-labs",
+    )
+    assert model == listed["data"][0]

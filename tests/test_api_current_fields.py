@@ -113,13 +113,15 @@ async def test_current_routing_preferences_are_honoured_or_listed_as_ignored(
         "provider.sort.partition",
         "provider.options.black-forest-labs.cache",
     ]
-    # A quantization no provider runs leaves none: 503, nothing charged.
+    # A quantization no provider runs leaves none: OpenRouter's "no endpoints found", a 404
+    # that no SDK retries (they retry a 503 for up to an hour).
     r = await api.post(
         "/api/v1/images",
         json={"prompt": "x", "size": "64x64", "provider": {"quantizations": ["int4"]}},
     )
-    assert r.status_code == 503, r.text
-    assert r.json()["error"]["metadata"]["error_type"] == "provider_overloaded"
+    assert r.status_code == 404, r.text
+    assert r.json()["error"]["metadata"]["error_type"] == "not_found"
+    assert "quantizations" in r.json()["error"]["message"]
 
 
 async def test_author_options_reach_the_engine(sqlite_api, demo_provider) -> None:

@@ -35,4 +35,4 @@ async def test_gateway_without_providers_is_not_ready(tmp_path: Path) -> None:
         assert ready.status_code == 503
         r = await api.post("/api/v1/images", json={"prompt": "x", "size": "256x256"})
         assert r.status_code == 503
-        assert r.json()["error"]["metadata"]["error_type"] == "service_unavailable"
+        assert r.json()["error"]["metadata"]["error_type"] == "provider_overloaded"

@@ -107,11 +107,20 @@ async def test_only_unavailable_or_rate_limited_providers_is_a_503() -> None:
     assert caught.value.message == "slow down"
 
 
-async def test_no_provider_for_the_preferences_is_a_503_without_attempts() -> None:
+async def test_no_provider_for_the_preferences_is_a_404_without_attempts() -> None:
+    # OpenRouter's "no endpoints found": a 4xx, which no SDK retries (they retry 5xx).
     router = make_router([StandIn("a")])
     with pytest.raises(RoutingFailed) as caught:
         await router.route(request(only=("nobody",)))
-    assert caught.value.status == 503 and caught.value.attempts == []
+    assert caught.value.status == 404 and caught.value.attempts == []
+    assert caught.value.error_type == "not_found"
+    with pytest.raises(RoutingFailed) as caught:
+        await router.route(request(order=("nobody",), allow_fallbacks=False))
+    assert caught.value.status == 404
+    # A model no provider serves at all is the server's gap, not the request's: 503.
+    with pytest.raises(RoutingFailed) as caught:
+        await router.route(request(model="example/unserved"))
+    assert caught.value.status == 503
 
 
 async def test_allow_fallbacks_false_makes_one_attempt() -> None:

@@ -165,10 +165,10 @@ def test_only_and_ignore(cluster: Cluster) -> None:
         assert served_by(gateway, gateway.images({"ignore": ["worker-a"]})) == B
         assert served_by(gateway, gateway.images({"only": ["worker-b", "nobody"]})) == B
     response = gateway.images({"only": ["nobody"]})
-    assert response.status_code == 503, response.text
-    assert response.json()["error"]["metadata"]["error_type"] == "provider_overloaded"
+    assert response.status_code == 404, response.text
+    assert response.json()["error"]["metadata"]["error_type"] == "not_found"
     response = gateway.images({"ignore": ["worker-a", "worker-b"]})
-    assert response.status_code == 503, response.text
+    assert response.status_code == 404, response.text
 
 
 def test_the_endpoints_list_both_workers(cluster: Cluster) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 from pixelrouter.catalog import image_price, image_tokens
 from pixelrouter.errors import (
+    NotFound,
     PixelrouterError,
     RequestTimeout,
     ServiceUnavailable,
@@ -556,20 +557,18 @@ class Router:
         retry_after: list[float],
         held_back: dict[str, Provider],
     ) -> PixelrouterError:
-        """The error when no attempt succeeded: 503 when nothing could take the request (no
-        provider, all held back, all unavailable or rate limited), else 502."""
+        """The error when no attempt succeeded: 404 when the request's preferences leave no
+        provider at all (as OpenRouter answers "no endpoints found", and no client retries
+        it), 503 when nothing could take it now (no provider configured, all held back, all
+        unavailable or rate limited), else 502."""
         if not considered:
-            return ServiceUnavailable(
-                f"No provider is available for {request.model} with the given "
-                "provider preferences.",
-            )
+            if any(self.serves(m) for m in (request.model, *request.fallback_models)):
+                return _no_endpoint(request)
+            return ServiceUnavailable(f"No provider serves {request.model} on this server.")
         if not attempts and held_back:
             return self._held_back(held_back)
         if not attempts:  # `order` with fallbacks off named no provider that serves the model
-            return ServiceUnavailable(
-                f"No provider is available for {request.model} with the given "
-                "provider preferences.",
-            )
+            return _no_endpoint(request)
         headers = {}
         if retry_after:
             headers["Retry-After"] = str(max(1, math.ceil(min(retry_after))))
@@ -607,6 +606,15 @@ class Router:
             metadata={"retry_after": retry},
             headers={"Retry-After": str(retry)},
         )
+
+
+def _no_endpoint(request: ImageRequest) -> NotFound:
+    return NotFound(
+        f"No provider of {request.model} matches this request's provider preferences "
+        "(only, ignore, order without fallbacks, max_price, data_collection, zdr, "
+        "quantizations, require_parameters) or can make its size and references.",
+        metadata={"reason": "no_endpoints_found"},
+    )
 
 
 def _declares(supported: tuple[str, ...], request: ImageRequest) -> bool:

@@ -116,6 +116,9 @@ def model_json(entry: ModelEntry) -> dict[str, Any]:
         "default_parameters": {"steps": entry.default_steps, "guidance": entry.default_guidance},
         "supported_voices": None,
         "links": {"details": endpoints_url(entry)},
+        # What the OpenAI SDK's `Model` reads (`models.list` / `models.retrieve`).
+        "object": "model",
+        "owned_by": entry.author,
     }
 
 
@@ -243,6 +246,18 @@ async def list_models(
     )
 
 
+@router.get("/models/user", summary="List models for this key", responses=ok(ModelsList))
+async def list_models_for_user(
+    request: Request,
+    query: ModelQuery = Depends(model_query),
+    offset: int = Query(default=0, ge=0),
+    limit: int | None = Query(default=None, ge=1),
+) -> OrjsonResponse:
+    """OpenRouter's list filtered by the account's provider preferences; a key here has none,
+    so it is `/models` (the SDK's `models.list_for_user`, LiteLLM's model check)."""
+    return await list_models(request, query, offset, limit)
+
+
 @router.get("/models/count", summary="Count models", responses=ok(ModelsCount))
 async def count_models(
     request: Request, query: ModelQuery = Depends(model_query)
@@ -258,6 +273,18 @@ async def get_model(author: str, slug: str, request: Request) -> OrjsonResponse:
     """One model by id, its Hugging Face id or its canonical slug (aliases resolve to it)."""
     entry = app_state(request).catalog.get(f"{author}/{slug}")
     return OrjsonResponse({"data": model_json(entry)})
+
+
+@router.get(
+    "/models/{author}/{slug}",
+    summary="Get a model (OpenAI's models.retrieve)",
+    responses=ok(ModelResponse),
+)
+async def retrieve_model(author: str, slug: str, request: Request) -> OrjsonResponse:
+    """The OpenAI SDK's `models.retrieve(id)`: the model object itself, not wrapped in `data`
+    (the SDK sends the id's slash as %2F, which arrives decoded)."""
+    entry = app_state(request).catalog.get(f"{author}/{slug}")
+    return OrjsonResponse(model_json(entry))
 
 
 @router.get("/providers", summary="List providers", responses=ok(ProvidersList))
