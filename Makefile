@@ -16,13 +16,18 @@ CHARTJS_INTEGRITY := sha512-GIjfiT9dbmHRiYi6Nl2yFCq7kkwdkp1W/lp2J99rX0yo9tgJGn3l
 WEB_STATIC := src/pixelrouter/web/static
 VENDOR_TMP := build/vendor
 
-.PHONY: install demo serve test test-fast lint format bench clean vendor browser
+# The pinned Node clients of the client matrix (tests/e2e/test_clients_node.py), installed from
+# clients/node/package-lock.json.
+NODE_CLIENTS := clients/node
+NODE_STAMP := $(NODE_CLIENTS)/node_modules/.installed
+
+.PHONY: install demo serve test test-fast lint format bench clean vendor browser clients-node
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[engine,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[engine,dev,clients]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -33,8 +38,17 @@ demo: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/pixelrouter serve --host $(HOST) --port $(PORT)
 
-test: $(STAMP) browser
+test: $(STAMP) browser clients-node
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider
+
+$(NODE_STAMP): $(NODE_CLIENTS)/package.json $(NODE_CLIENTS)/package-lock.json
+	npm ci --prefix $(NODE_CLIENTS) --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
+# Without npm the Node client tests skip loudly (and fail under CI=true).
+clients-node:
+	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory $(NODE_STAMP); \
+	else echo "make clients-node: npm is missing; tests/e2e/test_clients_node.py will skip"; fi
 
 # The browser tests (tests/web) drive Debian's chromium through Playwright; never a browser
 # download. Without apt-get (or as a non-root user) this says so and the tests skip loudly.
@@ -63,15 +77,15 @@ vendor:
 	@echo "vendored chart.js $(CHARTJS_VERSION) into $(WEB_STATIC)/"
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench clients/python
+	$(BIN)/ruff format --check src tests bench clients/python
 
 format: $(STAMP)
-	$(BIN)/ruff format src tests bench
-	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench clients/python
+	$(BIN)/ruff check --fix src tests bench clients/python
 
 bench: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python bench/engine_demo.py
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info test-artifacts  # never the data: .pixelrouter holds keys and the ledger
+	rm -rf $(VENV) build dist src/*.egg-info test-artifacts $(NODE_CLIENTS)/node_modules  # never the data: .pixelrouter holds keys and the ledger
