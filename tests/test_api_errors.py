@@ -209,3 +209,50 @@ def test_every_error_type_a_client_can_see_is_openrouters() -> None:
     }
     assert len(found) > 20  # the pattern finds what it should
     assert {(name, value) for name, value in found if value not in ERROR_TYPES} == set()
+
+
+NUL = "\x00"
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/v1/images", {"prompt": "x", "size": "64x64", "user": f"u{NUL}1"}),
+        ("/api/v1/images", {"prompt": "x", "size": "64x64", f"odd{NUL}field": 1}),
+        ("/api/v1/images", {"prompt": f"a{NUL}b", "size": "64x64"}),
+        ("/api/v1/images", {"prompt": "x", "size": "64x64", "metadata": {"k": f"v{NUL}"}}),
+        (
+            "/api/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "x"}], "user": f"u{NUL}"},
+        ),
+        ("/api/v1/images/generations", {"prompt": "x", "size": "64x64", "user": f"{NUL}"}),
+    ],
+)
+async def test_nul_in_a_generation_body_is_a_400_on_both_backends(api, path, body) -> None:
+    """PostgreSQL cannot store NUL: refused at the edge, before any work, the same on both
+    backends (before, an unlimited key's image was delivered and its record then failed)."""
+    r = await api.post(
+        path, content=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    assert_error(r, 400, "invalid_request", "NUL")
+
+
+async def test_nul_in_key_names_and_urls_is_a_400_on_both_backends(api) -> None:
+    admin = api.admin_key
+    r = await api.post(
+        "/api/v1/keys",
+        key=admin,
+        content=json.dumps({"name": f"team{NUL}a"}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    assert_error(r, 400, "invalid_request", "NUL")
+    for url in (
+        "/api/v1/generation?id=gen-1%00x",
+        "/api/v1/keys/abc%00def",
+        "/api/v1/activity?api_key_hash=%00",
+    ):
+        r = await api.get(url, key=admin)
+        assert_error(r, 400, "invalid_request", "NUL")
+    # The server is fine afterwards, on both backends.
+    r = await api.post("/api/v1/images", json={"prompt": "x", "size": "64x64"})
+    assert r.status_code == 200, r.text

@@ -205,3 +205,33 @@ def test_mark_stale_pending_finalises_only_old_pending_rows(store: Store) -> Non
 def test_mark_stale_pending_refuses_success(store: Store) -> None:
     with pytest.raises(ValueError):
         store.mark_stale_pending(T0, state="succeeded")
+
+
+def test_nul_means_the_same_on_both_backends(store: Store) -> None:
+    """PostgreSQL's text cannot hold NUL; the store writes U+FFFD in its place on both
+    backends, so a record with one is never lost (the API refuses NUL before this)."""
+    store.start_generation(
+        _new(
+            "gen-nul",
+            user="u\x00ser",
+            http_referer="https://a\x00.example",
+            ignored_parameters=("odd\x00field",),
+            session_id="s\x00",
+            metadata={"k\x00": "v\x00"},
+            trace={"trace_id": "t\x00"},
+        )
+    )
+    store.finish_generation("gen-nul", state="failed", error_message="boom\x00")
+    got = store.get_generation("gen-nul")
+    assert got is not None
+    assert got.user == "u\ufffdser" and got.http_referer == "https://a\ufffd.example"
+    assert got.ignored_parameters == ("odd\ufffdfield",)
+    assert (got.session_id, got.metadata, got.trace) == (
+        "s\ufffd",
+        {"k\ufffd": "v\ufffd"},
+        {"trace_id": "t\ufffd"},
+    )
+    assert got.error_message == "boom\ufffd"
+    # Looking an id up with a NUL in it is a miss, not an error.
+    assert store.get_generation("gen\x00nul") is None
+    assert store.find_key("abc\x00") is None

@@ -17,7 +17,13 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pixelrouter.errors import InternalError, PayloadTooLarge, PixelrouterError, RequestTimeout
+from pixelrouter.errors import (
+    InternalError,
+    InvalidRequest,
+    PayloadTooLarge,
+    PixelrouterError,
+    RequestTimeout,
+)
 
 log = logging.getLogger("pixelrouter.api")
 _ALPHABET = string.ascii_letters + string.digits
@@ -70,6 +76,12 @@ class EdgeMiddleware:
                 message["headers"] = list(message["headers"]) + extra_headers
             await send(message)
 
+        if _has_nul(scope):
+            await _send_error(
+                send_with_headers,
+                InvalidRequest("The URL must not contain NUL characters (%00)."),
+            )
+            return
         too_large = PayloadTooLarge(f"The request body is larger than {self.max_body_bytes} bytes.")
         declared = _content_length(scope)
         if declared is not None and declared > self.max_body_bytes:
@@ -117,6 +129,12 @@ class EdgeMiddleware:
         finally:
             if self.on_answered is not None:
                 self.on_answered(generation_id)
+
+
+def _has_nul(scope: Scope) -> bool:
+    """A NUL in the path or the query: no identifier here holds one, and PostgreSQL could not
+    even compare with it."""
+    return "\x00" in scope.get("path", "") or b"%00" in scope.get("query_string", b"")
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -9,9 +9,10 @@ server accepts.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAX_IMAGES = 10  # OpenRouter's bound on `n`
 MAX_SESSION_ID = 256
@@ -26,29 +27,46 @@ def _bounds(minimum: float, maximum: float) -> Any:
     return Field(default=None, json_schema_extra={"minimum": minimum, "maximum": maximum})
 
 
-def _unicode_only(value: Any) -> Any:
-    """JSON can carry lone surrogates (`"\\ud800"`); no model, tokenizer or database takes
-    them, so they are a 400 at the edge."""
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _text_problem(value: str) -> str | None:
+    if "\x00" in value:
+        return "text must not contain NUL characters (\\u0000)"
+    if _SURROGATE.search(value):
+        return "text must be valid Unicode (it holds an unpaired surrogate)"
+    return None
+
+
+def _check_text(value: Any) -> None:
+    """Every string of a request body, keys of unknown fields included: no NUL (PostgreSQL
+    cannot store it, so it would mean something else on each backend) and no lone surrogate
+    (JSON can carry `"\\ud800"`; no tokenizer, database or encoder takes it)."""
     if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError(
-                "text must be valid Unicode (it holds an unpaired surrogate)"
-            ) from None
-    elif isinstance(value, list):
+        problem = _text_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key)
+            _check_text(item)
+    elif isinstance(value, list | tuple):
         for item in value:
-            _unicode_only(item)
-    return value
+            _check_text(item)
 
 
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    @field_validator("*", mode="after")
+
+class _Request(_Open):
+    """A request body: its text is checked once, whole, before the fields are validated."""
+
+    @model_validator(mode="before")
     @classmethod
-    def _valid_text(cls, value: Any) -> Any:
-        return _unicode_only(value)
+    def _valid_text(cls, data: Any) -> Any:
+        _check_text(data)
+        return data
 
 
 class ImageURL(_Open):
@@ -107,7 +125,7 @@ class TraceConfig(_Open):
     parent_span_id: str | None = None
 
 
-class _Tracked(_Open):
+class _Tracked(_Request):
     """Fields of the current API that group requests; stored on the generation."""
 
     session_id: str | None = Field(default=None, max_length=MAX_SESSION_ID)
@@ -186,7 +204,7 @@ class OpenAIImagesRequest(_Tracked):
     provider: ProviderPreferences | None = None
 
 
-class CreateKeyRequest(_Open):
+class CreateKeyRequest(_Request):
     name: str = Field(min_length=1, max_length=200)
     # strict: `true` or "5" is not a number of dollars or requests (lax mode would coerce it)
     limit: float | None = Field(default=None, ge=0, le=1e9, strict=True)
@@ -197,7 +215,7 @@ class CreateKeyRequest(_Open):
     include_byok_in_limit: bool | None = None
 
 
-class UpdateKeyRequest(_Open):
+class UpdateKeyRequest(_Request):
     name: str | None = Field(default=None, min_length=1, max_length=200)
     disabled: bool | None = None
     # strict: `true` or "5" is not a number of dollars or requests (lax mode would coerce it)

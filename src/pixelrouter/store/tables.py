@@ -60,26 +60,80 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
 
+NUL_STANDIN = "\ufffd"
+
+
+def without_nul(value: Any) -> Any:
+    """The value with every NUL character (in strings, list items, object keys and values)
+    replaced by U+FFFD, which both backends store alike."""
+    if isinstance(value, str):
+        return value.replace("\x00", NUL_STANDIN) if "\x00" in value else value
+    if isinstance(value, list | tuple):
+        return [without_nul(item) for item in value]
+    if isinstance(value, dict):
+        return {without_nul(key): without_nul(item) for key, item in value.items()}
+    return value
+
+
+class SafeString(TypeDecorator[str]):
+    """Text that means the same on SQLite and PostgreSQL. PostgreSQL's text cannot hold NUL
+    (a write with one fails, and with it the record of a delivered image), so NUL becomes
+    U+FFFD on both, in stored values and in the values a query compares with. The API refuses
+    NUL at the edge; this is the floor under that."""
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return without_nul(value) if value is not None else None
+
+
+class SafeText(SafeString):
+    """`SafeString` without a length: TEXT."""
+
+    impl = Text
+    cache_ok = True
+
+
+class SafeJSON(TypeDecorator[Any]):
+    """JSON (JSONB on PostgreSQL, which cannot hold \\u0000 either) without NUL characters."""
+
+    impl = JSON
+    cache_ok = True
+
+    def __init__(self, *, none_as_null: bool = False) -> None:
+        super().__init__(none_as_null=none_as_null)
+        self.none_as_null = none_as_null
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(JSONB(none_as_null=self.none_as_null))
+        return dialect.type_descriptor(JSON(none_as_null=self.none_as_null))
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        return without_nul(value)
+
+
 def JSONList() -> Any:  # noqa: N802 - reads as a type in column definitions
     """A JSON column (JSONB on PostgreSQL) holding a list."""
-    return JSON().with_variant(JSONB(), "postgresql")
+    return SafeJSON()
 
 
 def JSONObject() -> Any:  # noqa: N802 - reads as a type in column definitions
     """A JSON column (JSONB on PostgreSQL) holding an object, or NULL."""
-    return JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+    return SafeJSON(none_as_null=True)
 
 
 api_keys = Table(
     "api_keys",
     metadata,
-    Column("hash", String(64), primary_key=True),  # SHA-256 hex of the plaintext key
-    Column("name", String(200), nullable=False),
-    Column("label", String(32), nullable=False),  # sk-pr-v1-abc...f09
-    Column("kind", String(16), nullable=False),
+    Column("hash", SafeString(64), primary_key=True),  # SHA-256 hex of the plaintext key
+    Column("name", SafeString(200), nullable=False),
+    Column("label", SafeString(32), nullable=False),  # sk-pr-v1-abc...f09
+    Column("kind", SafeString(16), nullable=False),
     Column("disabled", Boolean, nullable=False, default=False),
     Column("limit_micro", BigInteger, nullable=True),  # credit limit, micro-dollars
-    Column("limit_reset", String(16), nullable=True),
+    Column("limit_reset", SafeString(16), nullable=True),
     Column("expires_at", UTCDateTime, nullable=True),
     Column("rate_limit_requests", Integer, nullable=True),
     Column("rate_limit_interval_s", Integer, nullable=True),
@@ -95,14 +149,14 @@ api_keys = Table(
 generations = Table(
     "generations",
     metadata,
-    Column("id", String(64), primary_key=True),  # gen-...
+    Column("id", SafeString(64), primary_key=True),  # gen-...
     # No foreign key: the record outlives a deleted key (activity and stats keep it).
-    Column("key_hash", String(64), nullable=True),
-    Column("api", String(16), nullable=False),
-    Column("model", String(200), nullable=False),
-    Column("provider_name", String(200), nullable=True),
-    Column("provider_slug", String(200), nullable=True),
-    Column("state", String(16), nullable=False),
+    Column("key_hash", SafeString(64), nullable=True),
+    Column("api", SafeString(16), nullable=False),
+    Column("model", SafeString(200), nullable=False),
+    Column("provider_name", SafeString(200), nullable=True),
+    Column("provider_slug", SafeString(200), nullable=True),
+    Column("state", SafeString(16), nullable=False),
     Column("total_cost_micro", BigInteger, nullable=False, default=0),
     Column("created_at", UTCDateTime, nullable=False),
     Column("finished_at", UTCDateTime, nullable=True),
@@ -110,7 +164,7 @@ generations = Table(
     Column("generation_time_ms", Integer, nullable=True),
     Column("streamed", Boolean, nullable=False, default=False),
     Column("cancelled", Boolean, nullable=False, default=False),
-    Column("finish_reason", String(32), nullable=True),
+    Column("finish_reason", SafeString(32), nullable=True),
     Column("tokens_prompt", Integer, nullable=True),
     Column("tokens_completion", Integer, nullable=True),
     Column("num_images", Integer, nullable=False, default=0),  # delivered
@@ -118,16 +172,16 @@ generations = Table(
     Column("width", Integer, nullable=True),
     Column("height", Integer, nullable=True),
     Column("seed", BigInteger, nullable=True),
-    Column("http_referer", Text, nullable=True),
-    Column("app_title", Text, nullable=True),
+    Column("http_referer", SafeText(), nullable=True),
+    Column("app_title", SafeText(), nullable=True),
     Column("app_categories", JSONList(), nullable=False),
-    Column("end_user", Text, nullable=True),
+    Column("end_user", SafeText(), nullable=True),
     Column("provider_responses", JSONList(), nullable=False),
     Column("ignored_parameters", JSONList(), nullable=False),
-    Column("error_message", Text, nullable=True),
+    Column("error_message", SafeText(), nullable=True),
     Column("error_status", Integer, nullable=True),
     # The current API's grouping fields, stored as sent (migration 0004).
-    Column("session_id", String(256), nullable=True),
+    Column("session_id", SafeString(256), nullable=True),
     Column("trace", JSONObject(), nullable=True),
     Column("request_metadata", JSONObject(), nullable=True),
     # What was changed to make the request: a tier clamped or mapped (migration 0004).
@@ -148,7 +202,7 @@ key_balances = Table(
     # Counters kept in step with `ledger_entries` (same transactions), read without summing.
     Column(
         "key_hash",
-        String(64),
+        SafeString(64),
         ForeignKey("api_keys.hash", ondelete="CASCADE"),
         primary_key=True,
     ),
@@ -167,11 +221,11 @@ key_balances = Table(
 reservations = Table(
     "reservations",
     metadata,
-    Column("generation_id", String(64), primary_key=True),
+    Column("generation_id", SafeString(64), primary_key=True),
     # No foreign key: the record outlives a deleted key, like the ledger.
-    Column("key_hash", String(64), nullable=False),
+    Column("key_hash", SafeString(64), nullable=False),
     Column("amount_micro", BigInteger, nullable=False),  # the request's maximum cost
-    Column("state", String(16), nullable=False),
+    Column("state", SafeString(16), nullable=False),
     Column("settled_micro", BigInteger, nullable=False, default=0),
     Column("created_at", UTCDateTime, nullable=False),
     Column("expires_at", UTCDateTime, nullable=False),  # the sweeper releases it after this
@@ -188,9 +242,9 @@ ledger_entries = Table(
     "ledger_entries",
     metadata,
     Column("id", LEDGER_ID, primary_key=True, autoincrement=True),
-    Column("key_hash", String(64), nullable=False),
-    Column("generation_id", String(64), nullable=False),
-    Column("kind", String(16), nullable=False),
+    Column("key_hash", SafeString(64), nullable=False),
+    Column("generation_id", SafeString(64), nullable=False),
+    Column("kind", SafeString(16), nullable=False),
     Column("amount_micro", BigInteger, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     CheckConstraint("kind IN ('reserve', 'settle', 'release')", name="kind"),
@@ -203,7 +257,7 @@ rate_windows = Table(
     "rate_windows",
     metadata,
     # Fixed-window request counters shared by every process on the database.
-    Column("key_hash", String(64), primary_key=True),
+    Column("key_hash", SafeString(64), primary_key=True),
     Column("window_start", BigInteger, primary_key=True),  # epoch seconds
     Column("count", Integer, nullable=False),
 )
@@ -214,9 +268,9 @@ provider_outcomes = Table(
     "provider_outcomes",
     metadata,
     Column("id", LEDGER_ID, primary_key=True, autoincrement=True),
-    Column("provider_slug", String(200), nullable=False),
-    Column("provider_name", String(200), nullable=False),
-    Column("model", String(200), nullable=False),
+    Column("provider_slug", SafeString(200), nullable=False),
+    Column("provider_name", SafeString(200), nullable=False),
+    Column("model", SafeString(200), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),  # when the attempt ended
     Column("status", Integer, nullable=False),  # 200, or the attempt's HTTP-like error status
     # Counts against uptime: 5xx, timeouts (408/504), garbage (502); not 429 nor client 4xx.
@@ -234,8 +288,8 @@ provider_outcomes = Table(
 provider_outcome_minutes = Table(
     "provider_outcome_minutes",
     metadata,
-    Column("provider_slug", String(200), primary_key=True),
-    Column("model", String(200), primary_key=True),
+    Column("provider_slug", SafeString(200), primary_key=True),
+    Column("model", SafeString(200), primary_key=True),
     Column("minute", UTCDateTime, primary_key=True),  # start of the minute, UTC
     Column("successes", Integer, nullable=False),
     Column("errors", Integer, nullable=False),  # provider-caused failures
