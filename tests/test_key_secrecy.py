@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import pytest
+
 from conftest import KEY_PATTERN
 
 
@@ -39,6 +41,61 @@ def test_key_shaped_text_is_redacted_from_any_log_line(caplog) -> None:
     assert key not in text and "12345zz" not in text
     assert text.count("sk-pr-v1-[redacted]") == 3
     assert "upstream refused" in text
+
+
+def test_masking_keeps_uvicorns_access_formatter_working() -> None:
+    """uvicorn's access formatter unpacks the record's arguments (the status is a `%d`), so the
+    filter masks each argument and keeps their types and the format apart."""
+    from uvicorn.logging import AccessFormatter
+
+    from pixelrouter.logs import RedactKeys
+
+    key = "sk-pr-v1-" + "cd" * 32
+    record = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", "GET", f"/api/v1/models?api_key={key}", "1.1", 401),
+        None,
+    )
+    assert RedactKeys().filter(record)
+    line = AccessFormatter('%(client_addr)s - "%(request_line)s" %(status_code)s').format(record)
+    assert key not in line
+    assert line.startswith(
+        '127.0.0.1:5000 - "GET /api/v1/models?api_key=sk-pr-v1-[redacted] HTTP/1.1" 401'
+    )
+
+
+def test_database_errors_carry_no_parameters(tmp_path) -> None:
+    """A failed statement's error (which the service logs) holds no parameter: no end user, no
+    key hash."""
+    from sqlalchemy.exc import IntegrityError
+
+    from pixelrouter.store import NewGeneration, Store, utcnow
+    from pixelrouter.store.tables import generations
+
+    with Store(f"sqlite:///{tmp_path / 'px.db'}") as store:
+        store.migrate()
+        secret_user = "end-user-who-must-not-be-logged"
+        store.start_generation(NewGeneration(id="gen-dup", model="m", api="images"))
+        row = {
+            "id": "gen-dup",  # a duplicate: the statement fails
+            "api": "images",
+            "model": "m",
+            "state": "pending",
+            "created_at": utcnow(),
+            "n": 1,
+            "end_user": secret_user,
+            "app_categories": [],
+            "provider_responses": [],
+            "ignored_parameters": [],
+        }
+        with store.engine.begin() as conn, pytest.raises(IntegrityError) as caught:
+            conn.execute(generations.insert(), row)
+        assert secret_user not in str(caught.value)
+        assert "hidden due to hide_parameters" in str(caught.value)
 
 
 def test_settings_repr_holds_no_secret() -> None:

@@ -11,8 +11,16 @@ REDACTED = "sk-pr-v1-[redacted]"
 GUARDED_LOGGERS = ("uvicorn.access", "uvicorn.error", "uvicorn", "pixelrouter", "httpx")
 
 
+def _masked(value: object) -> object:
+    if isinstance(value, str) and "sk-pr-v1-" in value:
+        return KEY_LIKE.sub(REDACTED, value)
+    return value
+
+
 class RedactKeys(logging.Filter):
-    """Rewrites a record whose message holds something key-shaped."""
+    """Rewrites a record whose message holds something key-shaped. The format and the
+    arguments stay apart, each masked: formatters such as uvicorn's access formatter read the
+    arguments themselves (its status code is a `%d`), so they must keep their types."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
@@ -20,8 +28,14 @@ class RedactKeys(logging.Filter):
         except Exception:  # a malformed record is not ours to fix
             return True
         if "sk-pr-v1-" in message:
-            record.msg = KEY_LIKE.sub(REDACTED, message)
-            record.args = None
+            record.msg = _masked(record.msg)
+            if isinstance(record.args, tuple):
+                record.args = tuple(_masked(arg) for arg in record.args)
+            elif isinstance(record.args, dict):
+                record.args = {name: _masked(arg) for name, arg in record.args.items()}
+            if KEY_LIKE.search(record.getMessage()):  # a key inside some other argument type
+                record.msg = KEY_LIKE.sub(REDACTED, record.getMessage())
+                record.args = None
         if record.exc_info and not record.exc_text:
             # Formatted once here, so a key inside an exception's text is masked too.
             record.exc_text = logging.Formatter().formatException(record.exc_info)

@@ -312,3 +312,19 @@ async def test_metrics_count_open_reservations(flaky_api) -> None:
     api.app.state.metrics.scrape.cache_s = 0  # type: ignore[attr-defined]
     samples = _samples((await api.client.get("/metrics")).text)
     assert samples["pixelrouter_billing_reservations_open"][0].value == 1
+
+
+async def test_any_static_path_is_one_metrics_series(sqlite_api) -> None:
+    """Label values come from the app's routes: 21 static paths (some 404, one of 3000
+    characters) add one series, not 21."""
+    api = sqlite_api
+    for i in range(20):
+        await api.client.get(f"/static/no-such-file-{i}.js")
+    await api.client.get("/static/" + "x" * 3000)
+    await api.client.get("/static/chart.umd.js")
+    text = (await api.client.get("/metrics")).text
+    endpoints = {s.labels["endpoint"] for s in _samples(text)["pixelrouter_requests_total"]}
+    assert "/static/{path}" in endpoints
+    assert not any(
+        "no-such-file" in e or "xxx" in e or e == "/static/chart.umd.js" for e in endpoints
+    )

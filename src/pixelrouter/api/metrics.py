@@ -21,6 +21,7 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Met
 from prometheus_client.exposition import generate_latest
 from prometheus_client.process_collector import ProcessCollector
 from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pixelrouter.providers.base import Provider
@@ -251,28 +252,39 @@ class MetricsMiddleware:
 
 
 def route_template(scope: Scope) -> str:
-    """The path template of the route that served this request, e.g.
-    `/api/v1/models/{author}/{slug}/endpoints`: the path with each path parameter's value put
-    back as `{name}` (so it holds for any router nesting). A path no route matched is
-    "unmatched"; one whose parameters cannot be put back is "other": never a raw path."""
-    params = scope.get("path_params")
-    if "route" not in scope and "endpoint" not in scope and not params:
-        return UNMATCHED
+    """The path template of the route that served this request, so a label value always comes
+    from the app's fixed set of routes: `/api/v1/models/{author}/{slug}/endpoints`, and a mount
+    (the static files) `/static/{path}`. A path no route matched is "unmatched", one whose
+    template cannot be rebuilt "other": never a raw path (any `/static/<anything>` would be a
+    new series)."""
     path = str(scope.get("path", ""))
-    if not params:
-        return path
-    segments = path.split("/")
+    if "endpoint" not in scope:
+        return UNMATCHED
+    root = str(scope.get("root_path", ""))
+    template = _template_of(scope.get("effective_route_context")) or _template_of(
+        scope.get("route")
+    )
+    if template is None:
+        # A mounted app (the static files) sees its mount point as its root path.
+        return root + "/{path}" if root and path.startswith(root + "/") else OTHER
+    params = scope.get("path_params") or {}
+    concrete = template
     for name, value in params.items():
-        text = str(value)
-        if "/" not in text and text in segments:
-            segments[segments.index(text)] = "{" + name + "}"
-            continue
-        joined = "/".join(segments)
-        if text and joined.endswith(text):  # a `{name:path}` parameter: the path's tail
-            segments = (joined[: -len(text)] + "{" + name + "}").split("/")
-            continue
-        return OTHER
-    return "/".join(segments)
+        concrete = concrete.replace("{" + name + "}", str(value))
+    if path == concrete:
+        return template
+    if concrete.startswith("/") and path.endswith(concrete):
+        # The route is inside a router included with a prefix (`/api/v1`), which routing
+        # matched literally.
+        return path[: -len(concrete)] + template
+    return OTHER
+
+
+def _template_of(route: Any) -> str | None:
+    if isinstance(route, Mount):
+        return None  # its `{path}` is not among the path parameters: the root path says
+    template = getattr(route, "path_format", None)
+    return template if isinstance(template, str) else None
 
 
 router = APIRouter(tags=["service"])

@@ -36,6 +36,9 @@ def create_db_engine(url: str = DEFAULT_DATABASE_URL, **kwargs: Any) -> Engine:
     """An engine for `url`; for a SQLite file, its folder is created first."""
     sa_url = make_url(normalize_url(url))
     backend = sa_url.get_backend_name()
+    # A failed statement's message must not carry its parameters into the logs (end users,
+    # key hashes, prompts' metadata): SQLAlchemy leaves them out of every error it raises.
+    kwargs.setdefault("hide_parameters", True)
     if backend == "sqlite":
         return _sqlite_engine(sa_url.render_as_string(hide_password=False), sa_url.database)
     if backend == "postgresql":
@@ -58,6 +61,7 @@ def _sqlite_engine(url: str, database: str | None) -> Engine:
             max_overflow=0,
             pool_timeout=60,
             connect_args={"check_same_thread": False},
+            hide_parameters=True,
         )
     else:
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)  # type: ignore[arg-type]
@@ -67,6 +71,7 @@ def _sqlite_engine(url: str, database: str | None) -> Engine:
             max_overflow=40,
             pool_timeout=60,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+            hide_parameters=True,
         )
 
     @event.listens_for(engine, "connect")
