@@ -127,6 +127,25 @@ def test_truncated_image_is_a_clear_400() -> None:
     assert info.value.status == 400
 
 
+def test_ipv6_forms_are_judged_by_the_ipv4_they_embed() -> None:
+    from pixelrouter.netpolicy import is_public_ip
+
+    assert is_public_ip("93.184.216.34") and is_public_ip("2606:4700::1111")
+    assert is_public_ip("64:ff9b::5db8:d822")  # NAT64 of 93.184.216.34: public
+    assert is_public_ip("2002:5db8:d822::1")  # 6to4 of 93.184.216.34: public
+    for private in (
+        "::127.0.0.1",
+        "::7f00:1",
+        "::ffff:192.168.1.1",
+        "64:ff9b::c0a8:101",
+        "2002:c0a8:0101::1",
+        "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+        "fe80::1%eth0",
+        "not an address",
+    ):
+        assert not is_public_ip(private), private
+
+
 async def test_urls_are_refused_unless_enabled_and_public() -> None:
     with pytest.raises(InvalidRequest, match="disabled"):
         await load_reference("https://example.com/cat.png", FetchPolicy(enabled=False))
@@ -136,6 +155,13 @@ async def test_urls_are_refused_unless_enabled_and_public() -> None:
         "http://169.254.169.254/latest/meta-data",
         "http://10.0.0.1/x.png",
         "http://[::1]/x.png",
+        # IPv6 forms that carry a private IPv4 address inside them
+        "http://[::127.0.0.1]/x.png",  # IPv4-compatible
+        "http://[::ffff:10.0.0.1]/x.png",  # IPv4-mapped
+        "http://[64:ff9b::7f00:1]/x.png",  # NAT64
+        "http://[64:ff9b:1::a00:1]/x.png",  # local-use NAT64
+        "http://[2002:7f00:1::1]/x.png",  # 6to4 of 127.0.0.1
+        "http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/x.png",  # Teredo, client 192.0.2.45
     ):
         with pytest.raises(InvalidRequest, match="private, loopback or link-local"):
             await load_reference(url, FetchPolicy(enabled=True))

@@ -7,9 +7,7 @@ import asyncio
 import base64
 import binascii
 import io
-import ipaddress
 import math
-import socket
 import warnings
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -24,6 +22,7 @@ from pixelrouter.errors import (
     InvalidRequest,
     UnsupportedImageFormat,
 )
+from pixelrouter.netpolicy import host_is_public, is_public_ip
 from pixelrouter.types import ReferenceImage
 
 MAX_REFERENCES = 4
@@ -134,29 +133,12 @@ def decode_base64_image(text: str, *, position: int = 1) -> bytes:
         raise InvalidImage(f"reference image {position}: the base64 data is malformed.") from exc
 
 
-def _is_public_ip(text: str) -> bool:
-    """Globally routable only: no private, loopback, link-local, shared (100.64/10),
-    reserved or multicast address, also not inside an IPv4-mapped IPv6 one."""
-    address = ipaddress.ip_address(text.split("%", 1)[0])
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_global and not address.is_multicast
-
-
-def _address_is_public(host: str) -> bool:
-    try:
-        infos = socket.getaddrinfo(host, None)
-    except socket.gaierror:
-        return False
-    return bool(infos) and all(_is_public_ip(str(info[4][0])) for info in infos)
-
-
 def _peer_is_public(response: httpx.Response) -> bool:
     """The address actually connected to: a name that resolved to a public address when it
     was checked and to a private one at connect time (DNS rebinding) is caught here."""
     stream = response.extensions.get("network_stream")
     peer = stream.get_extra_info("server_addr") if stream is not None else None
-    return peer is None or _is_public_ip(str(peer[0]))
+    return peer is None or is_public_ip(str(peer[0]))
 
 
 async def fetch_image_url(url: str, policy: FetchPolicy, *, position: int = 1) -> bytes:
@@ -183,7 +165,7 @@ async def _fetch(url: str, policy: FetchPolicy, position: int) -> bytes:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise InvalidRequest(f"reference image {position}: unsupported URL {current!r}.")
         if not policy.allow_private:
-            public = await asyncio.to_thread(_address_is_public, parts.hostname)
+            public = await asyncio.to_thread(host_is_public, parts.hostname)
             if not public:
                 raise InvalidRequest(
                     f"reference image {position}: the URL's host is a private, loopback or "

@@ -179,3 +179,17 @@ async def test_the_sample_download_follows_a_cdn_redirect() -> None:
             await provider.aclose()
     assert [s.path for s in delivery.seen] == ["/delivery/job-0.png", "/cdn/delivery/job-0.png"]
     assert len(result.images) == 1
+
+
+async def test_a_sample_url_on_a_private_host_is_refused_unless_trusted() -> None:
+    """An upstream's image URL on another host than its own is judged like a client's
+    reference URL: loopback and private addresses are not fetched, unless the provider is
+    trusted to name them (`options.private_image_urls`)."""
+    async with FakeUpstream(lambda s: Reply(404)) as delivery, BFLFake(delivery) as fake:
+        provider = fake.provider(options={"private_image_urls": False})
+        try:
+            with pytest.raises(ProviderError, match="private, loopback or link-local"):
+                await provider.generate(make_request(width=64, height=64))
+        finally:
+            await provider.aclose()
+    assert delivery.seen == []  # never even connected

@@ -119,3 +119,37 @@ async def test_probe_gets_models() -> None:
         finally:
             await provider.aclose()
     assert fake.seen[0].path == "/api/v1/models"
+
+
+async def test_an_image_url_whose_name_resolves_to_loopback_is_not_fetched() -> None:
+    """A host name (not the provider's own origin) that resolves to a private address is
+    refused where the connection's address is resolved, so DNS rebinding is caught too."""
+    async with OpenRouterFake() as fake:
+        fake.url_images = True
+        fake.url_host = "localhost"  # another origin than 127.0.0.1, resolving to loopback
+        provider = fake.provider()
+        try:
+            with pytest.raises(ProviderError, match="private, loopback or link-local"):
+                await provider.generate(make_request())
+            trusting = fake.provider(options={"private_image_urls": True})
+            try:
+                result = await trusting.generate(make_request())
+            finally:
+                await trusting.aclose()
+        finally:
+            await provider.aclose()
+    assert decode_image(result.images[0].data).size == (512, 512)
+    assert sum(s.path.startswith("/files/") for s in fake.seen) == 1  # only the trusted one
+
+
+async def test_the_public_pool_refuses_a_name_that_resolves_privately_at_connect_time() -> None:
+    """The guard against DNS rebinding: the pool's resolver, which gives the addresses the
+    connection uses, refuses a name with any private address."""
+    from pixelrouter.providers.http import PublicResolver
+
+    resolver = PublicResolver()
+    try:
+        with pytest.raises(OSError, match="private, loopback or link-local"):
+            await resolver.resolve("localhost", 80)
+    finally:
+        await resolver.close()

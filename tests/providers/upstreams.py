@@ -167,6 +167,7 @@ class OpenRouterFake(ProtocolFake):
     def __init__(self) -> None:
         super().__init__()
         self.url_images = False  # answer with http URLs to download instead of data URLs
+        self.url_host: str | None = None  # name the files' host so (default: as reached)
         self.files: dict[str, bytes] = {}
 
     def handle(self, seen: Seen) -> Action:
@@ -188,7 +189,10 @@ class OpenRouterFake(ProtocolFake):
             if self.url_images:
                 path = f"/files/{len(self.files)}.png"
                 self.files[path] = data
-                url = self.server.base + path
+                base = self.server.base
+                if self.url_host is not None:
+                    base = base.replace("127.0.0.1", self.url_host)
+                url = base + path
             else:
                 url = "data:image/png;base64," + b64(data)
             images = [{"type": "image_url", "image_url": {"url": url}}]
@@ -273,7 +277,13 @@ class BFLFake(ProtocolFake):
         return Reply(200, self.files[seen.path], {"Content-Type": "image/png"})
 
     def config(self, **overrides: Any) -> Any:
-        options = {"poll_initial_s": 0.01, "poll_max_s": 0.05, **overrides.pop("options", {})}
+        options = {
+            "poll_initial_s": 0.01,
+            "poll_max_s": 0.05,
+            # The stand-in for BFL's delivery CDN is another loopback server.
+            "private_image_urls": True,
+            **overrides.pop("options", {}),
+        }
         return super().config(options=options, **overrides)
 
     def handle(self, seen: Seen) -> Action:

@@ -60,6 +60,9 @@ _HTTP_OPTIONS: dict[str, type | tuple[type, ...]] = {
     "quantization": str,  # the same as the provider's top-level `quantization` (older form)
     "max_response_bytes": int,
     "probe_path": str,  # path under `url` that `probe()` GETs
+    # Trust the provider to answer with image URLs on private addresses (an internal CDN);
+    # otherwise only its own origin may be private.
+    "private_image_urls": bool,
 }
 OPTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "local": {},

@@ -26,6 +26,7 @@ import binascii
 import email.utils
 import io
 import json
+import socket
 import struct
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -35,6 +36,7 @@ from typing import Any, ClassVar
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
+import aiohttp.abc
 import orjson
 from PIL import Image
 
@@ -42,6 +44,7 @@ from pixelrouter import __version__
 from pixelrouter.catalog import estimate_prompt_tokens
 from pixelrouter.engine.encode import encode_image
 from pixelrouter.errors import InvalidRequest, PayloadTooLarge, PixelrouterError
+from pixelrouter.netpolicy import host_is_public, is_public_ip
 from pixelrouter.providers import splice
 from pixelrouter.providers.base import ProviderError, ProviderInfo
 from pixelrouter.providers.config import ProviderConfig
@@ -57,6 +60,31 @@ from pixelrouter.types import (
 
 MAX_RESPONSE_BYTES = 128 * 1024 * 1024
 USER_AGENT = f"pixelrouter/{__version__}"
+MAX_REDIRECTS = 4
+_PRIVATE_URL = (
+    "sent an image URL on a private, loopback or link-local address, which this server does "
+    "not fetch (options.private_image_urls = true trusts this provider to name such URLs)."
+)
+
+
+class PublicResolver(aiohttp.abc.AbstractResolver):
+    """Resolves as usual, and refuses a name with any address that is not public: checked
+    where the connection's addresses come from, so a name that changes its answer between a
+    check and the connection (DNS rebinding) is caught."""
+
+    def __init__(self) -> None:
+        self._inner = aiohttp.ThreadedResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[Any]:
+        found = await self._inner.resolve(host, port, family)
+        if not found or not all(is_public_ip(str(entry["host"])) for entry in found):
+            raise OSError(f"{host} resolves to a private, loopback or link-local address")
+        return list(found)
+
+    async def close(self) -> None:
+        await self._inner.close()
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_TRAILER = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # an empty IEND chunk and its CRC
 PIL_FORMATS = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg", "WEBP": "webp"}
@@ -114,6 +142,9 @@ class HTTPProvider:
         self._headers = {"User-Agent": USER_AGENT, **dict(options.get("headers", {}))}
         self._session: aiohttp.ClientSession | None = None  # made on first use, in its loop
         self._session_loop: asyncio.AbstractEventLoop | None = None
+        # For image URLs on other hosts than the provider's: public addresses only.
+        self._public_session: aiohttp.ClientSession | None = None
+        self._public_loop: asyncio.AbstractEventLoop | None = None
         self._info: ProviderInfo | None = None
 
     # ------------------------------------------------------------------ Provider protocol
@@ -223,9 +254,10 @@ class HTTPProvider:
         return None
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._public_session):
+            if session is not None:
+                await session.close()
+        self._session = self._public_session = None
 
     # ------------------------------------------------------------------ for subclasses
 
@@ -261,6 +293,20 @@ class HTTPProvider:
             metadata=metadata,
         )
 
+    def _public_client(self) -> aiohttp.ClientSession:
+        """A pool that connects only to public addresses (`PublicResolver`), without the
+        provider's credentials or headers, for image URLs an upstream names on other hosts."""
+        session, loop = self._public_session, asyncio.get_running_loop()
+        if session is None or session.closed or self._public_loop is not loop:
+            self._public_loop = loop
+            session = self._public_session = aiohttp.ClientSession(
+                headers={"User-Agent": USER_AGENT},
+                timeout=self._timeout,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                connector=aiohttp.TCPConnector(resolver=PublicResolver()),
+            )
+        return session
+
     def _client(self) -> aiohttp.ClientSession:
         """The provider's connection pool: aiohttp, whose C HTTP parser reads a megabyte answer
         about five times faster than a pure-Python one (docs/performance.md)."""
@@ -286,6 +332,7 @@ class HTTPProvider:
         json: Any = None,
         data: dict[str, str] | None = None,
         files: list[tuple[str, tuple[str, bytes, str]]] | None = None,
+        public_only: bool = False,
     ) -> UpstreamResponse:
         """One HTTP exchange, body read whole within the size cap; transport failures become
         `ProviderError`s. The status is not checked: see `check_status`.
@@ -305,8 +352,9 @@ class HTTPProvider:
                 form.add_field(name, content, filename=filename, content_type=content_type)
             body = form
         t = self.config.timeouts
+        client = self._public_client() if public_only else self._client()
         try:
-            async with self._client().request(
+            async with client.request(
                 method, url, headers=all_headers, data=body, allow_redirects=follow_redirects
             ) as response:
                 declared = response.content_length
@@ -455,7 +503,10 @@ class HTTPProvider:
 
     async def fetch_image(self, url: Any) -> Encoded:
         """An image the upstream sent by reference: a `data:` URL, or an http(s) URL (relative
-        ones are on the provider's host). Credentials go only to the provider's own origin."""
+        ones are on the provider's host). Credentials go only to the provider's own origin.
+        An URL on another host is fetched only from public addresses, as reference images
+        are (every redirect judged too), unless the provider is trusted to name private ones
+        (`options.private_image_urls`)."""
         if not isinstance(url, str) or not url:
             raise self.error("sent an image entry with no data and no URL.")
         if url.startswith("data:"):
@@ -463,13 +514,37 @@ class HTTPProvider:
         absolute = urljoin(self.url + "/", url)
         if urlsplit(absolute).scheme not in ("http", "https"):
             raise self.error(f"sent an image URL this server cannot fetch: {url[:80]!r}.")
-        # Credentials only to the provider's own origin; redirects (a CDN) only without them.
-        own = same_origin(absolute, self.url)
-        response = await self.send(
-            "GET", absolute, what="image download", auth=own, follow_redirects=not own
-        )
+        if same_origin(absolute, self.url):
+            response = await self.send("GET", absolute, what="image download")
+        elif self.config.options.get("private_image_urls", False):
+            response = await self.send(
+                "GET", absolute, what="image download", auth=False, follow_redirects=True
+            )
+        else:
+            response = await self._fetch_public(absolute)
         self.check_status(response, what="image download")
         return Encoded(response.body)
+
+    async def _fetch_public(self, url: str) -> UpstreamResponse:
+        """GET an image URL on another host: public addresses only, redirects followed one by
+        one and judged the same way. The host is checked first for a clear error; the pool's
+        `PublicResolver` checks the addresses actually connected to, so a name that changes
+        its answer in between (DNS rebinding) fails to connect."""
+        for _ in range(MAX_REDIRECTS + 1):
+            host = urlsplit(url).hostname or ""
+            if not await asyncio.to_thread(host_is_public, host):
+                raise self.error(_PRIVATE_URL)
+            response = await self.send(
+                "GET", url, what="image download", auth=False, public_only=True
+            )
+            location = response.headers.get("location")
+            if response.status in (301, 302, 303, 307, 308) and location:
+                url = urljoin(url, location)
+                if urlsplit(url).scheme not in ("http", "https"):
+                    raise self.error("redirected an image download to a URL it cannot fetch.")
+                continue
+            return response
+        raise self.error("redirected an image download too many times.")
 
     async def each_image(
         self, request: ImageRequest, one: Callable[[int], Awaitable[tuple[Encoded, int | None]]]
