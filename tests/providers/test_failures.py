@@ -197,3 +197,21 @@ async def test_an_oversized_answer_is_refused() -> None:
         finally:
             await provider.aclose()
     assert caught.value.status == 502 and "larger than 1000 bytes" in caught.value.message
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if k != "pixelrouter"])
+async def test_an_upstreams_insides_do_not_reach_the_client(kind: str, caplog) -> None:
+    """An upstream's error text may name its files, hosts and addresses: the client sees its
+    first line with those taken out; the log has it whole. (A pixelrouter worker's messages
+    are written for clients and pass whole.)"""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="pixelrouter.providers.http"):
+        error, _ = await _fail(kind, fault="400_insides")
+    assert isinstance(error, InvalidRequest) and error.status == 400
+    assert error.message.endswith(
+        "rejected the request (HTTP 400): bad size in <path> at <address> (see <url>)"
+    )
+    for inside in ("/srv/upstream", "10.2.3.4", "wiki.internal", "Traceback"):
+        assert inside not in error.message
+    assert "/srv/upstream/app/handlers.py at 10.2.3.4:8000" in caplog.text

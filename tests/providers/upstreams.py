@@ -50,6 +50,15 @@ FAULTS: dict[str, Any] = {
     "403": lambda: Reply(403, {"error": {"message": "forbidden"}}),
     "404": lambda: Reply(404, {"detail": "Not Found"}),
     "413": lambda: Reply(413, {"error": {"message": "body too large"}}),
+    "400_insides": lambda: Reply(
+        400,
+        {
+            "error": {
+                "message": "bad size in /srv/upstream/app/handlers.py at 10.2.3.4:8000 "
+                "(see http://wiki.internal/x)\nTraceback: ..."
+            }
+        },
+    ),
 }
 
 

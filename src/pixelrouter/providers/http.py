@@ -25,7 +25,10 @@ import base64
 import binascii
 import email.utils
 import io
+import ipaddress
 import json
+import logging
+import re
 import socket
 import struct
 import time
@@ -58,6 +61,8 @@ from pixelrouter.types import (
     ReferenceImage,
 )
 
+log = logging.getLogger(__name__)
+
 MAX_RESPONSE_BYTES = 128 * 1024 * 1024
 USER_AGENT = f"pixelrouter/{__version__}"
 MAX_REDIRECTS = 4
@@ -85,6 +90,8 @@ class PublicResolver(aiohttp.abc.AbstractResolver):
 
     async def close(self) -> None:
         await self._inner.close()
+
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_TRAILER = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # an empty IEND chunk and its CRC
 PIL_FORMATS = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg", "WEBP": "webp"}
@@ -124,6 +131,8 @@ class HTTPProvider:
     kind: ClassVar[str]
     default_parameters: ClassVar[tuple[str, ...]] = ()
     max_references: ClassVar[int] = 4
+    # Whether an upstream's error text may reach our clients (see `check_status`).
+    passes_error_text: ClassVar[bool] = False
 
     def __init__(self, config: ProviderConfig) -> None:
         if config.url is None:
@@ -414,6 +423,19 @@ class HTTPProvider:
         if 200 <= status < 300:
             return
         detail = upstream_message(response.body)
+        if detail:
+            log.info(
+                "provider %s answered HTTP %d for the %s: %s",
+                self.config.name,
+                status,
+                what,
+                detail,
+            )
+            # Whole in this server's log; to clients with what may name the upstream's insides
+            # (paths, hosts, addresses, a traceback) taken out, except a pixelrouter worker's,
+            # whose messages are written for clients.
+            if not self.passes_error_text:
+                detail = scrub_upstream_text(detail)
         said = f": {detail}" if detail else "."
         if status == 429:
             retry_after = parse_retry_after(response.headers.get("retry-after"))
@@ -734,6 +756,36 @@ def upstream_message(body: bytes, limit: int = 500) -> str:
     if not isinstance(message, str):
         message = json.dumps(message)
     return message.strip()[:limit]
+
+
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s)\]>\"']+")
+_PATH = re.compile(r"(?:\b[A-Za-z]:)?(?:[\\/][\w.@~-]+){2,}[\\/]?")
+_ADDRESS = re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}(?::\d+)?\b|\b[\w-]+(?:\.[\w-]+)+:\d{2,5}\b")
+_IPV6_CANDIDATE = re.compile(r"(?<![\w:])[0-9A-Fa-f]*:[0-9A-Fa-f:.]*:[0-9A-Fa-f.]*(?![\w:])")
+
+
+def _ipv6(match: re.Match[str]) -> str:
+    try:
+        ipaddress.IPv6Address(match.group(0))
+    except ValueError:
+        return match.group(0)
+    return "<address>"
+
+
+SCRUBBED_LENGTH = 200
+
+
+def scrub_upstream_text(text: str) -> str:
+    """An upstream's error text as a client may see it: its first line, with URLs, file paths
+    and network addresses replaced, at most 200 characters."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    if line.lower().startswith("traceback"):
+        return ""
+    line = _URL.sub("<url>", line)
+    line = _ADDRESS.sub("<address>", line)
+    line = _IPV6_CANDIDATE.sub(_ipv6, line)
+    line = _PATH.sub("<path>", line)
+    return line[:SCRUBBED_LENGTH].strip()
 
 
 def parse_retry_after(value: str | None) -> float | None:

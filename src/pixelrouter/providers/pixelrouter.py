@@ -34,6 +34,7 @@ class PixelrouterProvider(HTTPProvider):
     not ready or cannot be reached."""
 
     kind: ClassVar[str] = "pixelrouter"
+    passes_error_text: ClassVar[bool] = True  # a worker's errors are written for clients
     default_parameters: ClassVar[tuple[str, ...]] = KLEIN_4B.supported_parameters
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
