@@ -256,3 +256,19 @@ async def test_nul_in_key_names_and_urls_is_a_400_on_both_backends(api) -> None:
     # The server is fine afterwards, on both backends.
     r = await api.post("/api/v1/images", json={"prompt": "x", "size": "64x64"})
     assert r.status_code == 200, r.text
+
+
+async def test_a_prompt_longer_than_the_context_in_tokens_is_a_400(
+    sqlite_api, demo_provider
+) -> None:
+    """Counted with the model's tokenizer (not estimated from characters), before any work."""
+    prompt = "🦊 " * 40_000  # 80,000 characters, within the character bound, many more tokens
+    tokens = demo_provider.count_prompt_tokens(prompt)
+    assert tokens is not None and tokens > 67_344
+    r = await sqlite_api.post("/api/v1/images", json={"prompt": prompt, "size": "64x64"})
+    assert_error(r, 400, "context_length_exceeded", f"{tokens} tokens")
+    assert r.json()["error"]["metadata"]["context_length"] == 67_344
+    # A long prompt within the context still works.
+    fits = "a lighthouse " * 4_000
+    r = await sqlite_api.post("/api/v1/images", json={"prompt": fits, "size": "64x64"})
+    assert r.status_code == 200, r.text

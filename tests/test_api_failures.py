@@ -13,6 +13,7 @@ import httpx
 
 from conftest import make_api
 from helpers import sse_events
+from pixelrouter.billing.keys import hash_key
 from pixelrouter.catalog import KLEIN_4B, Price
 from pixelrouter.providers.base import ProviderError, ProviderInfo
 
@@ -171,3 +172,27 @@ async def test_an_error_after_the_stream_began_is_an_error_chunk(tmp_path) -> No
         r = await api.post("/api/v1/images", json={"prompt": "x", "stream": True})
         events, _ = sse_events(r.text)
         assert events[-2]["type"] == "error" and events[-2]["error"]["code"] == "502"
+
+
+async def test_the_reservation_is_priced_at_the_providers_the_request_allows(
+    tmp_path, demo_provider
+) -> None:
+    """A key with $0.01 left can ask for a 64x64 image from a $0.005 provider it names with
+    `only`; without `only`, the dearest ($0.014) decides, and it is a 402."""
+    cheap = BrokenUpstream("cheap", price=5_000)
+    async for api in make_api(tmp_path, db(tmp_path), [demo_provider, cheap]):
+        created = await api.post(
+            "/api/v1/keys", key=api.admin_key, json={"name": "t", "limit": 0.01}
+        )
+        key = created.json()["key"]
+        body = {"prompt": "x", "size": "64x64"}
+        r = await api.post("/api/v1/images", key=key, json=body)
+        assert r.status_code == 402, r.text
+        assert r.json()["error"]["metadata"]["required"] == 0.014
+        r = await api.post(
+            "/api/v1/images", key=key, json={**body, "provider": {"only": ["cheap"]}}
+        )
+        assert r.status_code == 502, r.text  # admitted at $0.005; the cheap one then failed
+        assert cheap.calls == 1
+        store = api.app.state.px.store
+        assert store.key_balance(hash_key(key)).reserved == 0

@@ -172,6 +172,25 @@ async def test_images_api_streaming(sqlite_api) -> None:
     assert events[-1] == "[DONE]"
 
 
+async def test_openai_stream_events_each_carry_their_own_images_usage(sqlite_api) -> None:
+    """OpenAI's completed event requires `usage`: each carries its own image's, so the events
+    add up to the request (before, each carried the whole request's: 3 images read as 9)."""
+    response = await sqlite_api.post(
+        "/api/v1/images/generations",
+        json={"prompt": "a cat", "size": "64x64", "n": 3, "stream": True},
+    )
+    assert response.status_code == 200
+    events, _ = sse_events(response.text)
+    completed = [e for e in events if isinstance(e, dict)]
+    assert len(completed) == 3
+    usages = [e["usage"] for e in completed]
+    assert [u["output_tokens"] for u in usages] == [4096] * 3
+    assert sum(u["cost"] for u in usages) == pytest.approx(0.042)
+    assert usages[0]["input_tokens"] > 0 and usages[1]["input_tokens"] == 0
+    record = await sqlite_api.get(f"/api/v1/generation?id={response.headers['x-generation-id']}")
+    assert record.json()["data"]["total_cost"] == pytest.approx(0.042)
+
+
 async def test_references_through_the_image_api(sqlite_api) -> None:
     ref = png_data_url(192, 128)
     body = {"prompt": "make it blue", "seed": 3, "resolution": "0.5K"}

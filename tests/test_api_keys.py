@@ -71,3 +71,16 @@ async def test_management_key_views(api) -> None:
     assert credits.status_code == 200
     assert set(credits.json()["data"]) == {"total_credits", "total_usage"}
     assert (await api.get("/api/v1/credits")).status_code == 403
+
+
+async def test_the_last_management_key_cannot_lock_everyone_out(api) -> None:
+    admin_hash = hash_key(api.admin_key)
+    for method, body in (("patch", {"disabled": True}), ("delete", None)):
+        r = await api.client.request(
+            method.upper(), f"/api/v1/keys/{admin_hash}", json=body, headers=api.auth(api.admin_key)
+        )
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert "last enabled management key" in error["message"]
+        assert error["metadata"]["reason"] == "last_management_key"
+    assert (await api.get("/api/v1/keys", key=api.admin_key)).status_code == 200  # still works

@@ -511,9 +511,15 @@ def keys_disable(
     config: ConfigOption = None,
 ) -> None:
     """Disable a key: it answers 401 from now on."""
+    from pixelrouter.store import LastManagementKey
+
     with _store(db, config) as store:
         record = _find_one(store, key_hash)
-        store.update_key(record.hash, disabled=True)
+        try:
+            store.update_key(record.hash, disabled=True)
+        except LastManagementKey as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from None
     console.print(f"disabled {record.label}")
 
 

@@ -24,7 +24,7 @@ from pixelrouter.catalog import (
     image_tokens,
     micro_to_usd,
 )
-from pixelrouter.errors import PaymentRequired, PixelrouterError, UpstreamFailed
+from pixelrouter.errors import InvalidRequest, PaymentRequired, PixelrouterError, UpstreamFailed
 from pixelrouter.routing.router import Router, RoutingFailed
 from pixelrouter.stats.windows import provider_caused
 from pixelrouter.store import GenerationApi, NewGeneration, Store, utcnow
@@ -125,15 +125,15 @@ class GenerationService:
         return self.catalog.get(model).price
 
     def max_cost(self, request: ImageRequest) -> int:
-        """Every requested image at the resolved size, at the dearest provider of any model
-        the request may fall back to."""
+        """Every requested image at the resolved size, at the dearest provider the request may
+        be served by: of any model it may fall back to, among the providers its preferences
+        allow (`only`, `ignore`, `max_price`, ...: a request that names a cheaper provider
+        reserves its price, not the dearest one's)."""
         per_image = 0
         for model in (request.model, *request.fallback_models):
-            prices = [p.info.price for p in self.router.serves(model)]
-            prices.append(self.catalog.get(model).price)
-            per_image = max(
-                per_image, *(image_price(price, request.width, request.height) for price in prices)
-            )
+            for provider in self.router.eligible(request, model):
+                price = image_price(provider.info.price, request.width, request.height)
+                per_image = max(per_image, price)
         return request.n * per_image
 
     def _payment_required(self, request: ImageRequest, amount: int) -> PaymentRequired:
@@ -167,11 +167,32 @@ class GenerationService:
             raise self._payment_required(request, amount) from None
         return Admission(request, time.monotonic(), amount)
 
+    async def check_prompt(self, request: ImageRequest) -> None:
+        """A prompt longer than the model's context (in tokens) is a 400 before any work. A
+        prompt of no more UTF-8 bytes than the context cannot be longer (a token is at least
+        one byte), so only long prompts are counted, off the event loop."""
+        context = self.catalog.get(request.model).context_length
+        if len(request.prompt) <= context // 4 or len(request.prompt.encode()) <= context:
+            return
+        tokens = await asyncio.to_thread(self.prompt_tokens, request.prompt)
+        if tokens > context:
+            raise InvalidRequest(
+                f"The prompt is {tokens} tokens long; {request.model} takes at most {context}.",
+                error_type="context_length_exceeded",
+                metadata={"prompt_tokens": tokens, "context_length": context},
+            )
+
     async def admit(
         self, request: ImageRequest, *, api: GenerationApi, streamed: bool = False
     ) -> Admission:
         """Reserve the maximum cost and record the generation, as one unit a client that
         leaves cannot split: if it leaves meanwhile, what was done is undone."""
+        await self.check_prompt(request)
+        return await self._admit(request, api=api, streamed=streamed)
+
+    async def _admit(
+        self, request: ImageRequest, *, api: GenerationApi, streamed: bool = False
+    ) -> Admission:
         work = asyncio.ensure_future(asyncio.to_thread(self._admit_now, request, api, streamed))
         try:
             return await asyncio.shield(work)
@@ -208,6 +229,7 @@ class GenerationService:
         key) nothing can refuse the admission, so nothing is written before the work: the
         generation is recorded, and charged, in one transaction just after it is answered
         (docs/billing.md, "When bookkeeping is written")."""
+        await self.check_prompt(request)
         if unlimited_key and request.key_hash is not None:
             admission = Admission(
                 request,
@@ -216,7 +238,7 @@ class GenerationService:
                 deferred=_new_record(request, api, streamed),
             )
         else:
-            admission = await self.admit(request, api=api, streamed=streamed)
+            admission = await self._admit(request, api=api, streamed=streamed)
         return await self.run(admission, on_progress)
 
     async def run(

@@ -169,3 +169,18 @@ async def test_status_is_refreshed_at_most_once_a_second_per_provider() -> None:
     worker.live = {}
     await router.route(request())
     assert worker.polls == 2
+
+
+def test_not_ready_while_every_providers_circuit_is_open() -> None:
+    clock = FakeClock()
+    a, b = StandIn("a"), StandIn("b")
+    router = make_router([a, b], clock=clock, config=HealthConfig(failure_threshold=2))
+    assert router.ready()[0]
+    for slug in ("a", "b"):
+        for _ in range(2):
+            router.health.of(slug).record_failure(502, "bad gateway")
+    ready, reason = router.ready()
+    assert not ready
+    assert "Stand-in a: paused after 2 failures in a row (last: bad gateway)" in reason
+    clock.advance(30)  # half-open: a probe may close it, so the gateway may take work again
+    assert router.ready()[0]

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import MetaData, select
 
 from pixelrouter.billing.keys import generate_key, hash_key, key_label, looks_like_key
-from pixelrouter.store import NewGeneration, Store
+from pixelrouter.store import LastManagementKey, NewGeneration, Store
 
 
 def test_create_and_find_a_key(store: Store) -> None:
@@ -181,6 +181,42 @@ def test_ensure_management_key_refuses_bad_or_clashing_keys(store: Store) -> Non
         store.ensure_management_key(plaintext)
     assert store.find_key(record.hash) == record
     assert store.list_keys(kind="management") == []
+
+
+def test_the_last_usable_management_key_cannot_disable_expire_or_delete_itself(
+    store: Store,
+) -> None:
+    admin = generate_key()
+    store.ensure_management_key(admin)
+    admin_hash = hash_key(admin)
+    past = datetime.now(UTC) - timedelta(days=1)
+    for change in ({"disabled": True}, {"expires_at": past}):
+        with pytest.raises(LastManagementKey, match="last enabled management key"):
+            store.update_key(admin_hash, **change)
+    with pytest.raises(LastManagementKey):
+        store.delete_key(admin_hash)
+    record = store.find_key(admin_hash)
+    assert record is not None and not record.disabled and record.expires_at is None
+    # Renaming it, or a later expiry, is fine; so is any change to an inference key.
+    assert store.update_key(admin_hash, name="ops") is not None
+    inference, _ = store.create_key("app")
+    assert store.update_key(inference.hash, disabled=True) is not None
+    # With a second management key, either may go.
+    second, _ = store.create_key("backup", kind="management")
+    assert store.update_key(admin_hash, disabled=True) is not None
+    with pytest.raises(LastManagementKey):
+        store.delete_key(second.hash)
+
+
+def test_restarting_with_the_admin_key_enables_it_again(store: Store) -> None:
+    admin = generate_key()
+    store.ensure_management_key(admin)
+    backup, _ = store.create_key("backup", kind="management")
+    store.update_key(hash_key(admin), disabled=True)
+    store.update_key(backup.hash, expires_at=datetime.now(UTC) + timedelta(seconds=1))
+    store.ensure_management_key(admin)  # what `pixelrouter serve` does at start
+    record = store.find_key(hash_key(admin))
+    assert record is not None and not record.disabled and record.expires_at is None
 
 
 def test_plaintext_is_never_stored(store: Store, db_url: str, tmp_path: Path) -> None:

@@ -8,10 +8,18 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 
-from pixelrouter.errors import InternalError, InvalidRequest, NotFound, PixelrouterError
+from pixelrouter.errors import (
+    InternalError,
+    InvalidRequest,
+    NotFound,
+    PixelrouterError,
+    ServiceUnavailable,
+)
 
 from .responses import OrjsonResponse
 
@@ -26,6 +34,35 @@ _HTTP_TYPES = {
     413: "payload_too_large",
     415: "invalid_request",
 }
+
+
+DATABASE_RETRY_AFTER_S = 2
+
+
+def database_unreachable(exc: BaseException) -> bool:
+    """A database that is restarting or out of reach (not a bug in a statement): the request
+    may pass in a moment."""
+    if isinstance(exc, OperationalError | InterfaceError | PoolTimeout):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def unexpected_error(exc: BaseException, where: str) -> PixelrouterError:
+    """What a client is told of an exception nobody expected: a 503 with `Retry-After` when
+    the database is out of reach, else a 500 with an error id (logged with the traceback)."""
+    if database_unreachable(exc):
+        log.warning("the database is out of reach (%s): %s", where, type(exc).__name__)
+        return ServiceUnavailable(
+            "The database is not answering; try again in a few seconds.",
+            metadata={"reason": "database_unavailable", "retry_after": DATABASE_RETRY_AFTER_S},
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+        )
+    error_id = secrets.token_hex(8)
+    log.error("internal error %s (%s)", error_id, where, exc_info=exc)
+    return InternalError(
+        f"Internal server error (error id {error_id}). It has been logged.",
+        metadata={"error_id": error_id},
+    )
 
 
 def error_response(error: PixelrouterError) -> OrjsonResponse:
@@ -70,13 +107,4 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> OrjsonResponse:
-        error_id = secrets.token_hex(8)
-        log.error(
-            "internal error %s on %s %s", error_id, request.method, request.url.path, exc_info=exc
-        )
-        return error_response(
-            InternalError(
-                f"Internal server error (error id {error_id}). It has been logged.",
-                metadata={"error_id": error_id},
-            )
-        )
+        return error_response(unexpected_error(exc, f"{request.method} {request.url.path}"))

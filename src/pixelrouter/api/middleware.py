@@ -18,12 +18,13 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pixelrouter.errors import (
-    InternalError,
     InvalidRequest,
     PayloadTooLarge,
     PixelrouterError,
     RequestTimeout,
 )
+
+from .errors import unexpected_error
 
 log = logging.getLogger("pixelrouter.api")
 _ALPHABET = string.ascii_letters + string.digits
@@ -106,26 +107,12 @@ class EdgeMiddleware:
         try:
             await self.app(scope, receive, send_with_headers)
         except Exception as exc:
-            # A bug: the client gets the SPEC envelope with an error id (and the generation
-            # id header), never a traceback; the log gets both ids and the traceback.
+            # A bug (or the database out of reach): the client gets the SPEC envelope (with the
+            # generation id header), never a traceback; the log gets both ids and the traceback.
             if started:
                 raise
-            error_id = secrets.token_hex(8)
-            log.error(
-                "internal error %s (generation %s) on %s %s",
-                error_id,
-                generation_id,
-                scope.get("method"),
-                scope.get("path"),
-                exc_info=exc,
-            )
-            await _send_error(
-                send_with_headers,
-                InternalError(
-                    f"Internal server error (error id {error_id}). It has been logged.",
-                    metadata={"error_id": error_id},
-                ),
-            )
+            where = f"generation {generation_id} on {scope.get('method')} {scope.get('path')}"
+            await _send_error(send_with_headers, unexpected_error(exc, where))
         finally:
             if self.on_answered is not None:
                 self.on_answered(generation_id)

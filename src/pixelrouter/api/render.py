@@ -23,31 +23,50 @@ def data_url(image: GeneratedImage) -> str:
 
 def usage(delivery: Delivery) -> dict[str, Any]:
     """OpenRouter usage: integer tokens, `cost` in USD (the only float money)."""
+    return _usage(delivery.prompt_tokens, delivery.completion_tokens, delivery.cost_micro)
+
+
+def _usage(prompt_tokens: int, completion_tokens: int, cost_micro: int) -> dict[str, Any]:
     return {
-        "prompt_tokens": delivery.prompt_tokens,
-        "completion_tokens": delivery.completion_tokens,
-        "total_tokens": delivery.prompt_tokens + delivery.completion_tokens,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
         "prompt_tokens_details": {"cached_tokens": 0},
         # The AI SDK's provider requires `reasoning_tokens` whenever the details are present.
-        "completion_tokens_details": {
-            "reasoning_tokens": 0,
-            "image_tokens": delivery.completion_tokens,
-        },
-        "cost": micro_to_usd(delivery.cost_micro),
+        "completion_tokens_details": {"reasoning_tokens": 0, "image_tokens": completion_tokens},
+        "cost": micro_to_usd(cost_micro),
         "is_byok": False,
     }
 
 
 def openai_usage(delivery: Delivery) -> dict[str, Any]:
     """OpenAI Images usage fields, plus OpenRouter's so either SDK finds what it reads."""
+    return _openai_usage(delivery.prompt_tokens, delivery.completion_tokens, delivery.cost_micro)
+
+
+def _openai_usage(prompt_tokens: int, completion_tokens: int, cost_micro: int) -> dict[str, Any]:
     return {
-        "input_tokens": delivery.prompt_tokens,
-        "input_tokens_details": {"image_tokens": 0, "text_tokens": delivery.prompt_tokens},
-        "output_tokens": delivery.completion_tokens,
-        "output_tokens_details": {"image_tokens": delivery.completion_tokens, "text_tokens": 0},
-        "total_tokens": delivery.prompt_tokens + delivery.completion_tokens,
-        **usage(delivery),
+        "input_tokens": prompt_tokens,
+        "input_tokens_details": {"image_tokens": 0, "text_tokens": prompt_tokens},
+        "output_tokens": completion_tokens,
+        "output_tokens_details": {"image_tokens": completion_tokens, "text_tokens": 0},
+        "total_tokens": prompt_tokens + completion_tokens,
+        **_usage(prompt_tokens, completion_tokens, cost_micro),
     }
+
+
+def openai_usage_of_image(delivery: Delivery, index: int) -> dict[str, Any]:
+    """The usage of image `index` alone, for OpenAI's stream events (each must carry one):
+    the prompt counted on the first, each image's tokens and cost on its own, so the events
+    add up to the request's usage."""
+    count = len(delivery.result.images)
+    last = index == count - 1
+    tokens = delivery.completion_tokens // count
+    cost = delivery.cost_micro // count
+    if last:  # whatever the division left over
+        tokens = delivery.completion_tokens - tokens * (count - 1)
+        cost = delivery.cost_micro - cost * (count - 1)
+    return _openai_usage(delivery.prompt_tokens if index == 0 else 0, tokens, cost)
 
 
 # ------------------------------------------------------------------------------- chat

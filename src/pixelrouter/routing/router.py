@@ -406,11 +406,19 @@ class Router:
         return {p.info.slug: self.health.of(p.info.slug).snapshot() for p in self.providers}
 
     def ready(self) -> tuple[bool, str]:
+        """Ready while one provider is ready and its circuit is not open: a gateway whose every
+        provider is failing says so, and a load balancer sends its traffic elsewhere."""
         reasons = []
         for provider in self.providers:
             ok, reason = provider.readiness()
-            if ok:
+            health = self.health.of(provider.info.slug)
+            if ok and health.state() is not CircuitState.OPEN:
                 return True, f"{provider.info.display_name} is ready"
+            if ok:
+                reason = (
+                    f"paused after {health.consecutive_failures} failures in a row "
+                    f"(last: {health.last_error})"
+                )
             reasons.append(f"{provider.info.display_name}: {reason}")
         if not reasons:
             return False, "no provider is configured"

@@ -1,6 +1,7 @@
 """Storage: SQLite by default, PostgreSQL by URL; tables, Alembic migrations and the `Store`."""
 
 from pixelrouter.store.db import DEFAULT_DATABASE_URL, normalize_url, utcnow
+from pixelrouter.store.key_records import LastManagementKey
 from pixelrouter.store.records import (
     ActivityRow,
     GenerationApi,
@@ -24,6 +25,7 @@ __all__ = [
     "KeyBalance",
     "KeyRecord",
     "KeyUsage",
+    "LastManagementKey",
     "LedgerEntry",
     "NewGeneration",
     "Reservation",

@@ -18,6 +18,7 @@ from sqlalchemy import (
     insert,
     select,
     text,
+    true,
     update,
 )
 
@@ -38,6 +39,13 @@ from pixelrouter.store.records import KeyRecord, KeyUsage
 from pixelrouter.store.tables import api_keys, ledger_entries
 
 ADMIN_KEY_NAME = "admin"
+
+
+class LastManagementKey(ValueError):
+    """The change would leave no enabled, unexpired management key: nobody could manage keys
+    any more (short of a restart with PIXELROUTER_ADMIN_KEY)."""
+
+
 # pg_advisory_xact_lock id serialising the management-key bootstrap across replicas.
 _BOOTSTRAP_LOCK_ID = 0x70786B6579  # "pxkey"
 UPDATABLE_KEY_FIELDS = frozenset(
@@ -51,6 +59,35 @@ UPDATABLE_KEY_FIELDS = frozenset(
         "rate_limit_interval_s",
     }
 )
+
+
+def _keep_a_management_key(conn: Connection, key_hash: str, values: dict[str, Any] | None) -> None:
+    """Refuse a change (None: a deletion) that would leave no usable management key. The
+    management keys are locked for the transaction (SQLite's write transaction holds the whole
+    database), so two concurrent changes cannot each leave the other as the last."""
+    now = utcnow()
+    stmt = select(api_keys.c.hash, api_keys.c.disabled, api_keys.c.expires_at).where(
+        api_keys.c.kind == "management"
+    )
+    if conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    usable = [
+        row.hash
+        for row in conn.execute(stmt)
+        if not row.disabled and (row.expires_at is None or row.expires_at > now)
+    ]
+    if key_hash not in usable:
+        return
+    stays_usable = (
+        values is not None
+        and not values.get("disabled")
+        and (values.get("expires_at") is None or values["expires_at"] > now)
+    )
+    if not stays_usable and usable == [key_hash]:
+        raise LastManagementKey(
+            "This is the last enabled management key: create another management key (pixelrouter "
+            "keys create --management) before you disable, expire or delete this one."
+        )
 
 
 class KeyRecords:
@@ -101,13 +138,23 @@ class KeyRecords:
             if conn.dialect.name == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _BOOTSTRAP_LOCK_ID})
             if plaintext is not None:
-                kind = conn.scalar(
-                    select(api_keys.c.kind).where(api_keys.c.hash == hash_key(plaintext))
-                )
+                key_hash = hash_key(plaintext)
+                kind = conn.scalar(select(api_keys.c.kind).where(api_keys.c.hash == key_hash))
                 if kind is None:
                     _insert_key(conn, plaintext, kind="management", name=ADMIN_KEY_NAME)
                 elif kind != "management":
                     raise ValueError("the admin key is already stored as an inference key")
+                else:
+                    # The operator's own key always works again after a restart: disabled or
+                    # expired, it is the way back in.
+                    conn.execute(
+                        update(api_keys)
+                        .where(
+                            api_keys.c.hash == key_hash,
+                            (api_keys.c.disabled == true()) | api_keys.c.expires_at.is_not(None),
+                        )
+                        .values(disabled=False, expires_at=None, updated_at=utcnow())
+                    )
                 return None
             exists = conn.scalar(
                 select(api_keys.c.hash).where(api_keys.c.kind == "management").limit(1)
@@ -143,6 +190,8 @@ class KeyRecords:
         values = _validated(changes)
         values["updated_at"] = utcnow()
         with write_transaction(self.engine) as conn:
+            if values.get("disabled") or values.get("expires_at") is not None:
+                _keep_a_management_key(conn, key_hash, values)
             result = conn.execute(
                 update(api_keys).where(api_keys.c.hash == key_hash).values(**values)
             )
@@ -154,6 +203,7 @@ class KeyRecords:
     def delete_key(self, key_hash: str) -> bool:
         """Delete a key; its generation records stay. Returns whether a key was deleted."""
         with write_transaction(self.engine) as conn:
+            _keep_a_management_key(conn, key_hash, None)
             result = conn.execute(delete(api_keys).where(api_keys.c.hash == key_hash))
         return result.rowcount > 0
 

@@ -10,13 +10,14 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
-from pixelrouter.errors import InternalError, PixelrouterError
+from pixelrouter.errors import PixelrouterError
 from pixelrouter.service import Admission, Delivery
 from pixelrouter.store import GenerationApi, KeyRecord
 from pixelrouter.types import ImageRequest
 
 from .. import render
 from ..auth import attribution
+from ..errors import unexpected_error
 from ..state import AppState, app_state
 from ..streaming import KEEPALIVE, Tick, until_disconnect, with_keepalive
 from ..wire import Edge
@@ -66,9 +67,8 @@ async def delivery_events(
             yield item
     except PixelrouterError as exc:
         yield exc
-    except Exception:
-        log.exception("internal error while streaming %s", admission.request.id)
-        yield InternalError("Internal server error while generating; it has been logged.")
+    except Exception as exc:
+        yield unexpected_error(exc, f"streaming {admission.request.id}")
 
 
 def sse_response(

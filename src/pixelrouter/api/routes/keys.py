@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pixelrouter.catalog import micro_to_usd, usd_to_micro
 from pixelrouter.config import Settings
 from pixelrouter.errors import InvalidRequest, NotFound
-from pixelrouter.store import KeyBalance, KeyRecord, KeyUsage, Store
+from pixelrouter.store import KeyBalance, KeyRecord, KeyUsage, LastManagementKey, Store
 
 from ..auth import current_key, management_key
 from ..responses import OrjsonResponse
@@ -253,7 +253,10 @@ async def update_key(
         if name in sent:
             changes[name] = getattr(body, name)
     store = app_state(request).store
-    record = await asyncio.to_thread(store.update_key, key_hash, **changes)
+    try:
+        record = await asyncio.to_thread(store.update_key, key_hash, **changes)
+    except LastManagementKey as exc:
+        raise InvalidRequest(str(exc), metadata={"reason": "last_management_key"}) from None
     app_state(request).recent_keys.forget(key_hash)
     if record is None:
         raise NotFound(f"No key with hash {key_hash!r}.")
@@ -270,7 +273,10 @@ async def update_key(
 async def delete_key(
     key_hash: str, request: Request, _: KeyRecord = Depends(management_key)
 ) -> OrjsonResponse:
-    deleted = await asyncio.to_thread(app_state(request).store.delete_key, key_hash)
+    try:
+        deleted = await asyncio.to_thread(app_state(request).store.delete_key, key_hash)
+    except LastManagementKey as exc:
+        raise InvalidRequest(str(exc), metadata={"reason": "last_management_key"}) from None
     app_state(request).recent_keys.forget(key_hash)
     if not deleted:
         raise NotFound(f"No key with hash {key_hash!r}.")

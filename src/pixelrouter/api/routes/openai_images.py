@@ -161,9 +161,8 @@ async def _openai_stream(px: AppState, admission: Admission, *, edit: bool) -> A
         elif isinstance(item, PixelrouterError):
             yield b"event: error\n" + render.sse_data(stream_error(item))
         elif isinstance(item, Delivery):
-            usage = render.openai_usage(item)
             created = int(time.time())
-            for image in item.result.images:
+            for index, image in enumerate(item.result.images):
                 event = {
                     "type": completed,
                     "b64_json": render.b64(image),
@@ -172,7 +171,8 @@ async def _openai_stream(px: AppState, admission: Admission, *, edit: bool) -> A
                     "quality": "auto",
                     "background": "opaque",
                     "output_format": image_request.output_format,
-                    "usage": usage,
+                    # Its own image's usage: the events add up to the request's.
+                    "usage": render.openai_usage_of_image(item, index),
                 }
                 yield f"event: {completed}\n".encode() + render.sse_data(event)
     yield render.sse_data("[DONE]")
