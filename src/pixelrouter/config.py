@@ -61,6 +61,11 @@ class Settings:
     allow_private_image_urls: bool = False
     max_image_url_bytes: int = 20 * 1024 * 1024
     image_url_timeout_s: float = 10.0
+    # The address clients reach this server at, for the web pages' code samples (None: they
+    # show paths only, never a host a request claimed).
+    public_url: str | None = None
+    # Whether the public web pages show dollars (the fleet's daily spend); off by default.
+    public_usage_dollars: bool = False
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -84,6 +89,8 @@ class Settings:
             reservation_grace_s=float(os.environ.get("PIXELROUTER_RESERVATION_GRACE_S") or 60),
             fetch_image_urls=_env_bool("PIXELROUTER_FETCH_IMAGE_URLS", False),
             allow_private_image_urls=_env_bool("PIXELROUTER_ALLOW_PRIVATE_IMAGE_URLS", False),
+            public_url=(os.environ.get("PIXELROUTER_PUBLIC_URL") or "").rstrip("/") or None,
+            public_usage_dollars=_env_bool("PIXELROUTER_PUBLIC_USAGE_DOLLARS", False),
         )
         for name, value in overrides.items():
             if value is not None:

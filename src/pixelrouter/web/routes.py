@@ -34,9 +34,14 @@ def static_url(name: str) -> str:
 templates.env.globals["static"] = static_url
 
 
+RELATIVE_API_BASE = "/api/v1"
+
+
 def base_url(request: Request) -> str:
-    """This server as the browser reached it: the code samples' base URL."""
-    return str(request.base_url).rstrip("/")
+    """The code samples' base URL: the configured public URL (PIXELROUTER_PUBLIC_URL), else
+    empty, and the pages show paths, which the browser completes with the address it reached
+    (`base.html`). Never the request's Host header, which anyone may set to anything."""
+    return app_state(request).settings.public_url or ""
 
 
 def _page(

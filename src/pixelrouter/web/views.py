@@ -237,6 +237,8 @@ def activity_view(px: AppState, entry: ModelEntry, now: datetime) -> dict[str, A
         total["usage_micro"] += row.usage_micro
         provider = row.provider_name or "Unknown"
         by_provider[provider][day] = by_provider[provider].get(day, 0) + row.images
+    # The fleet's spend in dollars is shown to anyone only when the operator says so.
+    dollars = px.settings.public_usage_dollars
     table = [
         {
             "date": day,
@@ -244,12 +246,19 @@ def activity_view(px: AppState, entry: ModelEntry, now: datetime) -> dict[str, A
             "images": t["images"],
             "megapixels": t["megapixels"],
             "completion_tokens": t["completion_tokens"],
-            "usage": micro_to_usd(t["usage_micro"]),
-            "usage_text": display.usd_text(t["usage_micro"]),
+            **(
+                {
+                    "usage": micro_to_usd(t["usage_micro"]),
+                    "usage_text": display.usd_text(t["usage_micro"]),
+                }
+                if dollars
+                else {}
+            ),
         }
         for day, t in sorted(totals.items(), reverse=True)
     ]
     return {
+        "dollars": dollars,
         "days": days,
         "images_by_provider": [
             {"provider_name": name, "images": [counts.get(day, 0) for day in days]}
