@@ -1,20 +1,23 @@
 """When a generation's bookkeeping is written (docs/billing.md, "When bookkeeping is written").
 
 A key with a spending limit reserves before any work (SPEC §7). A key without one cannot be
-refused, so its generation is recorded and charged in one transaction just after its answer
-has gone out; every reader of the API (`/generation`, `/key`) waits for that write.
+refused: its pending record is written beside the work, before the answer goes out, and it is
+charged once the edge says how many images reached the client; every reader of the API
+(`/generation`, `/key`) waits for that close.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from pathlib import Path
+
+import pytest
 
 from conftest import make_api
 from pixelrouter.billing.keys import hash_key
 from pixelrouter.catalog import KLEIN_4B
+from pixelrouter.errors import PaymentRequired
 from pixelrouter.types import ImageRequest
 from test_billing_api import PRICE, GenerousProvider, new_key
 
@@ -67,40 +70,89 @@ async def test_a_failed_generation_of_a_key_without_limit_is_recorded_and_costs_
         assert store.ledger_total(hash_key(key)) == 0
 
 
-async def test_nothing_is_written_before_the_answer_goes_out(sqlite_api) -> None:
-    """Called without an HTTP edge: the delivery is back, its record not yet written; the
-    edge's `answered` lets the write go, and `closed` waits for it."""
+async def test_the_record_is_written_before_the_answer_and_closed_on_the_edges_word(
+    sqlite_api,
+) -> None:
+    """Without a limit nothing is reserved, but the pending record is written beside the work,
+    so a delivered image always has one (a crash right after the answer leaves it pending, for
+    the sweeper). The close waits for the edge: how many images the client got."""
     px = sqlite_api.app.state.px
     key_hash = hash_key(await new_key(sqlite_api))
-    request = _request(key_hash, "gate")
-    delivery = await px.service.generate(request, api="images", unlimited_key=True)
-    assert delivery.cost_micro == PRICE
-    await asyncio.sleep(0.05)
-    assert px.store.get_generation(request.id) is None
+    request = _request(key_hash, "gate", n=2)
+    delivery = await px.service.generate(
+        request, api="images", unlimited_key=True, edge_reports=True
+    )
+    assert delivery.cost_micro == 2 * PRICE
+    record = px.store.get_generation(request.id)
+    assert record is not None and record.state == "pending"
     assert px.service.closing == 1
-    px.service.answered(request.id)
+    px.service.answered(request.id, 2)
     await px.service.closed(key_hash)
     record = px.store.get_generation(request.id)
     assert record is not None and record.state == "succeeded"
-    assert record.total_cost_micro == PRICE and px.store.ledger_total(key_hash) == PRICE
+    assert record.total_cost_micro == 2 * PRICE and px.store.ledger_total(key_hash) == 2 * PRICE
 
 
-async def test_a_limit_set_while_it_ran_is_never_exceeded(sqlite_api, caplog) -> None:
+async def test_only_the_images_handed_to_the_client_are_charged(sqlite_api) -> None:
+    px = sqlite_api.app.state.px
+    key_hash = hash_key(await new_key(sqlite_api))
+    for handed, limit in ((1, None), (0, None), (3, 10.0), (0, 10.0)):
+        if limit is not None:
+            px.store.update_key(key_hash, limit_micro=int(limit * 1e6))
+        request = _request(key_hash, f"handed-{handed}-{limit}", n=3)
+        await px.service.generate(
+            request, api="images", unlimited_key=limit is None, edge_reports=True
+        )
+        px.service.answered(request.id, handed)
+        await px.service.closed(key_hash)
+        record = px.store.get_generation(request.id)
+        assert record is not None
+        assert (record.num_images, record.undelivered_images) == (handed, 3 - handed)
+        assert record.total_cost_micro == handed * PRICE
+        assert record.state == ("succeeded" if handed else "cancelled")
+        settled = sum(
+            e.amount_micro
+            for e in px.store.ledger_entries(generation_id=request.id)
+            if e.kind == "settle"
+        )
+        assert settled == handed * PRICE  # the ledger agrees with the record
+    assert px.store.key_balance(key_hash).reserved == 0
+
+
+async def test_a_limit_set_while_it_ran_applies_to_later_requests_only(sqlite_api) -> None:
     """The key had no limit when the request came in; another process set one (0) while it
-    ran: the images are delivered, recorded, and left uncharged rather than overspend."""
+    ran: what was admitted before is charged in full, and record and ledger agree. The next
+    request meets the limit."""
     px = sqlite_api.app.state.px
     key_hash = hash_key(await new_key(sqlite_api))
     request = _request(key_hash, "limit-meanwhile")
     await px.service.generate(request, api="images", unlimited_key=True)
     px.store.update_key(key_hash, limit_micro=0, limit_reset=None)
-    with caplog.at_level(logging.WARNING):
-        await px.service.closed(key_hash)
-    assert any("delivered uncharged" in rec.getMessage() for rec in caplog.records)
+    await px.service.closed(key_hash)
     record = px.store.get_generation(request.id)
     assert record is not None and record.state == "succeeded"
-    assert px.store.ledger_total(key_hash) == 0
-    assert px.store.get_reservation(request.id) is None
+    assert record.total_cost_micro == PRICE == px.store.ledger_total(key_hash)
     assert px.store.key_balance(key_hash).reserved == 0
+    later = _request(key_hash, "limit-after")
+    with pytest.raises(PaymentRequired):
+        await px.service.generate(later, api="images")
+
+
+async def test_a_key_deleted_while_it_ran_keeps_the_record_and_the_charge(api) -> None:
+    px = api.app.state.px
+    key_hash = hash_key(await new_key(api))
+    request = _request(key_hash, "deleted-meanwhile")
+    await px.service.generate(request, api="images", unlimited_key=True)
+    assert px.store.delete_key(key_hash)
+    await px.service.closed(key_hash)
+    record = px.store.get_generation(request.id)
+    assert record is not None and record.state == "succeeded"
+    assert record.total_cost_micro == PRICE
+    kinds = {e.kind: e.amount_micro for e in px.store.ledger_entries(generation_id=request.id)}
+    assert kinds == {"reserve": PRICE, "settle": PRICE, "release": 0}
+    # Seen by a management key, as every generation of a deleted key is.
+    seen = await api.get(f"/api/v1/generation?id={request.id}", key=api.admin_key)
+    assert seen.json()["data"]["total_cost"] == PRICE / 1e6
 
 
 async def test_a_client_leaving_early_leaves_a_cancelled_record_and_nothing_open(

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
@@ -24,32 +24,46 @@ from pixelrouter.catalog import (
     image_tokens,
     micro_to_usd,
 )
-from pixelrouter.errors import InvalidRequest, PaymentRequired, PixelrouterError, UpstreamFailed
+from pixelrouter.errors import (
+    InvalidRequest,
+    PaymentRequired,
+    PixelrouterError,
+    ServiceUnavailable,
+    UpstreamFailed,
+)
 from pixelrouter.routing.router import Router, RoutingFailed
 from pixelrouter.stats.windows import provider_caused
-from pixelrouter.store import GenerationApi, NewGeneration, Store, utcnow
+from pixelrouter.store import GenerationApi, NewGeneration, Store, is_unreachable, utcnow
 from pixelrouter.store.stats_records import ProviderOutcome
 from pixelrouter.types import ImageRequest, ImageResult, ProgressEvent, ProviderAttempt
 
 log = logging.getLogger(__name__)
 
-# The longest the bookkeeping of an answered generation waits for the edge to say the answer
-# went out (a client that left, or a caller without an HTTP edge, never says so).
-ANSWER_WAIT_S = 1.0
+# The longest the bookkeeping of an answered generation waits for the edge to say how many of
+# its images were handed to the client: past it (a client that stopped reading), none were.
+ANSWER_TIMEOUT_S = 120.0
+# How long the close of a generation keeps trying while the database is out of reach (a
+# restart): its record and charge are written once it is back.
+CLOSE_RETRY_S = 120.0
 
 
 @dataclass
 class Admission:
-    """A generation that passed admission: its maximum cost is reserved and it is recorded
-    `pending`; `run` or `abandon` closes it exactly once."""
+    """A generation that passed admission: its maximum cost is reserved (a key with a limit)
+    and it is recorded `pending`; `run` or `abandon` closes it exactly once."""
 
     request: ImageRequest
     started: float  # monotonic
-    reserved_micro: int
+    reserved_micro: int  # the maximum cost: reserved, or (unreserved) what bounds the charge
     ran: bool = False
-    # Set for a key without a spending limit: its admission cannot refuse, so the pending
-    # record (and a reservation of what is delivered) is written with its close instead.
-    deferred: NewGeneration | None = None
+    # False for a key that had no spending limit: nothing could refuse it, so nothing was
+    # reserved; what is delivered is charged in full once answered (`LedgerRecords.charge`).
+    reserved: bool = True
+    # The pending record's write, when it runs beside the work (unreserved admissions): awaited
+    # before the answer goes out, so a delivered image always has a record.
+    recorded: asyncio.Future[Any] | None = None
+    # The HTTP edge will say how many images it handed to the client (`answered`).
+    edge_reports: bool = False
 
 
 @dataclass(frozen=True)
@@ -108,7 +122,10 @@ class GenerationService:
         # Bookkeeping of answered generations still being written, by key hash ("" for none),
         # and the gates that hold each back until its answer has been sent.
         self._closing: dict[str, set[asyncio.Task[None]]] = {}
-        self._answers: dict[str, tuple[str, asyncio.Event]] = {}  # id → (key hash, gate)
+        # Answers being sent: id → how many images the edge handed to the client.
+        self._answers: dict[str, asyncio.Future[int | None]] = {}
+        self.answer_timeout_s = ANSWER_TIMEOUT_S
+        self.close_retry_s = CLOSE_RETRY_S
 
     def prompt_tokens(self, prompt: str) -> int:
         for provider in self.router.providers:
@@ -183,12 +200,20 @@ class GenerationService:
             )
 
     async def admit(
-        self, request: ImageRequest, *, api: GenerationApi, streamed: bool = False
+        self,
+        request: ImageRequest,
+        *,
+        api: GenerationApi,
+        streamed: bool = False,
+        edge_reports: bool = False,
     ) -> Admission:
         """Reserve the maximum cost and record the generation, as one unit a client that
-        leaves cannot split: if it leaves meanwhile, what was done is undone."""
+        leaves cannot split: if it leaves meanwhile, what was done is undone. With
+        `edge_reports`, the HTTP edge says how many images reached the client (`answered`)."""
         await self.check_prompt(request)
-        return await self._admit(request, api=api, streamed=streamed)
+        admission = await self._admit(request, api=api, streamed=streamed)
+        admission.edge_reports = edge_reports
+        return admission
 
     async def _admit(
         self, request: ImageRequest, *, api: GenerationApi, streamed: bool = False
@@ -224,21 +249,22 @@ class GenerationService:
         streamed: bool = False,
         on_progress: Callable[[ProgressEvent], None] | None = None,
         unlimited_key: bool = False,
+        edge_reports: bool = False,
     ) -> Delivery:
         """Admit, then route. With `unlimited_key` (the caller saw no spending limit on the
-        key) nothing can refuse the admission, so nothing is written before the work: the
-        generation is recorded, and charged, in one transaction just after it is answered
-        (docs/billing.md, "When bookkeeping is written")."""
+        key) nothing can refuse the admission, so nothing is reserved: the pending record is
+        written beside the work (off the answer's path, as a generation takes longer), and what
+        is delivered is charged in full once answered (docs/billing.md, "When bookkeeping is
+        written")."""
         await self.check_prompt(request)
         if unlimited_key and request.key_hash is not None:
-            admission = Admission(
-                request,
-                time.monotonic(),
-                self.max_cost(request),
-                deferred=_new_record(request, api, streamed),
+            admission = Admission(request, time.monotonic(), self.max_cost(request), reserved=False)
+            admission.recorded = asyncio.ensure_future(
+                asyncio.to_thread(self.store.start_generation, _new_record(request, api, streamed))
             )
         else:
             admission = await self._admit(request, api=api, streamed=streamed)
+        admission.edge_reports = edge_reports
         return await self.run(admission, on_progress)
 
     async def run(
@@ -259,6 +285,7 @@ class GenerationService:
         try:
             result = await self.router.route(request, on_progress)
             delivery = self._price(admission, result, elapsed_ms())
+            await self._recorded(admission)  # no answer without its record
         except asyncio.CancelledError:
             await _shielded(
                 self._close_failed(
@@ -299,8 +326,8 @@ class GenerationService:
             )
             raise
         # Observers (in-memory counters) hear of it now, with the answer; the images exist, so
-        # they are recorded and settled whatever the client does now, just after the answer is
-        # on its way (`closed` and `drain` wait for that).
+        # their record is closed whatever the client does now, once the edge said how many it
+        # handed over (`closed` and `drain` wait for that).
         served = delivery.result
         self._notify(
             GenerationEnd(
@@ -312,18 +339,39 @@ class GenerationService:
                 tuple(served.attempts),
             )
         )
-        self._close_later(request, self._close_succeeded(admission, delivery))
+        self._close_later(admission, delivery)
         return delivery
 
-    def _close_later(self, request: ImageRequest, work: Coroutine[Any, Any, None]) -> None:
-        """Write the bookkeeping of an answered generation once its answer has gone out
-        (`answered`), or after `ANSWER_WAIT_S`: started earlier, its database work would hold
-        the interpreter while the answer is still being sent."""
+    async def _recorded(self, admission: Admission) -> None:
+        """The pending record of an unreserved admission is written (it runs beside the work);
+        a database out of reach then is a 503, and the images are not handed out."""
+        if admission.recorded is None:
+            return
+        try:
+            await asyncio.shield(admission.recorded)
+        except Exception as exc:
+            if not is_unreachable(exc):
+                raise
+            raise ServiceUnavailable(
+                "The database is not answering, so this generation cannot be recorded; "
+                "nothing was charged. Try again in a few seconds.",
+                metadata={"reason": "database_unavailable", "retry_after": 2},
+                headers={"Retry-After": "2"},
+            ) from None
+
+    def _close_later(self, admission: Admission, delivery: Delivery) -> None:
+        """Close an answered generation once the edge says how many of its images it handed
+        to the client (`answered`); started earlier, its database work would also hold the
+        interpreter while the answer is still being sent."""
+        request = admission.request
         key = request.key_hash or ""
-        gate = asyncio.Event()
-        self._answers[request.id] = (key, gate)
+        verdict: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        if admission.edge_reports:
+            self._answers[request.id] = verdict
+        else:
+            verdict.set_result(None)  # no edge: what the caller received is all of it
         task = asyncio.get_running_loop().create_task(
-            _logged(self._after_answer(request.id, gate, work))
+            _logged(self._after_answer(admission, delivery, verdict))
         )
         tasks = self._closing.setdefault(key, set())
         tasks.add(task)
@@ -336,31 +384,31 @@ class GenerationService:
         task.add_done_callback(done)
 
     async def _after_answer(
-        self, generation_id: str, gate: asyncio.Event, work: Coroutine[Any, Any, None]
+        self, admission: Admission, delivery: Delivery, verdict: asyncio.Future[int | None]
     ) -> None:
+        generation_id = admission.request.id
         try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(gate.wait(), ANSWER_WAIT_S)
-        except BaseException:
-            work.close()  # cancelled before it began: the sweeper releases what stays open
-            raise
+            delivered = await asyncio.wait_for(asyncio.shield(verdict), self.answer_timeout_s)
+        except TimeoutError:
+            log.warning(
+                "%s: the answer was not handed over within %g s (the client stopped reading); "
+                "its images are not charged",
+                generation_id,
+                self.answer_timeout_s,
+            )
+            delivered = 0
         finally:
             self._answers.pop(generation_id, None)
-        await work
+        await self._close_succeeded(admission, delivery, delivered)
 
-    def answered(self, generation_id: str) -> None:
-        """The edge sent the last byte of this generation's answer."""
-        entry = self._answers.get(generation_id)
-        if entry is not None:
-            entry[1].set()
+    def answered(self, generation_id: str, delivered_images: int | None = None) -> None:
+        """The edge is done with this generation's answer: it handed `delivered_images` images
+        to the client whole (None: all it was given, or it never knew of any)."""
+        verdict = self._answers.get(generation_id)
+        if verdict is not None and not verdict.done():
+            verdict.set_result(delivered_images)
 
     def _pending_closes(self, key_hash: str | None) -> list[asyncio.Task[None]]:
-        """The bookkeeping tasks still running (of one key, or all), told not to wait for their
-        answers any longer: whoever asks is past them. Other keys' stay gated, so their writes
-        still wait until their answers are sent."""
-        for key, gate in self._answers.values():
-            if key_hash is None or key == key_hash:
-                gate.set()
         if key_hash is None:
             return [task for tasks in self._closing.values() for task in tasks]
         return list(self._closing.get(key_hash, ()))
@@ -421,24 +469,71 @@ class GenerationService:
         prompt_tokens = result.prompt_tokens or self.prompt_tokens(request.prompt)
         return Delivery(request, result, cost, prompt_tokens, completion, latency_ms)
 
-    async def _close_succeeded(self, admission: Admission, delivery: Delivery) -> None:
+    async def _close_succeeded(
+        self, admission: Admission, delivery: Delivery, delivered: int | None
+    ) -> None:
+        """Charge the images handed to the client whole (`delivered`; None: all of them); the
+        rest were made for a client that left: the operator's cost, recorded as undelivered."""
         request, result = delivery.request, delivery.result
+        made = len(result.images)
+        handed = made if delivered is None else max(0, min(delivered, made))
+        charge = delivery.cost_micro * handed // made  # every image has the request's size
         record = {
-            "state": "succeeded",
+            "state": "succeeded" if handed else "cancelled",
+            "cancelled": handed < made,
             "model": result.model,
             "provider_name": result.provider_name,
             "provider_slug": result.provider_slug,
-            "total_cost_micro": delivery.cost_micro,
+            "total_cost_micro": charge,
             "latency_ms": delivery.latency_ms,
             "generation_time_ms": result.generation_time_ms,
-            "finish_reason": "stop",
+            "finish_reason": "stop" if handed == made else "client_gone",
             "tokens_prompt": delivery.prompt_tokens,
-            "tokens_completion": delivery.completion_tokens,
-            "num_images": len(result.images),
+            "tokens_completion": delivery.completion_tokens * handed // made,
+            "num_images": handed,
+            "undelivered_images": made - handed,
             "provider_responses": _attempts_json(result.attempts),
         }
+        if handed < made:
+            log.info(
+                "%s: %d of %d image(s) were not handed to the client (it left); not charged",
+                request.id,
+                made - handed,
+                made,
+            )
+            self._notify(
+                GenerationEnd(request.id, "undelivered", result.provider_slug, made - handed, 0)
+            )
         outcomes = self._outcomes(request, result.attempts, delivery)
-        await asyncio.to_thread(self._close_now, admission, record, delivery.cost_micro, outcomes)
+        await self._close_soon(admission, record, charge if handed else None, outcomes)
+
+    async def _close_soon(
+        self,
+        admission: Admission,
+        record: dict[str, Any],
+        charge_micro: int | None,
+        outcomes: list[ProviderOutcome],
+    ) -> None:
+        """`_close_now` in a worker thread, tried again while the database is out of reach (a
+        restart): the record and the money of a delivered image are never given up on for
+        that. The transaction is all or nothing, so a retry never writes anything twice."""
+        deadline = time.monotonic() + self.close_retry_s
+        pause = 0.25
+        while True:
+            try:
+                await asyncio.to_thread(self._close_now, admission, record, charge_micro, outcomes)
+                return
+            except Exception as exc:
+                if not is_unreachable(exc) or time.monotonic() + pause > deadline:
+                    raise
+                log.warning(
+                    "%s: the database is out of reach (%s); closing it again in %.2g s",
+                    admission.request.id,
+                    type(exc).__name__,
+                    pause,
+                )
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
 
     def _close_now(
         self,
@@ -448,50 +543,41 @@ class GenerationService:
         outcomes: list[ProviderOutcome],
     ) -> None:
         """Runs in a worker thread: finalise the record, settle the reservation to
-        `charge_micro` (None: release it all) and count the provider outcomes, in one
-        transaction; a deferred admission is written first, in the same transaction. Should
-        the outcomes fail, the record and the money are written without them: statistics
-        never break a generation."""
+        `charge_micro` (None: release it all) or, for an unreserved admission, charge it in
+        full, and count the provider outcomes, in one transaction. Should the outcomes fail,
+        the record and the money are written without them: statistics never break a
+        generation."""
         request = admission.request
         key_hash = request.key_hash
 
         def write(with_outcomes: bool) -> None:
             with self.store.transaction() as tx:
-                reserved = True
-                if admission.deferred is not None:
-                    self.store.start_generation(admission.deferred, tx=tx)
-                    reserved = bool(key_hash and charge_micro) and self._reserve_delivered(
-                        request, charge_micro or 0, tx
-                    )
                 self.store.finish_generation(request.id, **record, tx=tx)
-                if key_hash is not None and reserved:
+                if key_hash is not None and admission.reserved:
                     if charge_micro is None:
                         self.store.release(request.id, tx=tx)
                     else:
                         self.store.settle(request.id, charge_micro, tx=tx)
+                elif key_hash is not None and charge_micro:
+                    # Admitted while the key had no limit: charged in full, even if a limit
+                    # was set meanwhile (it applies to requests admitted after it), and even
+                    # if the key was deleted (the ledger keeps the charge, as the record).
+                    self.store.charge(
+                        generation_id=request.id,
+                        key_hash=key_hash,
+                        amount_micro=charge_micro,
+                        tx=tx,
+                    )
                 if with_outcomes and outcomes:
                     self.store.record_outcomes(outcomes, tx=tx)
 
         try:
             write(with_outcomes=True)
-        except Exception:
-            if not outcomes:
+        except Exception as exc:
+            if not outcomes or is_unreachable(exc):
                 raise
             log.exception("could not record the provider outcomes of %s", request.id)
             write(with_outcomes=False)
-
-    def _reserve_delivered(self, request: ImageRequest, amount_micro: int, tx: Any) -> bool:
-        """For a deferred admission: reserve what was delivered, to settle it at once. Only a
-        limit set on the key while this ran (by another process) can refuse; the limit wins
-        and the images go uncharged, with a warning."""
-        reserved = self._reserve(request, amount_micro, tx)
-        if not reserved:
-            log.warning(
-                "%s was delivered uncharged: its key got a spending limit while it ran, and "
-                "the limit cannot cover it",
-                request.id,
-            )
-        return reserved
 
     def _reserve(self, request: ImageRequest, amount_micro: int, tx: Any) -> bool:
         """Reserve against the request's key, in `tx`; False when its limit cannot cover it."""
@@ -510,11 +596,14 @@ class GenerationService:
     ) -> None:
         """Failed or cancelled: nothing was delivered, so nothing is charged."""
         request = admission.request
+        if admission.recorded is not None:  # the pending row must exist before it is closed
+            with contextlib.suppress(Exception):
+                await asyncio.shield(admission.recorded)
         fields.setdefault("state", "failed")
         fields.setdefault("finish_reason", "error")
         attempts = attempts or []
         outcomes = self._outcomes(request, attempts, None)
-        await asyncio.to_thread(self._close_now, admission, fields, None, outcomes)
+        await self._close_soon(admission, fields, None, outcomes)
         self._notify(GenerationEnd(request.id, fields["state"], None, 0, 0, tuple(attempts)))
 
     def _outcomes(

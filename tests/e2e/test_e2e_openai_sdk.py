@@ -77,8 +77,9 @@ def test_images_generate_stream_yields_completed_events(client: openai.OpenAI) -
     for event in events:
         assert event.type == "image_generation.completed"
         assert event.size == "256x256" and event.output_format == "png"
-        assert event.usage.output_tokens == 2 * 4096  # the request's usage
+        assert event.usage.output_tokens == 4096  # its own image's: the events add up
         assert b64_size(event.b64_json) == (256, 256)
+    assert sum(e.usage.output_tokens for e in events) == 2 * 4096
 
 
 def test_chat_completion_with_image_output(client: openai.OpenAI, seen: Seen) -> None:

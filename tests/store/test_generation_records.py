@@ -188,9 +188,9 @@ def test_mark_stale_pending_finalises_only_old_pending_rows(store: Store) -> Non
         "failed",
         0,
         now,
-        "error",
+        "outcome_unknown",
     )
-    assert old.error_message and "abandoned" in old.error_message
+    assert old.error_message and "outcome unknown" in old.error_message
     assert store.get_generation("gen-new").state == "pending"  # type: ignore[union-attr]
     assert store.get_generation("gen-done") == done_before
     # nothing left to sweep; and a finish after the sweep loses

@@ -8,8 +8,6 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 
@@ -20,6 +18,7 @@ from pixelrouter.errors import (
     PixelrouterError,
     ServiceUnavailable,
 )
+from pixelrouter.store import is_unreachable
 
 from .responses import OrjsonResponse
 
@@ -39,18 +38,10 @@ _HTTP_TYPES = {
 DATABASE_RETRY_AFTER_S = 2
 
 
-def database_unreachable(exc: BaseException) -> bool:
-    """A database that is restarting or out of reach (not a bug in a statement): the request
-    may pass in a moment."""
-    if isinstance(exc, OperationalError | InterfaceError | PoolTimeout):
-        return True
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
-
-
 def unexpected_error(exc: BaseException, where: str) -> PixelrouterError:
     """What a client is told of an exception nobody expected: a 503 with `Retry-After` when
     the database is out of reach, else a 500 with an error id (logged with the traceback)."""
-    if database_unreachable(exc):
+    if is_unreachable(exc):
         log.warning("the database is out of reach (%s): %s", where, type(exc).__name__)
         return ServiceUnavailable(
             "The database is not answering; try again in a few seconds.",

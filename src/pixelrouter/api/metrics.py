@@ -67,6 +67,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.undelivered = Counter(
+            "pixelrouter_images_undelivered",
+            "Images made but never handed whole to the client (it left first): not charged, "
+            "the operator's cost",
+            ["provider"],
+            registry=self.registry,
+        )
         self.images = Counter(
             "pixelrouter_images_generated",
             "Images delivered to clients, by the provider that made them",
@@ -92,6 +99,9 @@ class Metrics:
 
     def generation_finished(self, end: GenerationEnd) -> None:
         """A `GenerationService` observer: count what was delivered and every attempt."""
+        if end.state == "undelivered":  # made for a client that left: the operator's cost
+            self.undelivered.labels(end.provider_slug or "none").inc(end.images)
+            return
         for attempt in end.attempts:
             if attempt.provider_slug:
                 self.attempts.labels(attempt.provider_slug, str(attempt.status)).inc()

@@ -25,6 +25,7 @@ from pixelrouter.errors import (
 )
 
 from .errors import unexpected_error
+from .handoff import Handoff, settle_order, watch_connection
 
 log = logging.getLogger("pixelrouter.api")
 _ALPHABET = string.ascii_letters + string.digits
@@ -48,14 +49,15 @@ class EdgeMiddleware:
         *,
         max_body_bytes: int,
         demo: bool,
-        on_answered: Callable[[str], None] | None = None,
+        on_answered: Callable[[str, int | None], None] | None = None,
         body_timeout_s: float = 30.0,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
         self.demo = demo
-        # Told each generation id whose response has been sent whole (or given up on).
+        # Told, for each generation id, once its response is over: how many of its images were
+        # handed to the client's connection whole (None: it registered none; `handoff.py`).
         self.on_answered = on_answered
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -63,18 +65,28 @@ class EdgeMiddleware:
             await self.app(scope, receive, send)
             return
         generation_id = new_generation_id()
-        scope.setdefault("state", {})["generation_id"] = generation_id
+        handoff = Handoff()
+        state = scope.setdefault("state", {})
+        state["generation_id"] = generation_id
+        state["handoff"] = handoff
         extra_headers = [(b"x-generation-id", generation_id.encode())]
         if self.demo:
             extra_headers.append((b"x-pixelrouter-demo", b"random-weights"))
         started = False
+        connection = receive  # the server's own: its disconnect, whatever the app reads
+        watcher: asyncio.Task[None] | None = None
 
         async def send_with_headers(message: Message) -> None:
-            nonlocal started
+            nonlocal started, watcher
             if message["type"] == "http.response.start":
                 started = True
                 message.setdefault("headers", [])
                 message["headers"] = list(message["headers"]) + extra_headers
+                if handoff.tracked:
+                    watcher = asyncio.ensure_future(watch_connection(connection, handoff))
+            if message["type"] == "http.response.body" and handoff.tracked:
+                await _send_counted(send, message, handoff)
+                return
             await send(message)
 
         if _has_nul(scope):
@@ -114,8 +126,37 @@ class EdgeMiddleware:
             where = f"generation {generation_id} on {scope.get('method')} {scope.get('path')}"
             await _send_error(send_with_headers, unexpected_error(exc, where))
         finally:
+            if watcher is not None and not watcher.done():
+                watcher.cancel()
             if self.on_answered is not None:
-                self.on_answered(generation_id)
+                self.on_answered(generation_id, handoff.delivered_images())
+
+
+async def _send_counted(send: Send, message: Message, handoff: Handoff) -> None:
+    """Pass a body message on and account for it: the bytes before it were handed over once
+    the server took it (its flow control waits for them first) with the connection open. The
+    last message is followed by an empty one that confirms the end the same way, and only
+    then by the one that ends the response (after which the server reports a disconnect that
+    means nothing)."""
+    if handoff.lost:
+        return  # the client is gone: nothing more is handed over
+    body = message.get("body", b"")
+    last = not message.get("more_body", False)
+    before = handoff.sent
+    await send({**message, "more_body": True} if last else message)
+    handoff.sent += len(body)
+    await settle_order()
+    if handoff.lost:
+        return
+    handoff.confirmed = before
+    if last:
+        await send({"type": "http.response.body", "body": b"", "more_body": True})
+        await settle_order()
+        if handoff.lost:
+            return
+        handoff.confirmed = handoff.sent
+        handoff.complete = True
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def _has_nul(scope: Scope) -> bool:

@@ -386,8 +386,21 @@ def _optional_bool(value: Any, key: str, where: str) -> bool | None:
     raise ConfigError(f"{where}: '{key}' must be true or false; got {value!r}.")
 
 
-QUANTIZATIONS = ("int4", "int8", "fp4", "mxfp4", "nvfp4", "fp6", "fp8", "mxfp8", "fp16", "bf16")
-QUANTIZATIONS += ("fp32", "unknown")  # OpenRouter's list, which `provider.quantizations` uses
+# OpenRouter's list, which `provider.quantizations` names.
+QUANTIZATIONS: tuple[str, ...] = (
+    "int4",
+    "int8",
+    "fp4",
+    "mxfp4",
+    "nvfp4",
+    "fp6",
+    "fp8",
+    "mxfp8",
+    "fp16",
+    "bf16",
+    "fp32",
+    "unknown",
+)
 
 
 def _quantization(value: Any, where: str) -> str | None:

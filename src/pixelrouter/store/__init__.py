@@ -1,6 +1,6 @@
 """Storage: SQLite by default, PostgreSQL by URL; tables, Alembic migrations and the `Store`."""
 
-from pixelrouter.store.db import DEFAULT_DATABASE_URL, normalize_url, utcnow
+from pixelrouter.store.db import DEFAULT_DATABASE_URL, is_unreachable, normalize_url, utcnow
 from pixelrouter.store.key_records import LastManagementKey
 from pixelrouter.store.records import (
     ActivityRow,
@@ -30,6 +30,7 @@ __all__ = [
     "NewGeneration",
     "Reservation",
     "Store",
+    "is_unreachable",
     "normalize_url",
     "utcnow",
 ]

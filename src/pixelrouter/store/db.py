@@ -10,6 +10,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.pool import QueuePool
 
 DEFAULT_DATABASE_URL = "sqlite:///./.pixelrouter/pixelrouter.db"
@@ -22,6 +24,14 @@ WRITE_OPTION = "pixelrouter_write"
 def utcnow() -> datetime:
     """The current time, tz-aware UTC."""
     return datetime.now(UTC)
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """A database that is restarting or out of reach (a dropped connection, a refused one, an
+    exhausted pool), not a statement's own fault: the same work may pass in a moment."""
+    if isinstance(exc, OperationalError | InterfaceError | PoolTimeout):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 def normalize_url(url: str) -> str:

@@ -20,7 +20,10 @@ from pixelrouter.store.records import (
 )
 from pixelrouter.store.tables import generations
 
-ABANDONED_MESSAGE = "abandoned: the server stopped before the generation finished"
+ABANDONED_MESSAGE = (
+    "outcome unknown: the server that ran this generation stopped before closing it; "
+    "nothing was charged"
+)
 
 
 class GenerationRecords:
@@ -97,6 +100,7 @@ class GenerationRecords:
         provider_responses: Sequence[Mapping[str, Any]] | None = None,
         error_message: str | None = None,
         error_status: int | None = None,
+        undelivered_images: int | None = None,
         tx: Connection | None = None,
     ) -> bool:
         """Finalise a pending generation; True if this call did it, False if it was not pending.
@@ -133,6 +137,7 @@ class GenerationRecords:
             "height": height,
             "error_message": error_message,
             "error_status": error_status,
+            "undelivered_images": undelivered_images,
         }
         values.update({name: value for name, value in optional.items() if value is not None})
         if provider_responses is not None:
@@ -185,7 +190,7 @@ class GenerationRecords:
                 num_images=0,
                 finished_at=now or utcnow(),
                 cancelled=state == "cancelled",
-                finish_reason="error" if state == "failed" else "cancelled",
+                finish_reason="outcome_unknown" if state == "failed" else "cancelled",
                 error_message=error_message,
             )
         )
@@ -241,4 +246,5 @@ def _generation_record(m: Mapping[Any, Any]) -> GenerationRecord:
         trace=m.get("trace"),
         metadata=m.get("request_metadata"),
         adjustments=tuple(m.get("adjustments") or ()),
+        undelivered_images=int(m.get("undelivered_images") or 0),
     )

@@ -201,6 +201,64 @@ class LedgerRecords:
             conn.execute(_settle_statement(start is not None), params)
         return True
 
+    def charge(
+        self,
+        *,
+        generation_id: str,
+        key_hash: str,
+        amount_micro: int,
+        now: datetime | None = None,
+        tx: Connection | None = None,
+    ) -> bool:
+        """Charge a generation that was admitted without a reservation (its key had no limit
+        then), exactly once: a reservation of the amount settled at once, whatever limit the
+        key has now (a limit applies to what is admitted after it is set). A key deleted
+        meanwhile still gets its ledger rows, as its generations keep their records.
+
+        True if this call charged it; False if the generation was already charged."""
+        check_micro("amount_micro", amount_micro)
+        now = check_aware("now", now or utcnow())
+        with write_transaction(self.engine, tx) as conn:
+            if _reservation_exists(conn, generation_id):
+                return False
+            row: dict[str, Any] = {
+                "generation_id": generation_id,
+                "key_hash": key_hash,
+                "amount_micro": amount_micro,
+                "state": "settled",
+                "settled_micro": amount_micro,
+                "created_at": now,
+                "expires_at": now,
+                "finished_at": now,
+            }
+            conn.execute(insert(reservations), row)
+            _append(
+                conn,
+                [
+                    (key_hash, generation_id, "reserve", amount_micro),
+                    (key_hash, generation_id, "settle", amount_micro),
+                    (key_hash, generation_id, "release", 0),
+                ],
+                now,
+            )
+            key = conn.execute(_KEY_LIMIT, {"key_hash": key_hash}).first()
+            if key is None:
+                return True  # deleted: its counters went with it; the ledger keeps the charge
+            start = limit_period_start(key.limit_reset, now)
+            _lock_balance(conn, key_hash, start, now)
+            params: dict[str, Any] = {"b_key_hash": key_hash, "b_now": now}
+            if start is not None:
+                params["b_start"] = start
+            # The counters move as a reservation and its settlement would move them.
+            conn.execute(
+                _reserve_statement(start is not None, False), {**params, "b_amount": amount_micro}
+            )
+            conn.execute(
+                _settle_statement(start is not None),
+                {**params, "b_delivered": amount_micro, "b_reserved": amount_micro},
+            )
+        return True
+
     def release(
         self, generation_id: str, now: datetime | None = None, tx: Connection | None = None
     ) -> bool:

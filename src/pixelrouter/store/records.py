@@ -129,6 +129,7 @@ class GenerationRecord:
     trace: Mapping[str, Any] | None = None
     metadata: Mapping[str, str] | None = None
     adjustments: tuple[str, ...] = ()
+    undelivered_images: int = 0
 
     @property
     def finished(self) -> bool:

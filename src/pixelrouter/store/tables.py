@@ -186,6 +186,9 @@ generations = Table(
     Column("request_metadata", JSONObject(), nullable=True),
     # What was changed to make the request: a tier clamped or mapped (migration 0004).
     Column("adjustments", JSONList(), nullable=False, server_default=text("'[]'")),
+    # Images made but never handed whole to the client (it left): the operator's cost, not
+    # charged (migration 0004).
+    Column("undelivered_images", Integer, nullable=False, server_default=text("0")),
     CheckConstraint("state IN ('pending', 'succeeded', 'failed', 'cancelled')", name="state"),
     CheckConstraint("api IN ('chat', 'images', 'openai_images')", name="api"),
     CheckConstraint("total_cost_micro >= 0", name="total_cost_micro"),

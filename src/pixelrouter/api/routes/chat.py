@@ -14,6 +14,7 @@ from pixelrouter.store import KeyRecord
 
 from .. import render, wire
 from ..auth import inference_key
+from ..handoff import Handoff
 from ..responses import OrjsonResponse
 from ..schemas import ChatCompletion, ChatCompletionRequest
 from ..state import AppState, app_state
@@ -23,6 +24,8 @@ from .common import (
     deliver,
     delivery_events,
     edge,
+    handoff_of,
+    image_chunk,
     progress_comment,
     sse_response,
     with_router_metadata,
@@ -46,12 +49,14 @@ async def chat_completions(
     if image_request.stream:
         px = app_state(request)
         admission = await admit_stream(request, image_request, "chat")
-        return sse_response(px, admission, _chat_stream(px, admission))
+        return sse_response(px, admission, _chat_stream(px, admission, handoff_of(request)))
     delivery = await deliver(request, image_request, "chat")
     return OrjsonResponse(with_router_metadata(request, render.chat_completion(delivery), delivery))
 
 
-async def _chat_stream(px: AppState, admission: Admission) -> AsyncIterator[bytes]:
+async def _chat_stream(
+    px: AppState, admission: Admission, handoff: Handoff | None
+) -> AsyncIterator[bytes]:
     image_request = admission.request
     created = int(time.time())
     gen_id, model = image_request.id, image_request.model
@@ -75,9 +80,8 @@ async def _chat_stream(px: AppState, admission: Admission) -> AsyncIterator[byte
                 {"type": "image_url", "image_url": {"url": render.data_url(im)}, "index": i}
                 for i, im in enumerate(item.result.images)
             ]
-            yield chunk(
-                delta={"role": "assistant", "content": "", "images": images}, provider=provider
-            )
+            delta = {"role": "assistant", "content": "", "images": images}
+            yield image_chunk(handoff, chunk(delta=delta, provider=provider), len(images))
             yield chunk(delta={}, finish_reason="stop", provider=provider)
             yield chunk(no_choices=True, usage_block=render.usage(item), provider=provider)
     yield render.sse_data("[DONE]")

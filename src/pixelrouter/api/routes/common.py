@@ -18,6 +18,7 @@ from pixelrouter.types import ImageRequest
 from .. import render
 from ..auth import attribution
 from ..errors import unexpected_error
+from ..handoff import Handoff, track
 from ..state import AppState, app_state
 from ..streaming import KEEPALIVE, Tick, until_disconnect, with_keepalive
 from ..wire import Edge
@@ -38,21 +39,46 @@ def edge(request: Request, key: KeyRecord) -> Edge:
     )
 
 
+def handoff_of(request: Request) -> Handoff | None:
+    """The edge's account of this response, tracked: what of it reaches the client decides
+    what is charged (`handoff.py`)."""
+    return track(request.scope.setdefault("state", {}))
+
+
 async def deliver(request: Request, image_request: ImageRequest, api: GenerationApi) -> Delivery:
-    """Generate without streaming; a client that goes away cancels its queued work."""
+    """Generate without streaming; a client that goes away cancels its queued work. Its images
+    are charged once the whole body was handed to the client's connection."""
     px = app_state(request)
     key: KeyRecord | None = getattr(request.state, "api_key", None)
     unlimited = key is not None and key.limit_micro is None
-    return await until_disconnect(
-        request, px.service.generate(image_request, api=api, unlimited_key=unlimited)
+    handoff = handoff_of(request)
+    delivery = await until_disconnect(
+        request,
+        px.service.generate(
+            image_request, api=api, unlimited_key=unlimited, edge_reports=handoff is not None
+        ),
     )
+    if handoff is not None:
+        handoff.images_in_body(len(delivery.result.images))
+    return delivery
 
 
 async def admit_stream(
     request: Request, image_request: ImageRequest, api: GenerationApi
 ) -> Admission:
     """Admission before the stream starts, so a 402 is an HTTP 402, not an in-stream error."""
-    return await app_state(request).service.admit(image_request, api=api, streamed=True)
+    handoff = handoff_of(request)
+    return await app_state(request).service.admit(
+        image_request, api=api, streamed=True, edge_reports=handoff is not None
+    )
+
+
+def image_chunk(handoff: Handoff | None, chunk: bytes, images: int) -> bytes:
+    """A stream chunk that holds `images` whole images: they are charged once it is handed
+    to the client's connection."""
+    if handoff is not None and images:
+        handoff.images_in_next_chunk(images, len(chunk))
+    return chunk
 
 
 async def delivery_events(

@@ -15,6 +15,7 @@ from pixelrouter.store import KeyRecord
 
 from .. import render, wire
 from ..auth import inference_key
+from ..handoff import Handoff
 from ..responses import OrjsonResponse
 from ..schemas import ImagesRequest, ImagesResponse
 from ..state import AppState, app_state
@@ -24,6 +25,8 @@ from .common import (
     deliver,
     delivery_events,
     edge,
+    handoff_of,
+    image_chunk,
     progress_comment,
     sse_response,
     with_router_metadata,
@@ -47,7 +50,7 @@ async def create_images(
     if image_request.stream:
         px = app_state(request)
         admission = await admit_stream(request, image_request, "images")
-        return sse_response(px, admission, _images_stream(px, admission))
+        return sse_response(px, admission, _images_stream(px, admission, handoff_of(request)))
     delivery = await deliver(request, image_request, "images")
     return OrjsonResponse(with_router_metadata(request, render.images_response(delivery), delivery))
 
@@ -64,7 +67,9 @@ def stream_error(error: PixelrouterError) -> dict[str, Any]:
     }
 
 
-async def _images_stream(px: AppState, admission: Admission) -> AsyncIterator[bytes]:
+async def _images_stream(
+    px: AppState, admission: Admission, handoff: Handoff | None
+) -> AsyncIterator[bytes]:
     yield render.sse_comment(KEEPALIVE)
     async for item in delivery_events(px, admission):
         if isinstance(item, Tick):
@@ -84,5 +89,5 @@ async def _images_stream(px: AppState, admission: Admission) -> AsyncIterator[by
                 }
                 if i == len(images) - 1:  # the request's usage, once
                     event["usage"] = render.usage(item)
-                yield render.sse_data(event)
+                yield image_chunk(handoff, render.sse_data(event), 1)
     yield render.sse_data("[DONE]")

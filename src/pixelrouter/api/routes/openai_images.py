@@ -18,6 +18,7 @@ from pixelrouter.types import ImageRequest
 
 from .. import render, wire
 from ..auth import inference_key
+from ..handoff import Handoff
 from ..responses import OrjsonResponse
 from ..schemas import OpenAIImagesRequest, OpenAIImagesResponse
 from ..state import AppState, app_state
@@ -27,6 +28,8 @@ from .common import (
     deliver,
     delivery_events,
     edge,
+    handoff_of,
+    image_chunk,
     progress_comment,
     sse_response,
 )
@@ -144,12 +147,15 @@ async def _respond(
 ) -> Response:
     if image_request.stream:
         admission = await admit_stream(request, image_request, "openai_images")
-        return sse_response(px, admission, _openai_stream(px, admission, edit=edit))
+        stream = _openai_stream(px, admission, handoff_of(request), edit=edit)
+        return sse_response(px, admission, stream)
     delivery = await deliver(request, image_request, "openai_images")
     return OrjsonResponse(render.openai_images_response(delivery))
 
 
-async def _openai_stream(px: AppState, admission: Admission, *, edit: bool) -> AsyncIterator[bytes]:
+async def _openai_stream(
+    px: AppState, admission: Admission, handoff: Handoff | None, *, edit: bool
+) -> AsyncIterator[bytes]:
     """OpenAI's image stream events: `image_generation.completed`, or `image_edit.completed`
     for edits, as the OpenAI SDK types them; then `[DONE]` as the other streams end."""
     image_request = admission.request
@@ -174,5 +180,6 @@ async def _openai_stream(px: AppState, admission: Admission, *, edit: bool) -> A
                     # Its own image's usage: the events add up to the request's.
                     "usage": render.openai_usage_of_image(item, index),
                 }
-                yield f"event: {completed}\n".encode() + render.sse_data(event)
+                data = f"event: {completed}\n".encode() + render.sse_data(event)
+                yield image_chunk(handoff, data, 1)
     yield render.sse_data("[DONE]")

@@ -1,5 +1,6 @@
-"""The current API's request fields on a generation: `session_id`, `trace`, `metadata`, and the
-adjustments made to reach its size (a tier clamped or mapped).
+"""The current API's request fields on a generation: `session_id`, `trace`, `metadata`; the
+adjustments made to reach its size (a tier clamped or mapped); and the images made but never
+handed to the client (the operator's cost, not charged).
 
 Revision ID: 0004
 Revises: 0003
@@ -9,6 +10,7 @@ Create Date: 2026-12-03
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -20,7 +22,7 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
-def _json() -> sa.types.TypeEngine[object]:
+def _json() -> sa.types.TypeEngine[Any]:
     return sa.JSON().with_variant(JSONB(), "postgresql")
 
 
@@ -32,10 +34,14 @@ def upgrade() -> None:
         batch.add_column(
             sa.Column("adjustments", _json(), nullable=False, server_default=sa.text("'[]'"))
         )
+        batch.add_column(
+            sa.Column("undelivered_images", sa.Integer(), nullable=False, server_default="0")
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("generations") as batch:
+        batch.drop_column("undelivered_images")
         batch.drop_column("adjustments")
         batch.drop_column("request_metadata")
         batch.drop_column("trace")
