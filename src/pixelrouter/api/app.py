@@ -27,6 +27,7 @@ from pixelrouter.web import router as web_router
 
 from .auth import current_key
 from .errors import install_error_handlers
+from .handoff import ConnectionMiddleware
 from .lifecycle import CANCEL_GRACE_S, DEFAULT_DRAIN_TIMEOUT_S, DrainMiddleware, Lifecycle
 from .metrics import Metrics, MetricsMiddleware
 from .metrics import router as metrics_router
@@ -181,5 +182,6 @@ def create_app(
         demo=settings.demo,
         on_answered=px.service.answered,
     )
-    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: sees every response
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # sees every response
+    app.add_middleware(ConnectionMiddleware)  # outermost: the server's own transport
     return app

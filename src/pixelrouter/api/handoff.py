@@ -1,20 +1,68 @@
-"""What of an answer was handed to the client's connection: the edge's account of one response,
-so a generation is charged for the images whose bytes went out whole, and not for those of a
-client that left first (docs/billing.md, "What is charged").
+"""What of an answer reached the client: the edge's account of one response, so a generation is
+charged for the images whose bytes the client received whole, and not for those of a client
+that left first (docs/billing.md, "What is charged").
 
 The edge (`EdgeMiddleware`) counts the body bytes it passes to the server and watches the
-connection: a body message that the server took while the connection stayed open was handed
-over, and the server's flow control makes its next message wait until the earlier bytes left
-this process (down to its low-water mark, a few KiB). The last message is followed by an empty
-one, so the end of the body is confirmed the same way. Routes say where each image's bytes end.
+connection. Under uvicorn on Linux it also reads the socket itself (`ConnectionProbe`): an
+image counts once the client's TCP acknowledged its last byte, which a client that stops
+reading never does beyond its small receive buffer (a few hundred KiB), however much the
+server's and the kernel's buffers took. Elsewhere (another server, the in-process test
+transport) a body message counts once the server took it while the connection stayed open.
+Routes say where each image's bytes end.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import socket
+import struct
+import termios
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
-from starlette.types import Receive
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+TCP_INFO_BYTES_ACKED = 120  # offset of `tcpi_bytes_acked` (u64) in Linux's struct tcp_info
+ACK_POLL_S = (0.002, 0.05)  # first and longest pause while waiting for the client's ACKs
+
+
+class ConnectionProbe:
+    """The TCP connection under a response (Linux): how many bytes its peer acknowledged, and
+    how many this process handed to it so far (acknowledged, in the kernel's queue, or still
+    in the transport's buffer)."""
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+        self.socket = transport.get_extra_info("socket")
+
+    @classmethod
+    def of(cls, transport: Any) -> ConnectionProbe | None:
+        probe = cls(transport)
+        return probe if probe.acked() is not None else None
+
+    def acked(self) -> int | None:
+        try:
+            info = self.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 192)
+        except (OSError, AttributeError):
+            return None
+        if len(info) < TCP_INFO_BYTES_ACKED + 8:
+            return None
+        return int(struct.unpack_from("=Q", info, TCP_INFO_BYTES_ACKED)[0])
+
+    def handed(self) -> int | None:
+        """Bytes this process gave the connection so far, as an offset of its byte stream."""
+        acked = self.acked()
+        if acked is None:
+            return None
+        try:
+            queued = struct.unpack(
+                "i", fcntl.ioctl(self.socket.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+            )[0]
+        except OSError:
+            return None
+        return acked + int(queued) + int(self.transport.get_write_buffer_size())
 
 
 @dataclass
@@ -23,11 +71,50 @@ class Handoff:
 
     tracked: bool = False
     sent: int = 0  # body bytes passed to the server
-    confirmed: int = 0  # body bytes known to have been handed to the connection
-    complete: bool = False  # the whole body was handed over
+    confirmed: int = 0  # body bytes known to have reached the client
+    complete: bool = False  # the whole body reached it
     lost: bool = False  # the connection closed before the body was complete
     # Per image: the body offset its bytes end at; None for "at the end of the body".
     image_ends: list[int | None] = field(default_factory=list)
+    probe: ConnectionProbe | None = None
+    # (body offset, connection offset) after each body message the server took.
+    marks: list[tuple[int, int]] = field(default_factory=list)
+
+    def mark(self) -> None:
+        """After the server took a body message: where its end lies on the connection."""
+        if self.probe is not None:
+            handed = self.probe.handed()
+            if handed is not None:
+                self.marks.append((self.sent, handed))
+
+    def observe(self) -> None:
+        """Move `confirmed` to the body offset the client acknowledged (with a probe)."""
+        acked = self.probe.acked() if self.probe is not None else None
+        if acked is None:
+            return
+        for body_end, connection_end in self.marks:
+            if connection_end <= acked:
+                self.confirmed = max(self.confirmed, body_end)
+
+    async def wait_acked(self, timeout_s: float) -> bool:
+        """Wait until the client acknowledged everything handed so far (True), the connection
+        was lost, or the time ran out (False)."""
+        if self.probe is None or not self.marks:
+            return not self.lost
+        target = self.marks[-1][1]
+        deadline = time.monotonic() + timeout_s
+        pause = ACK_POLL_S[0]
+        while not self.lost:
+            acked = self.probe.acked()
+            if acked is None or acked >= target:
+                self.observe()
+                return acked is not None
+            self.observe()
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, ACK_POLL_S[1])
+        return False
 
     def track(self) -> None:
         self.tracked = True
@@ -63,13 +150,32 @@ async def watch_connection(receive: Receive, handoff: Handoff) -> None:
             return
 
 
+class ConnectionMiddleware:
+    """Outermost: lends the edge the server's transport (uvicorn's), so a response's handoff
+    can read what the client acknowledged. Any other server works too, without the probe."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            # uvicorn's `receive` is its request cycle's method (Starlette wraps `send`).
+            transport = getattr(getattr(receive, "__self__", None), "transport", None)
+            if transport is not None:
+                scope.setdefault("state", {})["transport"] = transport
+        await self.app(scope, receive, send)
+
+
 def track(scope_state: dict[str, object]) -> Handoff | None:
     """The request's handoff, marked as tracked (None outside the HTTP edge)."""
     handoff = scope_state.get("handoff")
-    if isinstance(handoff, Handoff):
-        handoff.track()
-        return handoff
-    return None
+    if not isinstance(handoff, Handoff):
+        return None
+    handoff.track()
+    transport = scope_state.get("transport")
+    if transport is not None and handoff.probe is None:
+        handoff.probe = ConnectionProbe.of(transport)
+    return handoff
 
 
 async def settle_order() -> None:

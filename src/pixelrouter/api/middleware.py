@@ -51,8 +51,11 @@ class EdgeMiddleware:
         demo: bool,
         on_answered: Callable[[str, int | None], None] | None = None,
         body_timeout_s: float = 30.0,
+        ack_timeout_s: float = 90.0,
     ) -> None:
         self.app = app
+        # How long the end of a tracked answer waits for the client's acknowledgements.
+        self.ack_timeout_s = ack_timeout_s
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
         self.demo = demo
@@ -85,7 +88,7 @@ class EdgeMiddleware:
                 if handoff.tracked:
                     watcher = asyncio.ensure_future(watch_connection(connection, handoff))
             if message["type"] == "http.response.body" and handoff.tracked:
-                await _send_counted(send, message, handoff)
+                await _send_counted(send, message, handoff, self.ack_timeout_s)
                 return
             await send(message)
 
@@ -132,12 +135,14 @@ class EdgeMiddleware:
                 self.on_answered(generation_id, handoff.delivered_images())
 
 
-async def _send_counted(send: Send, message: Message, handoff: Handoff) -> None:
-    """Pass a body message on and account for it: the bytes before it were handed over once
-    the server took it (its flow control waits for them first) with the connection open. The
-    last message is followed by an empty one that confirms the end the same way, and only
-    then by the one that ends the response (after which the server reports a disconnect that
-    means nothing)."""
+async def _send_counted(
+    send: Send, message: Message, handoff: Handoff, ack_timeout_s: float
+) -> None:
+    """Pass a body message on and account for it (`handoff.py`). With a probe, a byte counts
+    once the client acknowledged it; without one, once the server took the next message (its
+    flow control waits for the earlier bytes first) with the connection open. The last message
+    is followed by an empty one, and the response ends only once the client acknowledged
+    everything (or left); the server's disconnect after the end means nothing."""
     if handoff.lost:
         return  # the client is gone: nothing more is handed over
     body = message.get("body", b"")
@@ -145,14 +150,18 @@ async def _send_counted(send: Send, message: Message, handoff: Handoff) -> None:
     before = handoff.sent
     await send({**message, "more_body": True} if last else message)
     handoff.sent += len(body)
+    handoff.mark()
     await settle_order()
     if handoff.lost:
         return
-    handoff.confirmed = before
+    if handoff.probe is None:
+        handoff.confirmed = before
+    else:
+        handoff.observe()
     if last:
         await send({"type": "http.response.body", "body": b"", "more_body": True})
         await settle_order()
-        if handoff.lost:
+        if handoff.lost or not await handoff.wait_acked(ack_timeout_s):
             return
         handoff.confirmed = handoff.sent
         handoff.complete = True
