@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import os
 import socket
 import struct
 import termios
@@ -31,38 +32,57 @@ ACK_POLL_S = (0.002, 0.05)  # first and longest pause while waiting for the clie
 class ConnectionProbe:
     """The TCP connection under a response (Linux): how many bytes its peer acknowledged, and
     how many this process handed to it so far (acknowledged, in the kernel's queue, or still
-    in the transport's buffer)."""
+    in the transport's buffer). It reads the socket through a duplicate of its descriptor, so
+    what the peer acknowledged can still be read once the server has closed its own (a client
+    that read the whole answer and closed at once)."""
 
-    def __init__(self, transport: Any) -> None:
+    def __init__(self, transport: Any, duplicate: socket.socket) -> None:
         self.transport = transport
-        self.socket = transport.get_extra_info("socket")
+        self.socket = duplicate
 
     @classmethod
     def of(cls, transport: Any) -> ConnectionProbe | None:
-        probe = cls(transport)
-        return probe if probe.acked() is not None else None
+        try:
+            fileno = transport.get_extra_info("socket").fileno()
+            duplicate = socket.socket(fileno=os.dup(fileno))
+        except (OSError, ValueError, AttributeError):
+            return None
+        probe = cls(transport, duplicate)
+        if probe.acked() is None:
+            probe.close()
+            return None
+        return probe
 
     def acked(self) -> int | None:
         try:
             info = self.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 192)
-        except (OSError, AttributeError):
+        except (OSError, ValueError):  # closed
             return None
         if len(info) < TCP_INFO_BYTES_ACKED + 8:
             return None
         return int(struct.unpack_from("=Q", info, TCP_INFO_BYTES_ACKED)[0])
 
     def handed(self) -> int | None:
-        """Bytes this process gave the connection so far, as an offset of its byte stream."""
-        acked = self.acked()
-        if acked is None:
-            return None
-        try:
-            queued = struct.unpack(
-                "i", fcntl.ioctl(self.socket.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
-            )[0]
-        except OSError:
-            return None
-        return acked + int(queued) + int(self.transport.get_write_buffer_size())
+        """Bytes this process gave the connection so far, as an offset of its byte stream:
+        acknowledged plus queued in the kernel (read between two equal readings of the
+        acknowledged count, so an acknowledgement in between cannot skew the sum) plus the
+        transport's buffer."""
+        for _ in range(8):
+            acked = self.acked()
+            if acked is None:
+                return None
+            try:
+                queued = struct.unpack(
+                    "i", fcntl.ioctl(self.socket.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+                )[0]
+            except (OSError, ValueError):
+                return None
+            if self.acked() == acked:
+                return acked + int(queued) + int(self.transport.get_write_buffer_size())
+        return None
+
+    def close(self) -> None:
+        self.socket.close()
 
 
 @dataclass
@@ -80,12 +100,20 @@ class Handoff:
     # (body offset, connection offset) after each body message the server took.
     marks: list[tuple[int, int]] = field(default_factory=list)
 
-    def mark(self) -> None:
-        """After the server took a body message: where its end lies on the connection."""
-        if self.probe is not None:
-            handed = self.probe.handed()
-            if handed is not None:
-                self.marks.append((self.sent, handed))
+    def handed(self) -> int | None:
+        return self.probe.handed() if self.probe is not None else None
+
+    def mark(self, before: int | None, size: int) -> None:
+        """After the server was given a body message of `size` bytes (the connection stood at
+        `before`): where its end lies on the connection. A server that did not take it (its
+        connection already gone) dropped it: the client left."""
+        if self.probe is not None and self.probe.transport.is_closing():
+            self.lost = True  # the server dropped it: the connection is gone
+            return
+        handed = self.handed()
+        if handed is None or before is None or handed - before < size:
+            return  # not known where it ends: nothing past here is confirmed
+        self.marks.append((self.sent, handed))
 
     def observe(self) -> None:
         """Move `confirmed` to the body offset the client acknowledged (with a probe)."""
@@ -97,24 +125,25 @@ class Handoff:
                 self.confirmed = max(self.confirmed, body_end)
 
     async def wait_acked(self, timeout_s: float) -> bool:
-        """Wait until the client acknowledged everything handed so far (True), the connection
-        was lost, or the time ran out (False)."""
-        if self.probe is None or not self.marks:
+        """Wait until the client acknowledged everything handed so far (True), or the
+        connection ended or the time ran out first (False). A client that read the whole
+        answer and closed at once has acknowledged it all: that counts."""
+        if self.probe is None:
             return not self.lost
+        if not self.marks or self.marks[-1][0] != self.sent:
+            return False  # where the last bytes lie on the connection is unknown: unconfirmed
         target = self.marks[-1][1]
         deadline = time.monotonic() + timeout_s
         pause = ACK_POLL_S[0]
-        while not self.lost:
+        while True:
             acked = self.probe.acked()
-            if acked is None or acked >= target:
-                self.observe()
-                return acked is not None
             self.observe()
-            if time.monotonic() > deadline:
+            if acked is not None and acked >= target:
+                return True
+            if self.lost or acked is None or time.monotonic() > deadline:
                 return False
             await asyncio.sleep(pause)
             pause = min(pause * 2, ACK_POLL_S[1])
-        return False
 
     def track(self) -> None:
         self.tracked = True
@@ -128,8 +157,8 @@ class Handoff:
         self.image_ends.extend([self.sent + chunk_bytes] * count)
 
     def delivered_images(self) -> int | None:
-        """How many of the registered images went out whole; None when no image was
-        registered (an error, or a route that answers no images)."""
+        """How many of the registered images reached the client whole; None when no image
+        was registered (an error, or a route that answers no images)."""
         if not self.image_ends:
             return None
         return sum(
@@ -137,6 +166,12 @@ class Handoff:
             for end in self.image_ends
             if (self.complete if end is None else self.complete or end <= self.confirmed)
         )
+
+    def close(self) -> None:
+        """The response is over: what the client acknowledged is final."""
+        if self.probe is not None:
+            self.observe()
+            self.probe.close()
 
 
 async def watch_connection(receive: Receive, handoff: Handoff) -> None:

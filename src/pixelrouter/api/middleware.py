@@ -131,6 +131,7 @@ class EdgeMiddleware:
         finally:
             if watcher is not None and not watcher.done():
                 watcher.cancel()
+            handoff.close()
             if self.on_answered is not None:
                 self.on_answered(generation_id, handoff.delivered_images())
 
@@ -148,24 +149,30 @@ async def _send_counted(
     body = message.get("body", b"")
     last = not message.get("more_body", False)
     before = handoff.sent
+    connection_before = handoff.handed()
     await send({**message, "more_body": True} if last else message)
     handoff.sent += len(body)
-    handoff.mark()
+    handoff.mark(connection_before, len(body))
     await settle_order()
-    if handoff.lost:
-        return
     if handoff.probe is None:
+        if handoff.lost:
+            return
         handoff.confirmed = before
     else:
         handoff.observe()
     if last:
-        await send({"type": "http.response.body", "body": b"", "more_body": True})
-        await settle_order()
-        if handoff.lost or not await handoff.wait_acked(ack_timeout_s):
-            return
-        handoff.confirmed = handoff.sent
-        handoff.complete = True
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if not handoff.lost:
+            await send({"type": "http.response.body", "body": b"", "more_body": True})
+            await settle_order()
+        if handoff.probe is not None:
+            received = await handoff.wait_acked(ack_timeout_s)
+        else:
+            received = not handoff.lost
+        if received:
+            handoff.confirmed = handoff.sent
+            handoff.complete = True
+        if not handoff.lost:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def _has_nul(scope: Scope) -> bool:
@@ -245,5 +252,6 @@ async def _send_error(send: Any, error: PixelrouterError) -> None:
     ]
     if error.status in (408, 413):  # the rest of the body is not read
         headers.append((b"connection", b"close"))
+    headers += [(name.lower().encode(), value.encode()) for name, value in error.headers.items()]
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
