@@ -286,3 +286,33 @@ async def test_a_client_leaving_during_admission_leaves_nothing_open(sqlite_api)
             assert asyncio.get_running_loop().time() < deadline, delay
             await asyncio.sleep(0.02)
     assert px.store.open_reservations(key_hash) == []
+
+
+async def test_a_key_that_cannot_pay_is_refused_before_any_image_is_decoded(sqlite_api) -> None:
+    """The 402 comes before the reference images are decoded: images that would be a 400 once
+    decoded are never looked at."""
+    api = sqlite_api
+    key = await api.post("/api/v1/keys", key=api.admin_key, json={"name": "zero", "limit": 0})
+    key = key.json()["key"]
+    broken = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}] * 4
+    r = await api.post("/api/v1/images", key=key, json={"prompt": "x", "input_references": broken})
+    assert r.status_code == 402, r.text
+    assert r.json()["error"]["metadata"]["limit_remaining"] == 0
+    chat = {
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "x"}, *broken]},
+        ]
+    }
+    assert (await api.post("/api/v1/chat/completions", key=key, json=chat)).status_code == 402
+    edit = await api.client.post(
+        "/api/v1/images/edits",
+        headers=api.auth(key),
+        data={"prompt": "x"},
+        files=[("image[]", ("a.png", b"not an image", "image/png"))],
+    )
+    assert edit.status_code == 402, edit.text
+    # A key with credit gets the decoding error, as before.
+    r = await api.post("/api/v1/images", json={"prompt": "x", "input_references": broken})
+    assert (
+        r.status_code == 400 and r.json()["error"]["metadata"]["error_type"] != "payment_required"
+    )

@@ -33,7 +33,14 @@ from pixelrouter.errors import (
 )
 from pixelrouter.routing.router import Router, RoutingFailed
 from pixelrouter.stats.windows import provider_caused
-from pixelrouter.store import GenerationApi, NewGeneration, Store, is_unreachable, utcnow
+from pixelrouter.store import (
+    GenerationApi,
+    KeyRecord,
+    NewGeneration,
+    Store,
+    is_unreachable,
+    utcnow,
+)
 from pixelrouter.store.stats_records import ProviderOutcome
 from pixelrouter.types import ImageRequest, ImageResult, ProgressEvent, ProviderAttempt
 
@@ -152,6 +159,37 @@ class GenerationService:
                 price = image_price(provider.info.price, request.width, request.height)
                 per_image = max(per_image, price)
         return request.n * per_image
+
+    async def check_credit(
+        self, key: KeyRecord, model: str | None, n: int | None, *, references: int
+    ) -> None:
+        """Before reference images are decoded (the costly part of reading a request): a key
+        whose remaining credit cannot pay for `n` of the cheapest image it could ask for is a
+        402 at once. The reservation at admission is the exact check (a request without
+        references reaches it without costly work); this one spares the decoding of a request
+        that cannot pass it."""
+        if key.limit_micro is None or not references:
+            return
+        try:
+            entry = self.catalog.get(model) if model else self.catalog.default
+        except PixelrouterError:
+            return  # an unknown model: the translation says so
+        prices = [p.info.price.first_mp for p in self.router.serves(entry.id)]
+        cheapest = min(prices, default=entry.price.first_mp)
+        images = max(1, min(int(n or 1), entry.max_images_per_request))
+        balance = await asyncio.to_thread(self.store.key_balance, key.hash)
+        remaining = balance.remaining(key.limit_micro) or 0
+        if remaining < images * cheapest:
+            reset = f", resets {key.limit_reset}" if key.limit_reset else ""
+            raise PaymentRequired(
+                f"This key has {_usd(remaining)} left of its {_usd(key.limit_micro)} "
+                f"limit{reset}; {images} image(s) cost at least {_usd(images * cheapest)}. "
+                "Ask for fewer images, or raise the key's limit.",
+                metadata={
+                    "required": micro_to_usd(images * cheapest),
+                    "limit_remaining": micro_to_usd(remaining),
+                },
+            )
 
     def _payment_required(self, request: ImageRequest, amount: int) -> PaymentRequired:
         assert request.key_hash is not None

@@ -13,6 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from dbutil import sqlite_url
+from e2e.support import poll
+
 from .servers import Launcher
 
 pytestmark = pytest.mark.e2e
@@ -81,3 +84,40 @@ def test_a_prompt_longer_than_the_context_is_a_400(tmp_path: Path, launcher: Lau
     error = r.json()["error"]
     assert error["metadata"]["error_type"] == "invalid_request"
     assert "longer than the model's context (67344 tokens)" in error["message"]
+
+
+def test_a_request_without_a_valid_key_is_refused_before_its_body(
+    tmp_path: Path, launcher: Launcher
+) -> None:
+    """An unauthenticated client announcing a 60 MB body gets its 401 at once: the server
+    reads, holds and parses none of it, and closes the connection."""
+    # A gateway with no engine starts in a moment (never ready: it has no provider).
+    server = launcher.start(
+        "unauthenticated", sqlite_url(tmp_path), args=("--no-engine",), wait=False
+    )
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{server.url}/health", timeout=5).status_code == 200
+        except httpx.TransportError:
+            assert server.process.poll() is None, server.log()
+            return False
+
+    poll("the gateway answering /health", healthy, 60)
+    for authorization in ("", "Authorization: Bearer sk-pr-v1-" + "0" * 64 + "\r\n"):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            started = time.monotonic()
+            sock.sendall(
+                b"POST /api/v1/images HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                + authorization.encode()
+                + b"Content-Length: 60000000\r\n\r\n"
+                + b'{"prompt": "'
+            )
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                chunk = sock.recv(4096)
+                assert chunk, answer
+                answer += chunk
+            assert time.monotonic() - started < 5  # not the 30 s body deadline
+            assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+            assert b"connection: close" in answer.lower()

@@ -25,7 +25,7 @@ from pixelrouter.store import Store, utcnow
 from pixelrouter.web import STATIC_DIR as WEB_STATIC_DIR
 from pixelrouter.web import router as web_router
 
-from .auth import current_key
+from .auth import current_key, key_before_body
 from .errors import install_error_handlers
 from .handoff import ConnectionMiddleware
 from .lifecycle import CANCEL_GRACE_S, DEFAULT_DRAIN_TIMEOUT_S, DrainMiddleware, Lifecycle
@@ -181,6 +181,7 @@ def create_app(
         body_timeout_s=settings.body_timeout_s,
         demo=settings.demo,
         on_answered=px.service.answered,
+        authenticate=key_before_body,
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # sees every response
     app.add_middleware(ConnectionMiddleware)  # outermost: the server's own transport

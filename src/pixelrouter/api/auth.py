@@ -6,9 +6,10 @@ import asyncio
 from datetime import UTC, datetime
 
 from fastapi import Request
+from starlette.types import Scope
 
 from pixelrouter.billing.keys import hash_key, looks_like_key
-from pixelrouter.errors import Forbidden, RateLimited, Unauthorized
+from pixelrouter.errors import Forbidden, PixelrouterError, RateLimited, Unauthorized
 from pixelrouter.store import KeyRecord
 from pixelrouter.types import Attribution
 
@@ -39,6 +40,13 @@ async def current_key(request: Request) -> KeyRecord:
 
 
 async def _lookup(request: Request) -> KeyRecord:
+    record = getattr(request.state, "edge_key", None) or await _find_key(request)
+    request.state.api_key = record
+    return record  # type: ignore[no-any-return]
+
+
+async def _find_key(request: Request) -> KeyRecord:
+    """The usable key the request's `Authorization` header names, or a 401."""
     token = _bearer(request)
     if not looks_like_key(token):
         raise Unauthorized(
@@ -59,8 +67,21 @@ async def _lookup(request: Request) -> KeyRecord:
         raise Unauthorized("This API key is disabled.", error_type="authentication")
     if record.is_expired(datetime.now(UTC)):
         raise Unauthorized("This API key has expired.", error_type="authentication")
-    request.state.api_key = record
     return record
+
+
+async def key_before_body(scope: Scope) -> PixelrouterError | None:
+    """For `EdgeMiddleware`: the key of a request that carries a body, checked from its
+    headers before a byte of the body is read, so a caller without a valid key makes the
+    server read, hold and parse nothing. The record is kept for the route."""
+    if not str(scope.get("path", "")).startswith("/api/v1/"):
+        return None
+    request = Request(scope)
+    try:
+        request.state.edge_key = await _find_key(request)
+    except PixelrouterError as error:
+        return error
+    return None
 
 
 async def inference_key(request: Request) -> KeyRecord:

@@ -11,7 +11,7 @@ import logging
 import secrets
 import string
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -50,12 +50,15 @@ class EdgeMiddleware:
         max_body_bytes: int,
         demo: bool,
         on_answered: Callable[[str, int | None], None] | None = None,
+        authenticate: Callable[[Scope], Awaitable[PixelrouterError | None]] | None = None,
         body_timeout_s: float = 30.0,
         ack_timeout_s: float = 90.0,
     ) -> None:
         self.app = app
         # How long the end of a tracked answer waits for the client's acknowledgements.
         self.ack_timeout_s = ack_timeout_s
+        # Checks a request's key from its headers before its body is read (None: no check).
+        self.authenticate = authenticate
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
         self.demo = demo
@@ -103,6 +106,15 @@ class EdgeMiddleware:
         if declared is not None and declared > self.max_body_bytes:
             await _send_error(send_with_headers, too_large)
             return
+        if _may_have_body(scope) and self.authenticate is not None:
+            try:
+                refused = await self.authenticate(scope)
+            except Exception as exc:  # the database out of reach: a 503, the body unread
+                refused = unexpected_error(exc, f"authenticating {scope.get('path')}")
+            if refused is not None:
+                refused.headers.setdefault("Connection", "close")  # the body stays unread
+                await _send_error(send_with_headers, refused)
+                return
         if _may_have_body(scope):
             # Read the body here, within the size limit (a chunked one has no length to check
             # first) and the deadline (a client that trickles it, slow-loris, gets a 408 and
@@ -250,8 +262,9 @@ async def _send_error(send: Any, error: PixelrouterError) -> None:
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
     ]
+    extra = {name.lower(): value for name, value in error.headers.items()}
     if error.status in (408, 413):  # the rest of the body is not read
-        headers.append((b"connection", b"close"))
-    headers += [(name.lower().encode(), value.encode()) for name, value in error.headers.items()]
+        extra["connection"] = "close"
+    headers += [(name.encode(), value.encode()) for name, value in extra.items()]
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

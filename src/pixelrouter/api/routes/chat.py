@@ -45,6 +45,8 @@ async def chat_completions(
     request: Request,
     key: KeyRecord = Depends(inference_key),
 ) -> Response:
+    references = len(wire.chat_prompt_and_references(body)[1]) if body.messages else 0
+    await app_state(request).service.check_credit(key, body.model, body.n, references=references)
     image_request = await wire.from_chat(body, edge(request, key))
     if image_request.stream:
         px = app_state(request)

@@ -46,6 +46,9 @@ async def create_images(
     request: Request,
     key: KeyRecord = Depends(inference_key),
 ) -> Response:
+    await app_state(request).service.check_credit(
+        key, body.model, body.n, references=len(body.input_references or ())
+    )
     image_request = await wire.from_images(body, edge(request, key))
     if image_request.stream:
         px = app_state(request)

@@ -124,6 +124,8 @@ async def create_edit(request: Request, key: KeyRecord = Depends(inference_key))
         raise InvalidRequest(f"Invalid request: {where}: {first['msg']}.") from exc
     the_edge = edge(request, key)
     entry = px.catalog.get(body.model) if body.model else px.catalog.default
+    # Before any uploaded image is decoded.
+    await px.service.check_credit(key, body.model, body.n, references=len(uploads))
     references = await wire.decode_uploads(uploads, entry)
     image_request = wire.from_openai(body, the_edge, references)
     if ignored_mask:
