@@ -9,17 +9,22 @@ inference key with a limit, and sends requests at `--rate` per second (open loop
 
   35 %  POST /images, 64x64 or 128x128 PNG (n 1 or 2)      20 %  POST /images, streamed
   15 %  POST /chat/completions (image output)               10 %  POST /images/edits (multipart)
-  10 %  errors the client causes: a bad size, an unknown model, a bad key (400, 404, 401)
-  10 %  cancellations: a request whose client leaves after 50-300 ms
+  10 %  errors the client causes: a bad size, an unknown model, a bad key, an odd static
+        path (400, 404, 401, 404)
+   5 %  cancellations: a request whose client leaves after 50-300 ms
+   5 %  a streamed 1024x1024 image (an event larger than the sockets buffer) whose client
+        reads 4 KB of it and leaves
 
 Then it waits for the traffic to end and reports: requests by kind and by outcome class,
 latency p50/p99 of the successes, the server's resident memory after warm-up, every
 `--rss-every` seconds and at the end (and how much of the growth came in the run's second half:
 memory that levels off grows there little or not at all),
 the reservations still open (must be 0), and the ledger: the key's settled total must equal the
-sum of `usage.cost` of the delivered answers, and every successful generation's record must be
-final. Exit status 1 if any check fails (a 5xx, a lost request, money that does not add up,
-memory growth over the bound). `tests/hardening/test_soak.py` runs it for 60 s in `make test`.
+sum of `usage.cost` of the delivered answers, every successful generation's record must be
+final, and a client that left mid-answer must not be charged. Every `/metrics` label value
+must come from the app's routes. Exit status 1 if any check fails (a 5xx, a lost request,
+money that does not add up, memory growth over the bound). `tests/hardening/test_soak.py`
+runs it for 60 s in `make test`.
 """
 
 from __future__ import annotations
@@ -131,7 +136,7 @@ class Soak:
                 self._record(kind, r, started, r.json().get("usage") if r.is_success else None)
             elif roll < 0.90:
                 kind = "client-error"
-                choice = n % 3
+                choice = n % 4
                 if choice == 0:
                     r = await client.post(
                         f"{self.api}/images",
@@ -144,13 +149,20 @@ class Soak:
                         json={"prompt": "x", "model": "nobody/nothing"},
                         headers=self._auth(),
                     )
-                else:
+                elif choice == 2:
                     r = await client.post(
                         f"{self.api}/images",
                         json={"prompt": "x"},
                         headers=self._auth("sk-pr-v1-" + "0" * 64),
                     )
+                else:  # a new static path each time: must not be a new metrics series
+                    r = await client.get(f"{self.api.removesuffix('/api/v1')}/static/soak-{n}.js")
                 self._record(kind, r, started, None)
+            elif roll < 0.95:
+                kind = "left-mid-answer"
+                body = {"model": MODEL, "prompt": f"soak leave {n}", "size": "1024x1024",
+                        "stream": True}  # fmt: skip
+                await self._leave_mid_answer(client, body, started)
             else:
                 kind = "cancelled"
                 body = {"model": MODEL, "prompt": f"soak cancel {n}", "size": "128x128"}
@@ -178,6 +190,24 @@ class Soak:
                 r.headers.get("x-generation-id"),
                 None if r.is_success else r.text[:200],
             )
+        )
+
+    async def _leave_mid_answer(
+        self, client: httpx.AsyncClient, body: dict[str, Any], started: float
+    ) -> None:
+        """Read 4 KB into the image's event, then leave: nothing may be charged for it."""
+        async with client.stream(
+            "POST", f"{self.api}/images", json=body, headers=self._auth()
+        ) as r:
+            generation_id = r.headers.get("x-generation-id")
+            seen = b""
+            async for chunk in r.aiter_raw():
+                seen += chunk
+                marker = seen.find(b"image_generation.completed")
+                if marker >= 0 and len(seen) > marker + 4096:
+                    break  # closing the response now drops the connection, data unread
+        self.outcomes.append(
+            Outcome("left-mid-answer", -2, time.perf_counter() - started, 0, generation_id)
         )
 
     async def _stream(
@@ -267,6 +297,19 @@ async def _drive(soak: Soak, seconds: float, rate: float) -> float:
         return time.monotonic() - started
 
 
+def _stray_metric_labels(text: str) -> list[str]:
+    """`endpoint` label values that are no route template (a raw path became a series)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    labels = {
+        sample.labels["endpoint"]
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if "endpoint" in sample.labels
+    }
+    return sorted(label for label in labels if "soak-" in label or label.count("/") > 8)
+
+
 def _books(db_url: str, key_hash: str, soak: Soak) -> dict[str, Any]:
     """What the database says, against what the clients were told."""
     from pixelrouter.store import Store
@@ -290,6 +333,13 @@ def _books(db_url: str, key_hash: str, soak: Soak) -> dict[str, Any]:
             ),
             "unfinished_records": [g.id for g in records.values() if not g.finished][:10],
             "answered_without_record": [i for i in answered_ids if i not in records][:10],
+            "left_mid_answer_charged": [
+                o.generation_id
+                for o in soak.outcomes
+                if o.status == -2
+                and o.generation_id in records
+                and records[o.generation_id].total_cost_micro
+            ][:10],
             "answered_cost_differs_from_record": [
                 o.generation_id
                 for o in answered
@@ -359,6 +409,7 @@ def run(
             # Read through the API first: it waits for bookkeeping written after answers.
             view = httpx.get(f"{url}/api/v1/key", headers={"Authorization": f"Bearer {key}"})
             view.raise_for_status()
+            stray_labels = _stray_metric_labels(httpx.get(f"{url}/metrics", timeout=30).text)
             # Cancelled requests are closed by the server once it notices; give it a moment.
             deadline = time.monotonic() + 30
             while True:
@@ -377,6 +428,7 @@ def run(
     outcomes = soak.outcomes[warm_up:]
     classes = Counter(
         "cancelled by client" if o.status == -1
+        else "left mid-answer" if o.status == -2
         else "transport error" if o.status == 0
         else f"{o.status // 100}xx"
         for o in outcomes
@@ -402,6 +454,7 @@ def run(
         "max_rss_growth_mb": max_growth_mb,
         "usage_via_api_usd": view.json()["data"]["usage"],
         "tracebacks_in_server_log": len(server_errors),
+        "stray_metric_labels": stray_labels,
         **books,
     }
     failures = []
@@ -421,6 +474,10 @@ def run(
         failures.append("a generation record is missing or not final")
     if books["answered_cost_differs_from_record"]:
         failures.append("a record's cost differs from what its answer said")
+    if books["left_mid_answer_charged"]:
+        failures.append("a client that left mid-answer was charged")
+    if report["stray_metric_labels"]:
+        failures.append(f"/metrics labels that are no route: {report['stray_metric_labels']}")
     if report["rss_growth_mb"] > max_growth_mb:
         failures.append(f"memory grew {report['rss_growth_mb']} MB (bound {max_growth_mb} MB)")
     if server_errors:

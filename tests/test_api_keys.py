@@ -84,3 +84,12 @@ async def test_the_last_management_key_cannot_lock_everyone_out(api) -> None:
         assert "last enabled management key" in error["message"]
         assert error["metadata"]["reason"] == "last_management_key"
     assert (await api.get("/api/v1/keys", key=api.admin_key)).status_code == 200  # still works
+
+
+async def test_numbers_too_large_for_either_backend_are_a_400(api) -> None:
+    """PostgreSQL's INTEGER holds less than SQLite's: bounds keep both the same."""
+    r = await api.post(
+        "/api/v1/keys", key=api.admin_key, json={"name": "big", "rate_limit_requests": 2**40}
+    )
+    assert r.status_code == 400, r.text
+    assert "rate_limit_requests" in r.json()["error"]["message"]

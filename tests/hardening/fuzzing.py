@@ -96,13 +96,17 @@ class FuzzApp:
 
 
 @contextmanager
-def fuzz_app(data_dir: Path, providers: list[Any]) -> Iterator[FuzzApp]:
+def fuzz_app(
+    data_dir: Path, providers: list[Any], database_url: str | None = None
+) -> Iterator[FuzzApp]:
+    """The app on `database_url` (default: SQLite under `data_dir`). PostgreSQL is the
+    stricter backend (its text holds no NUL): a fuzz run there finds what SQLite forgives."""
     from pixelrouter.api.app import create_app
 
     admin_key = generate_key()
     settings = Settings(
         data_dir=data_dir,
-        database_url=f"sqlite:///{data_dir / 'fuzz.db'}",
+        database_url=database_url or f"sqlite:///{data_dir / 'fuzz.db'}",
         admin_key=admin_key,
         demo=True,
         keepalive_interval_s=0.2,
@@ -199,6 +203,27 @@ def fuzz_operation(
         report.failures.append(traceback.format_exc(limit=5))
     report.seconds = time.perf_counter() - started
     return report
+
+
+def metric_endpoints(target: FuzzApp) -> set[str]:
+    """The `endpoint` label values `/metrics` holds after a run: they must come from the
+    app's routes, however odd the paths it was sent."""
+    with asgi.get_client(target.app) as client:
+        text = client.get("/metrics").text
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        sample.labels["endpoint"]
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if "endpoint" in sample.labels
+    }
+
+
+def route_templates(target: FuzzApp) -> set[str]:
+    """Every path template the app serves, as `/openapi.json` lists them, and the mounts."""
+    paths = set(target.schema.raw_schema["paths"])
+    return paths | {"/static/{path}", "unmatched", "other"}
 
 
 def _has_inputs(operation: Any) -> bool:

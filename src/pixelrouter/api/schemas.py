@@ -208,7 +208,7 @@ class CreateKeyRequest(_Request):
     name: str = Field(min_length=1, max_length=200)
     # strict: `true` or "5" is not a number of dollars or requests (lax mode would coerce it)
     limit: float | None = Field(default=None, ge=0, le=1e9, strict=True)
-    rate_limit_requests: int | None = Field(default=None, ge=1, strict=True)
+    rate_limit_requests: int | None = Field(default=None, ge=1, le=1_000_000_000, strict=True)
     rate_limit_interval_s: int | None = Field(default=None, ge=1, le=86400, strict=True)
     limit_reset: Literal["daily", "weekly", "monthly"] | None = None
     expires_at: str | None = None
@@ -220,7 +220,7 @@ class UpdateKeyRequest(_Request):
     disabled: bool | None = None
     # strict: `true` or "5" is not a number of dollars or requests (lax mode would coerce it)
     limit: float | None = Field(default=None, ge=0, le=1e9, strict=True)
-    rate_limit_requests: int | None = Field(default=None, ge=1, strict=True)
+    rate_limit_requests: int | None = Field(default=None, ge=1, le=1_000_000_000, strict=True)
     rate_limit_interval_s: int | None = Field(default=None, ge=1, le=86400, strict=True)
     limit_reset: Literal["daily", "weekly", "monthly"] | None = None
     expires_at: str | None = None

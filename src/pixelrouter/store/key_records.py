@@ -39,6 +39,7 @@ from pixelrouter.store.records import KeyRecord, KeyUsage
 from pixelrouter.store.tables import api_keys, ledger_entries
 
 ADMIN_KEY_NAME = "admin"
+INT32_MAX = 2**31 - 1
 
 
 class LastManagementKey(ValueError):
@@ -271,6 +272,9 @@ def _validated(values: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(
                 f"{field} must be {'positive' if field.endswith('_s') else 'zero or more'}"
             )
+        # What fits the column on both backends (SQLite would take more than PostgreSQL).
+        if value is not None and field != "limit_micro" and value > INT32_MAX:
+            raise ValueError(f"{field} must be at most {INT32_MAX}")
     reset = values.get("limit_reset")
     if reset is not None and reset not in LIMIT_RESETS:
         raise ValueError(f"limit_reset must be one of {', '.join(LIMIT_RESETS)} or null")
