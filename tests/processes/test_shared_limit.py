@@ -83,3 +83,40 @@ async def test_two_gateways_share_one_limit(postgres_url: str, launcher: Launche
         assert data["usage"] == pytest.approx(LIMIT_USD), (gateway.name, data)
         assert data["limit"] == pytest.approx(LIMIT_USD), (gateway.name, data)
         assert data["limit_remaining"] == pytest.approx(0.0, abs=1e-9), (gateway.name, data)
+
+
+async def test_a_limit_set_in_another_process_charges_what_was_admitted_before(
+    postgres_url: str, launcher: Launcher
+) -> None:
+    """Gateway A still holds the key as "no limit" (its key cache lives a second) when B sets a
+    limit of 0: what A admitted in that second is delivered and charged in full; records and
+    ledger agree, whatever the limit says now. Later requests meet the limit."""
+    admin_key = generate_key()
+    a = launcher.start("gateway-a", postgres_url, admin_key=admin_key)
+    b = launcher.start("gateway-b", postgres_url, admin_key=admin_key)
+    key, key_hash = a.create_key()  # no limit
+    auth = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(timeout=httpx.Timeout(120, connect=30)) as client:
+        warm = await client.post(f"{a.api}/images", json=BODY, headers=auth)
+        assert warm.status_code == 200, warm.text  # A's cache: this key has no limit
+        limited = await client.patch(
+            f"{b.api}/keys/{key_hash}", json={"limit": 0}, headers=b.admin()
+        )
+        assert limited.status_code == 200, limited.text
+        burst = await asyncio.gather(
+            *(client.post(f"{a.api}/images", json=BODY, headers=auth) for _ in range(10))
+        )
+        await asyncio.sleep(1.5)  # past A's key cache: the limit now holds there too
+        later = await client.post(f"{a.api}/images", json=BODY, headers=auth)
+        await client.get(f"{a.api}/key", headers=auth)  # its bookkeeping is written
+    statuses = Counter(r.status_code for r in burst)
+    assert set(statuses) <= {200, 402}, statuses
+    assert later.status_code == 402, later.text
+    delivered = [r.headers["x-generation-id"] for r in [warm, *burst] if r.status_code == 200]
+    with Store(postgres_url) as store:
+        for generation_id in delivered:
+            record = store.get_generation(generation_id)
+            assert record is not None and record.state == "succeeded"
+            assert record.total_cost_micro == PRICE_64, generation_id
+        assert store.ledger_total(key_hash) == PRICE_64 * len(delivered)
+        assert store.open_reservations(key_hash) == []
