@@ -94,7 +94,7 @@ class PartialProvider:
             model=request.model,
             provider_slug="partial",
             provider_name="Partial upstream",
-            images=images,
+            images=tuple(images),
             generation_time_ms=1,
             prompt_tokens=3,
             failed_images=request.n - len(images),
@@ -229,7 +229,7 @@ class GenerousProvider(PartialProvider):
             GeneratedImage(b"\x89PNG fake", "image/png", width, height, i, i)
             for i in range(request.n + self.extra)
         ]
-        return ImageResult(request.id, request.model, "partial", "Partial upstream", images, 1, 3)
+        return ImageResult(request.id, request.model, tuple(images), 1, 3)
 
 
 async def test_more_images_than_asked_are_cut_and_never_charged(tmp_path: Path) -> None:

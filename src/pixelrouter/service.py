@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
@@ -100,7 +100,7 @@ class GenerationEnd:
 GenerationObserver = Callable[[GenerationEnd], None]
 
 
-def _attempts_json(attempts: list[ProviderAttempt]) -> list[dict[str, object]]:
+def _attempts_json(attempts: Sequence[ProviderAttempt]) -> list[dict[str, object]]:
     return [
         {"provider_name": a.provider_name, "status": a.status, "latency": a.latency_ms}
         for a in attempts
@@ -498,7 +498,7 @@ class GenerationService:
                 request.id,
                 len(wanted),
             )
-            result.images = wanted
+            result = replace(result, images=tuple(wanted))
         price = self._price_of(result.provider_slug, result.model)
         cost = sum(image_price(price, im.width, im.height) for im in wanted)
         if request.key_hash is not None:
@@ -647,7 +647,7 @@ class GenerationService:
     def _outcomes(
         self,
         request: ImageRequest,
-        attempts: list[ProviderAttempt],
+        attempts: Sequence[ProviderAttempt],
         delivery: Delivery | None,
     ) -> list[ProviderOutcome]:
         """One row per attempt; the last one is the success when there is a delivery.

@@ -202,19 +202,22 @@ class ProviderAttempt:
     model: str = ""  # the model it was tried for (fallback models are tried in turn)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ImageResult:
-    """What a provider delivered for a request."""
+    """What a provider delivered for a request. Frozen: a changed copy is made with
+    `dataclasses.replace` (the router stamps the serving provider and the attempts)."""
 
     request_id: str
     model: str
-    provider_slug: str
-    provider_name: str  # display name, e.g. "Local (demo weights)"
-    images: list[GeneratedImage]
+    images: tuple[GeneratedImage, ...]
     generation_time_ms: int
     prompt_tokens: int
     failed_images: int = 0
-    attempts: list[ProviderAttempt] = field(default_factory=list)
+    # The provider that served it: stamped by the router from the provider itself, so no
+    # provider (the engine least of all) has to know its own name.
+    provider_slug: str = ""
+    provider_name: str = ""  # display name, e.g. "Local (demo weights)"
+    attempts: tuple[ProviderAttempt, ...] = ()
     demo: bool = False
 
 

@@ -94,7 +94,7 @@ class StandIn:
             model=request.model,
             provider_slug=self.info.slug,
             provider_name=self.info.display_name,
-            images=[GeneratedImage(b"\x89PNG", "image/png", request.width, request.height, 0, 0)],
+            images=(GeneratedImage(b"\x89PNG", "image/png", request.width, request.height, 0, 0),),
             generation_time_ms=1,
             prompt_tokens=1,
         )

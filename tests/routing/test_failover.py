@@ -4,6 +4,7 @@ the attempts recorded on the generation."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
@@ -28,8 +29,7 @@ class BuggyUpstream(StandIn):
 class EmptyUpstream(StandIn):
     async def generate(self, request, on_progress=None):  # type: ignore[no-untyped-def]
         result: ImageResult = await super().generate(request, on_progress)
-        result.images = []
-        return result
+        return dataclasses.replace(result, images=())
 
 
 async def own_timeout() -> None:

@@ -49,9 +49,7 @@ class FlakyUpstream:
             raise ProviderError("upstream is rate limited", status=429)
         if step == "wrong_size":
             request = dataclasses.replace(request, width=64, height=64)
-        result = await self.engine_provider.generate(request, on_progress)
-        result.provider_slug, result.provider_name = self.info.slug, self.info.display_name
-        return result
+        return await self.engine_provider.generate(request, on_progress)
 
     def readiness(self):
         return True, "ready"

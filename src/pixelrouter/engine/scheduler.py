@@ -393,7 +393,7 @@ class Engine:
         return dataclasses.replace(
             first,
             request_id=request.id,
-            images=images,
+            images=tuple(images),
             generation_time_ms=sum(r.generation_time_ms for r in results),
             failed_images=failed,
         )
@@ -893,9 +893,7 @@ class Engine:
         result = ImageResult(
             request_id=request.id,
             model=request.model,
-            provider_slug="local",
-            provider_name=loaded.display_name,
-            images=generated,
+            images=tuple(generated),
             generation_time_ms=int((time.monotonic() - started) * 1000),
             prompt_tokens=tokens if tokens is not None else estimate_prompt_tokens(request.prompt),
             demo=loaded.demo,

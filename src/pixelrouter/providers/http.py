@@ -229,9 +229,7 @@ class HTTPProvider:
         return ImageResult(
             request_id=request.id,
             model=request.model,
-            provider_slug=self.config.name,
-            provider_name=self.config.display_name,
-            images=images,
+            images=tuple(images),
             generation_time_ms=int((time.monotonic() - started) * 1000),
             prompt_tokens=prompt_tokens,
             failed_images=request.n - len(images),

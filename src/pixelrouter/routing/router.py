@@ -547,10 +547,13 @@ class Router:
                         model=model,
                     )
                 )
-                result.provider_slug = result.provider_slug or provider.info.slug
-                result.provider_name = result.provider_name or provider.info.display_name
-                result.attempts = attempts
-                return result
+                # The provider that served it names it, whatever the provider wrote itself.
+                return dataclasses.replace(
+                    result,
+                    provider_slug=provider.info.slug,
+                    provider_name=provider.info.display_name,
+                    attempts=tuple(attempts),
+                )
         raise RoutingFailed(
             self._failure(request, considered, attempts, errors, retry_after, held_back),
             attempts,
