@@ -27,9 +27,9 @@ from benchdb import database  # noqa: E402
 
 from pixelrouter.billing.keys import generate_key  # noqa: E402
 from pixelrouter.catalog import KLEIN_4B  # noqa: E402
-from pixelrouter.providers.base import ProviderInfo, ProviderUnavailable  # noqa: E402
+from pixelrouter.errors import ProviderUnavailable, provider_down  # noqa: E402
+from pixelrouter.providers.base import ProviderInfo  # noqa: E402
 from pixelrouter.stats import (  # noqa: E402
-    provider_caused,
     provider_stats,
     providers_stats,
     uptime_hourly,
@@ -117,7 +117,7 @@ def outcomes(n: int, now: datetime, rng: random.Random) -> Iterator[list[Provide
                 model=MODEL,
                 created_at=now - timedelta(days=1) * (i + 0.5) / n,
                 status=status,
-                provider_caused=provider_caused(status),
+                provider_caused=provider_down(status),
                 latency_ms=rng.randint(300, 3000) * max(1, images),
                 images=images,
                 image_tokens=4096 * images,

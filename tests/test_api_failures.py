@@ -15,7 +15,8 @@ from conftest import make_api
 from helpers import sse_events
 from pixelrouter.billing.keys import hash_key
 from pixelrouter.catalog import KLEIN_4B, Price
-from pixelrouter.providers.base import ProviderError, ProviderInfo
+from pixelrouter.errors import ProviderError
+from pixelrouter.providers.base import ProviderInfo
 
 
 class BrokenUpstream:

@@ -47,7 +47,8 @@ SETTING_NAMES = {
 def _config_values(path: Path | None) -> dict[str, Any]:
     """`pixelrouter.toml`: `[server]` keys named like the settings (db → database_url), and
     the `[[providers]]` tables."""
-    from pixelrouter.providers.config import ConfigError, load_providers
+    from pixelrouter.errors import ConfigError
+    from pixelrouter.providers.config import load_providers
 
     if path is None:
         default = Path("pixelrouter.toml")
@@ -511,7 +512,7 @@ def keys_disable(
     config: ConfigOption = None,
 ) -> None:
     """Disable a key: it answers 401 from now on."""
-    from pixelrouter.store import LastManagementKey
+    from pixelrouter.errors import LastManagementKey
 
     with _store(db, config) as store:
         record = _find_one(store, key_hash)

@@ -1,5 +1,7 @@
 """Errors a user can cause or meet, each with its HTTP status and SPEC §5 `error_type`.
 
+Every error class of the project lives here, and `provider_caused` is the one place that
+decides whether a failure is the provider's (routing tries the next one) or the client's.
 Every layer raises these; only `api/` turns them into the wire envelope
 `{"error": {"code", "message", "metadata": {"error_type", ...}}}`. Every `error_type` a client
 can see is one of OpenRouter's canonical values (`ERROR_TYPES`, the SDKs' `APIErrorType`), so
@@ -8,7 +10,11 @@ clients that switch on it find what they know; a finer reason goes in `metadata.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pixelrouter.types import ProviderAttempt
 
 # OpenRouter's canonical error types (the `APIErrorType` enum of its SDKs).
 ERROR_TYPES = frozenset(
@@ -153,3 +159,95 @@ class ServiceUnavailable(PixelrouterError):
 class InternalError(PixelrouterError):
     status = 500
     error_type = "server"
+
+
+class ClientGone(PixelrouterError):
+    """The client closed the connection before its answer was ready (nginx's 499)."""
+
+    status = 499
+    error_type = "unmapped"  # nobody reads it: the client is gone
+
+
+class EngineLoadError(ServiceUnavailable):
+    """The pipeline could not be loaded; the message says how to provide weights."""
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        metadata = {"reason": "engine_load_error", **kwargs.pop("metadata", {})}
+        super().__init__(message, metadata=metadata, **kwargs)
+
+
+class ProviderError(PixelrouterError):
+    """A provider-caused failure (5xx, timeout, 429, bad upstream answer): routing falls
+    through to the next provider. `status` is what the attempt is recorded as."""
+
+    status = 502
+    error_type = "provider_unavailable"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after_s: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(message, **kwargs)
+        if status is not None:
+            self.status = status
+        self.retry_after_s = retry_after_s
+
+
+class ProviderUnavailable(ProviderError):
+    """The provider cannot take work now (weights missing, loading, shut down)."""
+
+    status = 503
+    error_type = "provider_overloaded"
+
+
+class RoutingFailed(PixelrouterError):
+    """Every candidate failed; carries the attempts so the generation record lists them."""
+
+    def __init__(self, error: PixelrouterError, attempts: Sequence[ProviderAttempt]) -> None:
+        super().__init__(error.message, metadata=error.metadata, headers=error.headers)
+        self.status = error.status
+        self.error_type = error.error_type
+        self.attempts = list(attempts)
+        self.cause = error
+
+
+class ConfigError(ValueError):
+    """The configuration is wrong; the message says where and how to fix it."""
+
+
+class LastManagementKey(ValueError):
+    """The change would leave no enabled, unexpired management key: nobody could manage keys
+    any more (short of a restart with PIXELROUTER_ADMIN_KEY)."""
+
+
+# -- whose failure is it? -------------------------------------------------------------------
+
+RATE_LIMITED = 429
+TIMED_OUT = 408
+
+
+def provider_caused(failure: BaseException | int) -> bool:
+    """Is this failure the provider's rather than the client's? The one rule, for an error or
+    an HTTP status: a provider-caused failure makes routing try the next provider.
+
+    Provider-caused: any 5xx (502 a garbage answer, 503 not ready, 504 its timeout), 408 (it
+    timed out), 429 (it is rate limiting us), a `ProviderError`, a timeout, a bug in the
+    provider's code. The client's: every other 4xx, which another provider would refuse too.
+    """
+    if isinstance(failure, int):
+        return failure >= 500 or failure in (TIMED_OUT, RATE_LIMITED)
+    if isinstance(failure, ProviderError):
+        return True
+    if isinstance(failure, PixelrouterError):
+        return provider_caused(failure.status)
+    return True  # a timeout, a broken connection, a bug: not the client's doing
+
+
+def provider_down(status: int) -> bool:
+    """A provider-caused failure that says the provider is down, so it counts against its
+    uptime and its circuit. A rate limit (429) is provider-caused but says it is up."""
+    return provider_caused(status) and status != RATE_LIMITED

@@ -28,11 +28,12 @@ from pixelrouter.errors import (
     InvalidRequest,
     PaymentRequired,
     PixelrouterError,
+    RoutingFailed,
     ServiceUnavailable,
     UpstreamFailed,
 )
-from pixelrouter.routing.router import Router, RoutingFailed
-from pixelrouter.stats.windows import provider_caused
+from pixelrouter.routing.router import Router
+from pixelrouter.stats.outcomes import outcomes_of
 from pixelrouter.store import (
     GenerationApi,
     KeyRecord,
@@ -542,7 +543,12 @@ class GenerationService:
             self._notify(
                 GenerationEnd(request.id, "undelivered", result.provider_slug, made - handed, 0)
             )
-        outcomes = self._outcomes(request, result.attempts, delivery)
+        outcomes = outcomes_of(
+            result.attempts,
+            model=result.model,
+            images=len(result.images),
+            image_tokens=delivery.completion_tokens,
+        )
         await self._close_soon(admission, record, charge if handed else None, outcomes)
 
     async def _close_soon(
@@ -640,55 +646,9 @@ class GenerationService:
         fields.setdefault("state", "failed")
         fields.setdefault("finish_reason", "error")
         attempts = attempts or []
-        outcomes = self._outcomes(request, attempts, None)
+        outcomes = outcomes_of(attempts, model=request.model)
         await self._close_soon(admission, fields, None, outcomes)
         self._notify(GenerationEnd(request.id, fields["state"], None, 0, 0, tuple(attempts)))
-
-    def _outcomes(
-        self,
-        request: ImageRequest,
-        attempts: Sequence[ProviderAttempt],
-        delivery: Delivery | None,
-    ) -> list[ProviderOutcome]:
-        """One row per attempt; the last one is the success when there is a delivery.
-
-        Attempts carry durations, not times: each is dated by walking back from now through
-        the attempts that followed it."""
-        rows: list[ProviderOutcome] = []
-        ended = utcnow()
-        for i in reversed(range(len(attempts))):
-            attempt = attempts[i]
-            served = delivery is not None and i == len(attempts) - 1
-            if attempt.provider_slug:
-                rows.append(
-                    ProviderOutcome(
-                        provider_slug=attempt.provider_slug,
-                        provider_name=attempt.provider_name,
-                        model=(
-                            delivery.result.model
-                            if served and delivery is not None
-                            else self._model_tried(attempt.provider_slug, request)
-                        ),
-                        created_at=ended,
-                        status=attempt.status,
-                        provider_caused=provider_caused(attempt.status),
-                        latency_ms=attempt.latency_ms,
-                        images=len(delivery.result.images) if served and delivery else 0,
-                        image_tokens=delivery.completion_tokens if served and delivery else 0,
-                    )
-                )
-            ended -= timedelta(milliseconds=attempt.latency_ms)
-        rows.reverse()
-        return rows
-
-    def _model_tried(self, slug: str, request: ImageRequest) -> str:
-        """The first of the request's models the provider serves: the one it was tried for."""
-        for provider in self.router.providers:
-            if provider.info.slug == slug:
-                for model in (request.model, *request.fallback_models):
-                    if model in provider.info.models:
-                        return model
-        return request.model
 
     def _notify(self, end: GenerationEnd) -> None:
         for observer in self.observers:

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pixelrouter.engine.pipeline import EngineConfig, EngineLoadError, load_pipeline
+from pixelrouter.engine.pipeline import EngineConfig, load_pipeline
 from pixelrouter.engine.scheduler import Engine
-from pixelrouter.providers.base import ProviderUnavailable
+from pixelrouter.errors import EngineLoadError, ProviderUnavailable
 
 from .helpers import make_request, pixels, plain_call
 
@@ -41,7 +41,9 @@ async def test_engine_serves_a_saved_pipeline(saved_demo: Path, demo_pipe: Any) 
     try:
         assert engine.wait_ready(60), engine.readiness()
         result = await engine.generate(make_request("a lighthouse", seed=3, batching=False))
-        assert result.provider_name == "Local" and result.demo is False
+        # Not demo weights; and the engine names no provider (the router stamps the one that
+        # served the result).
+        assert result.provider_name == "" and result.demo is False
         assert np.array_equal(
             pixels(result.images[0].data), plain_call(demo_pipe, "a lighthouse", 3)
         )

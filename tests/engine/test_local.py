@@ -10,8 +10,10 @@ import pytest
 
 from pixelrouter.engine.pipeline import EngineConfig
 from pixelrouter.engine.scheduler import Engine
-from pixelrouter.providers.base import Provider, ProviderUnavailable
+from pixelrouter.errors import ProviderUnavailable
+from pixelrouter.providers.base import Provider
 from pixelrouter.providers.local import LocalProvider
+from pixelrouter.routing.router import Router
 
 from .helpers import make_request
 
@@ -28,7 +30,8 @@ async def test_local_provider_generates_and_reports() -> None:
         assert provider.info.display_name == "Local (demo weights)"
         assert provider.info.quantization == "fp32"
         assert provider.count_prompt_tokens("hello") == 5
-        result = await provider.generate(make_request("a pear"))
+        # The router names a result after the provider that served it.
+        result = await Router([provider]).route(make_request("a pear"))
         assert result.provider_slug == "local" and len(result.images) == 1
         assert provider.status()["queue_depth"] == 0
     finally:
@@ -60,7 +63,7 @@ def test_modules_import_without_torch() -> None:
         "    sys.modules[name] = None\n"
         "import pixelrouter.engine, pixelrouter.providers.local\n"
         "from pixelrouter.engine import EngineConfig\n"
-        "from pixelrouter.engine.pipeline import EngineLoadError\n"
+        "from pixelrouter.errors import EngineLoadError\n"
         "EngineConfig(demo=True)\n"
     )
     done = subprocess.run(

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from pixelrouter.providers.base import ProviderUnavailable
+from pixelrouter.errors import ProviderUnavailable
 
 from .helpers import make_request
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pixelrouter.engine.scheduler import JobState
-from pixelrouter.providers.base import ProviderError
+from pixelrouter.errors import ProviderError
 from pixelrouter.types import ImageResult, ProgressEvent
 
 from .helpers import make_request, pixels, plain_call, reference, rounding_diff
@@ -208,11 +208,8 @@ async def test_result_fields_tokens_and_status(engine: Any) -> None:
     request = make_request("a cat", output_format="jpeg", output_compression=50)
     result = await engine.generate(request)
     assert result.request_id == request.id and result.model == request.model
-    assert (result.provider_slug, result.provider_name, result.demo) == (
-        "local",
-        "Local (demo weights)",
-        True,
-    )
+    # Demo weights, and no provider's name: the router stamps the provider that served it.
+    assert (result.provider_slug, result.provider_name, result.demo) == ("", "", True)
     assert result.images[0].media_type == "image/jpeg" and result.images[0].data[:2] == b"\xff\xd8"
     assert result.prompt_tokens == engine.count_prompt_tokens("a cat") == 5  # byte-level demo BPE
     assert result.generation_time_ms >= 0

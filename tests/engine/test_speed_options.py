@@ -19,7 +19,6 @@ import torch
 from pixelrouter.engine.pipeline import (
     DEFAULT_TEXT_ENCODER_OUT_LAYERS,
     EngineConfig,
-    EngineLoadError,
     check_options,
     trim_text_encoder,
 )
@@ -29,6 +28,7 @@ from pixelrouter.engine.random_weights import (
     parameter_counts,
 )
 from pixelrouter.engine.scheduler import Engine
+from pixelrouter.errors import EngineLoadError
 
 from .helpers import make_request, pixels, plain_call, rounding_diff
 

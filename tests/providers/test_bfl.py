@@ -7,8 +7,7 @@ import time
 
 import pytest
 
-from pixelrouter.errors import InvalidRequest
-from pixelrouter.providers.base import ProviderError
+from pixelrouter.errors import InvalidRequest, ProviderError
 
 from .conftest import make_request, reference
 from .fake import Action, FakeUpstream, Reply, Seen, decode_image

@@ -8,10 +8,11 @@ import pytest
 
 from pixelrouter.catalog import KLEIN_4B, Price
 from pixelrouter.config import Settings
+from pixelrouter.errors import ConfigError
 from pixelrouter.providers import build_provider, build_providers
 from pixelrouter.providers.base import Provider
 from pixelrouter.providers.bfl import BFLProvider
-from pixelrouter.providers.config import ConfigError, ProviderConfig, Timeouts, load_providers
+from pixelrouter.providers.config import ProviderConfig, Timeouts, load_providers
 from pixelrouter.providers.openai_images import OpenAIImagesProvider
 from pixelrouter.providers.openrouter import OpenRouterProvider
 from pixelrouter.providers.pixelrouter import PixelrouterProvider

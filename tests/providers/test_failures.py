@@ -9,8 +9,7 @@ import time
 
 import pytest
 
-from pixelrouter.errors import InvalidRequest, PayloadTooLarge
-from pixelrouter.providers.base import ProviderError
+from pixelrouter.errors import InvalidRequest, PayloadTooLarge, ProviderError
 from pixelrouter.providers.config import Timeouts
 
 from .conftest import make_request

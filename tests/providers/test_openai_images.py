@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pixelrouter.errors import InvalidRequest
-from pixelrouter.providers.base import ProviderError
+from pixelrouter.errors import InvalidRequest, ProviderError
 
 from .conftest import make_request, reference
 from .fake import b64, decode_image, image_bytes

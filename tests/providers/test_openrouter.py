@@ -7,7 +7,7 @@ import base64
 import pytest
 
 from pixelrouter.catalog import KLEIN_4B
-from pixelrouter.providers.base import ProviderError
+from pixelrouter.errors import ProviderError
 from pixelrouter.providers.openrouter import OpenRouterProvider, ratio_and_tier
 
 from .conftest import make_request, reference

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 
 from pixelrouter.catalog import KLEIN_4B
+from pixelrouter.routing.router import Router
 
 from .conftest import make_request, reference
 from .fake import Reply, decode_image
@@ -27,7 +28,7 @@ async def test_request_is_forwarded_whole_and_images_come_back() -> None:
             batching=False,
         )
         try:
-            result = await provider.generate(request)
+            result = await Router([provider]).route(request)  # it names the serving provider
         finally:
             await provider.aclose()
     (call,) = fake.calls("/images")

@@ -7,9 +7,8 @@ import asyncio
 
 import pytest
 
-from pixelrouter.providers.base import ProviderError
+from pixelrouter.errors import ProviderError, RoutingFailed
 from pixelrouter.routing.health import CircuitState, HealthConfig, HealthRegistry
-from pixelrouter.routing.router import RoutingFailed
 
 from .standins import FakeClock, StandIn, make_router, request
 

@@ -8,9 +8,13 @@ import dataclasses
 
 import pytest
 
-from pixelrouter.errors import InvalidRequest, RateLimited
-from pixelrouter.providers.base import ProviderError, ProviderUnavailable
-from pixelrouter.routing.router import RoutingFailed
+from pixelrouter.errors import (
+    InvalidRequest,
+    ProviderError,
+    ProviderUnavailable,
+    RateLimited,
+    RoutingFailed,
+)
 from pixelrouter.types import ImageResult
 
 from .standins import OTHER_MODEL, FakeClock, StandIn, make_router, never, request

@@ -15,7 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import Api, make_api
 from pixelrouter.catalog import KLEIN_4B
-from pixelrouter.providers.base import ProviderError, ProviderInfo
+from pixelrouter.errors import ProviderError
+from pixelrouter.providers.base import ProviderInfo
 from pixelrouter.stats import percentiles
 from pixelrouter.store import utcnow
 

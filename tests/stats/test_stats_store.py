@@ -7,11 +7,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from pixelrouter.errors import provider_down
 from pixelrouter.stats import (
     UNATTRIBUTED,
     apps_ranking,
     percentiles,
-    provider_caused,
     provider_stats,
     uptime_hourly,
 )
@@ -39,7 +39,7 @@ def outcome(
         model=model,
         created_at=NOW - ago,
         status=status,
-        provider_caused=provider_caused(status),
+        provider_caused=provider_down(status),
         latency_ms=latency_ms,
         images=count,
         image_tokens=4096 * count,

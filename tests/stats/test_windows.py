@@ -1,5 +1,5 @@
-"""The statistics' rules as pure functions: uptime, percentiles, what is provider-caused, the
-endpoint status, the apps ranking, and the time boundaries at a frozen `now`."""
+"""The statistics' rules as pure functions: uptime, percentiles, the endpoint
+status, the apps ranking, and the time boundaries at a frozen `now`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from pixelrouter.stats import (
     ProviderStats,
     endpoint_status,
     percentiles,
-    provider_caused,
     rank_apps,
     uptime,
 )
@@ -49,25 +48,6 @@ def test_percentiles_are_ordered() -> None:
     result = percentiles([0.3, 9.0, 1.2, 0.7, 4.4, 2.5, 0.1])
     assert result is not None
     assert result["p50"] <= result["p75"] <= result["p90"] <= result["p99"] <= 9.0
-
-
-@pytest.mark.parametrize(
-    ("status", "caused"),
-    [
-        (500, True),
-        (502, True),  # garbage or no image
-        (503, True),  # not ready
-        (504, True),  # its own timeout
-        (408, True),  # the deadline ran out while it worked
-        (429, False),  # rate limited: the provider is up
-        (400, False),  # the client's fault
-        (402, False),
-        (404, False),
-        (413, False),
-    ],
-)
-def test_what_is_provider_caused(status: int, caused: bool) -> None:
-    assert provider_caused(status) is caused
 
 
 def _stats(uptime_30m: float | None, successes_30m: int = 0) -> ProviderStats:

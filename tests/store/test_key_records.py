@@ -9,7 +9,8 @@ import pytest
 from sqlalchemy import MetaData, select
 
 from pixelrouter.billing.keys import generate_key, hash_key, key_label, looks_like_key
-from pixelrouter.store import LastManagementKey, NewGeneration, Store
+from pixelrouter.errors import LastManagementKey
+from pixelrouter.store import NewGeneration, Store
 
 
 def test_create_and_find_a_key(store: Store) -> None:

@@ -10,7 +10,7 @@ from typing import TypeVar
 
 from starlette.requests import Request
 
-from pixelrouter.errors import PixelrouterError
+from pixelrouter.errors import ClientGone
 from pixelrouter.types import ProgressEvent
 
 T = TypeVar("T")
@@ -22,13 +22,6 @@ async def _wait_for_disconnect(request: Request) -> None:
         message = await request.receive()
         if message["type"] == "http.disconnect":
             return
-
-
-class ClientGone(PixelrouterError):
-    """The client closed the connection before its answer was ready (nginx's 499)."""
-
-    status = 499
-    error_type = "unmapped"  # nobody reads it: the client is gone
 
 
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pixelrouter.config import DEFAULT_MODEL
-from pixelrouter.errors import ServiceUnavailable
+from pixelrouter.errors import EngineLoadError
 
 if TYPE_CHECKING:
     import torch
@@ -135,14 +135,6 @@ class EngineConfig:
         if self.warmup_sizes is not None:
             return self.warmup_sizes
         return ((1024, 1024),) if self.compile or self.cuda_graphs else ()
-
-
-class EngineLoadError(ServiceUnavailable):
-    """The pipeline could not be loaded; the message says how to provide weights."""
-
-    def __init__(self, message: str, **kwargs: Any) -> None:
-        metadata = {"reason": "engine_load_error", **kwargs.pop("metadata", {})}
-        super().__init__(message, metadata=metadata, **kwargs)
 
 
 @dataclass

@@ -30,14 +30,8 @@ from PIL import Image
 
 from pixelrouter.catalog import estimate_prompt_tokens
 from pixelrouter.engine.encode import encode_image
-from pixelrouter.engine.pipeline import (
-    EngineConfig,
-    EngineLoadError,
-    LoadedPipeline,
-    describe_error,
-    load_pipeline,
-)
-from pixelrouter.providers.base import ProviderError, ProviderUnavailable
+from pixelrouter.engine.pipeline import EngineConfig, LoadedPipeline, describe_error, load_pipeline
+from pixelrouter.errors import EngineLoadError, ProviderError, ProviderUnavailable
 from pixelrouter.types import (
     GeneratedImage,
     ImageRequest,

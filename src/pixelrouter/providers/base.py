@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from pixelrouter.catalog import Price
-from pixelrouter.errors import PixelrouterError
 from pixelrouter.types import ImageRequest, ImageResult, ProgressEvent
 
 
@@ -24,34 +23,6 @@ class ProviderInfo:
     data_collection: str = "deny"
     supported_parameters: tuple[str, ...] = ()
     zdr: bool = False  # zero data retention, as declared (`provider.zdr` routes on it)
-
-
-class ProviderError(PixelrouterError):
-    """A provider-caused failure (5xx, timeout, 429, bad upstream answer): routing falls
-    through to the next provider. `status` is what the attempt is recorded as."""
-
-    status = 502
-    error_type = "provider_unavailable"
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int | None = None,
-        retry_after_s: float | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(message, **kwargs)
-        if status is not None:
-            self.status = status
-        self.retry_after_s = retry_after_s
-
-
-class ProviderUnavailable(ProviderError):
-    """The provider cannot take work now (weights missing, loading, shut down)."""
-
-    status = 503
-    error_type = "provider_overloaded"
 
 
 @runtime_checkable

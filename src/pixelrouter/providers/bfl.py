@@ -25,8 +25,7 @@ import asyncio
 import base64
 from typing import Any, ClassVar
 
-from pixelrouter.errors import InvalidRequest
-from pixelrouter.providers.base import ProviderError
+from pixelrouter.errors import InvalidRequest, ProviderError, provider_caused
 from pixelrouter.providers.http import Delivered, HTTPProvider, reference_pngs
 from pixelrouter.types import Encoded, ImageRequest
 
@@ -112,7 +111,7 @@ class BFLProvider(HTTPProvider):
             except ProviderError as exc:
                 transient += 1
                 upstream = exc.metadata.get("upstream_status")
-                retryable = upstream is None or upstream >= 500 or upstream in (408, 429)
+                retryable = upstream is None or provider_caused(upstream)
                 if not retryable or transient > MAX_TRANSIENT_POLL_FAILURES:
                     raise
                 if exc.retry_after_s:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pixelrouter.catalog import KLEIN_4B, Catalog, Price
-from pixelrouter.errors import NotFound
+from pixelrouter.errors import ConfigError, NotFound
 
 ProviderType = Literal["local", "pixelrouter", "openrouter", "openai-images", "bfl"]
 PROVIDER_TYPES: tuple[str, ...] = ("local", "pixelrouter", "openrouter", "openai-images", "bfl")
@@ -76,10 +76,6 @@ OPTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
         "safety_tolerance": int,
     },
 }
-
-
-class ConfigError(ValueError):
-    """The provider configuration is wrong; the message says where and how to fix it."""
 
 
 @dataclass(frozen=True)

@@ -46,10 +46,16 @@ from PIL import Image
 from pixelrouter import __version__
 from pixelrouter.catalog import estimate_prompt_tokens
 from pixelrouter.engine.encode import encode_image
-from pixelrouter.errors import InvalidRequest, PayloadTooLarge, PixelrouterError
+from pixelrouter.errors import (
+    InvalidRequest,
+    PayloadTooLarge,
+    PixelrouterError,
+    ProviderError,
+    provider_caused,
+)
 from pixelrouter.netpolicy import host_is_public, is_public_ip
 from pixelrouter.providers import splice
-from pixelrouter.providers.base import ProviderError, ProviderInfo
+from pixelrouter.providers.base import ProviderInfo
 from pixelrouter.providers.config import ProviderConfig
 from pixelrouter.types import (
     MEDIA_TYPES,
@@ -596,7 +602,7 @@ class HTTPProvider:
                 images.append(RawImage(index, content))
                 prompt_tokens = tokens if tokens is not None else prompt_tokens
         if not images:
-            client_errors = [e for e in errors if not isinstance(e, ProviderError)]
+            client_errors = [e for e in errors if not provider_caused(e)]
             raise (client_errors or errors)[0]
         return Delivered(images, prompt_tokens)
 

@@ -11,7 +11,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pixelrouter.catalog import KLEIN_4B, Price
-from pixelrouter.providers.base import ProviderInfo, ProviderUnavailable
+from pixelrouter.errors import ProviderUnavailable
+from pixelrouter.providers.base import ProviderInfo
 from pixelrouter.types import ImageRequest, ImageResult, ProgressEvent
 
 if TYPE_CHECKING:

@@ -6,7 +6,8 @@ from collections.abc import Callable
 from typing import Any
 
 from pixelrouter.catalog import KLEIN_4B
-from pixelrouter.providers.base import ProviderInfo, ProviderUnavailable
+from pixelrouter.errors import ProviderUnavailable
+from pixelrouter.providers.base import ProviderInfo
 from pixelrouter.types import ImageRequest, ImageResult, ProgressEvent
 
 

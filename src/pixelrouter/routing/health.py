@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pixelrouter.errors import provider_down
 from pixelrouter.percentiles import percentiles
 
 Clock = Callable[[], float]
@@ -161,7 +162,7 @@ class ProviderHealth:
         the recent-failure window) already keeps work away.
         """
         now = self.clock() if now is None else now
-        rate_limited = status == 429
+        rate_limited = not provider_down(status)
         self.attempts += 1
         self.failures += 1
         self.rate_limited += rate_limited

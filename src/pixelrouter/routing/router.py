@@ -22,11 +22,14 @@ from pixelrouter.catalog import image_price, image_tokens
 from pixelrouter.errors import (
     NotFound,
     PixelrouterError,
+    ProviderError,
     RequestTimeout,
+    RoutingFailed,
     ServiceUnavailable,
     UpstreamFailed,
+    provider_caused,
 )
-from pixelrouter.providers.base import Provider, ProviderError
+from pixelrouter.providers.base import Provider
 from pixelrouter.routing.health import CircuitState, HealthConfig, HealthRegistry
 from pixelrouter.types import (
     ImageRequest,
@@ -38,21 +41,7 @@ from pixelrouter.types import (
 
 log = logging.getLogger(__name__)
 
-# A 4xx from a provider is the client's fault, except these two: the provider timed out or is
-# rate limiting us, and another provider may well serve the request.
-PROVIDER_CAUSED_4XX = (408, 429)
 PROBE_GRACE_S = 0.1
-
-
-class RoutingFailed(PixelrouterError):
-    """Every candidate failed; carries the attempts so the generation record lists them."""
-
-    def __init__(self, error: PixelrouterError, attempts: list[ProviderAttempt]) -> None:
-        super().__init__(error.message, metadata=error.metadata, headers=error.headers)
-        self.status = error.status
-        self.error_type = error.error_type
-        self.attempts = attempts
-        self.cause = error
 
 
 def apply_provider_options(request: ImageRequest, slug: str) -> ImageRequest:
@@ -499,7 +488,7 @@ class Router:
                     failed(provider, started, exc.status, exc.message, exc.retry_after_s)
                     continue
                 except PixelrouterError as exc:
-                    if 400 <= exc.status < 500 and exc.status not in PROVIDER_CAUSED_4XX:
+                    if not provider_caused(exc):
                         # The client's fault (4xx): another provider would refuse it too.
                         name = provider.info.display_name
                         latency = int((time.monotonic() - started) * 1000)

@@ -1,7 +1,7 @@
 """Provider statistics over time windows: uptime, latency and throughput percentiles, hourly
 uptime, and the apps ranking, all read from the store so every gateway process agrees.
 
-The rules are pure functions (`uptime`, `percentiles`, `provider_caused`); the rest reads the
+The rules are pure functions (`uptime`, `percentiles`); the rest reads the
 store at an explicit `now`, so tests freeze the clock by passing it.
 """
 
@@ -30,13 +30,6 @@ WINDOWS: dict[str, timedelta] = {
     "30m": timedelta(minutes=30),
     "1d": timedelta(days=1),
 }
-
-
-def provider_caused(status: int) -> bool:
-    """A failure that says the provider is down: 5xx (502 is a garbage answer, 503 not
-    ready, 504 its timeout) or 408 (the overall deadline ran out while it worked). Rate limits
-    (429) and the client's own 4xx say nothing about the provider."""
-    return status >= 500 or status == 408
 
 
 def is_success(status: int) -> bool:

@@ -1,7 +1,6 @@
 """Storage: SQLite by default, PostgreSQL by URL; tables, Alembic migrations and the `Store`."""
 
 from pixelrouter.store.db import DEFAULT_DATABASE_URL, is_unreachable, normalize_url, utcnow
-from pixelrouter.store.key_records import LastManagementKey
 from pixelrouter.store.records import (
     ActivityRow,
     GenerationApi,
@@ -25,7 +24,6 @@ __all__ = [
     "KeyBalance",
     "KeyRecord",
     "KeyUsage",
-    "LastManagementKey",
     "LedgerEntry",
     "NewGeneration",
     "Reservation",

@@ -34,17 +34,13 @@ from pixelrouter.billing.keys import (
     period_end,
     period_start,
 )
+from pixelrouter.errors import LastManagementKey
 from pixelrouter.store.db import utcnow, write_transaction
 from pixelrouter.store.records import KeyRecord, KeyUsage
 from pixelrouter.store.tables import api_keys, ledger_entries
 
 ADMIN_KEY_NAME = "admin"
 INT32_MAX = 2**31 - 1
-
-
-class LastManagementKey(ValueError):
-    """The change would leave no enabled, unexpired management key: nobody could manage keys
-    any more (short of a restart with PIXELROUTER_ADMIN_KEY)."""
 
 
 # pg_advisory_xact_lock id serialising the management-key bootstrap across replicas.

@@ -12,8 +12,8 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from pixelrouter.catalog import micro_to_usd, usd_to_micro
 from pixelrouter.config import Settings
-from pixelrouter.errors import InvalidRequest, NotFound
-from pixelrouter.store import KeyBalance, KeyRecord, KeyUsage, LastManagementKey, Store
+from pixelrouter.errors import InvalidRequest, LastManagementKey, NotFound
+from pixelrouter.store import KeyBalance, KeyRecord, KeyUsage, Store
 
 from ..auth import current_key, management_key
 from ..responses import OrjsonResponse
