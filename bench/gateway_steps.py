@@ -85,7 +85,7 @@ def instrument() -> None:
     """Wrap the functions that begin and end the steps (before the app is built)."""
     import fastapi.routing
 
-    from pixelrouter import service
+    from pixelrouter import generations
     from pixelrouter.api import auth, lifecycle, metrics, middleware, responses, wire
     from pixelrouter.api.routes import openai_images
     from pixelrouter.providers import http
@@ -98,7 +98,7 @@ def instrument() -> None:
     _wrap_sync(openai_images, "edge", "edge context")
     _wrap_sync(wire, "from_openai", "translation")
     _wrap_async(openai_images, "_respond", "route body")
-    _wrap_async(service.GenerationService, "generate", "service")
+    _wrap_async(generations.GenerationService, "generate", "service")
     _wrap_async(http.HTTPProvider, "generate", "provider")
     _wrap_async(http.HTTPProvider, "send", "upstream exchange")
     _wrap_sync(http.HTTPProvider, "parse_json", "JSON read")

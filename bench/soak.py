@@ -376,7 +376,7 @@ class _RssSampler(threading.Thread):
 def run(
     seconds: float, rate: float, seed: int, max_growth_mb: float, rss_every: float = 30.0
 ) -> dict[str, Any]:
-    from pixelrouter.billing.keys import generate_key
+    from pixelrouter.keys import generate_key
 
     admin_key = generate_key()
     with tempfile.TemporaryDirectory(prefix="pixelrouter-soak-") as tmp_name:

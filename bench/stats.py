@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import httpx  # noqa: E402
 from benchdb import database  # noqa: E402
 
-from pixelrouter.billing.keys import generate_key  # noqa: E402
 from pixelrouter.catalog import KLEIN_4B  # noqa: E402
 from pixelrouter.errors import ProviderUnavailable, provider_down  # noqa: E402
+from pixelrouter.keys import generate_key  # noqa: E402
 from pixelrouter.providers.base import ProviderInfo  # noqa: E402
 from pixelrouter.stats import (  # noqa: E402
     provider_stats,

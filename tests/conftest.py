@@ -20,8 +20,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from dbutil import BACKENDS, database_url  # noqa: E402
-from pixelrouter.billing.keys import generate_key  # noqa: E402
 from pixelrouter.config import Settings  # noqa: E402
+from pixelrouter.keys import generate_key  # noqa: E402
 
 ADMIN_KEY = generate_key()
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from helpers import png_data_url
-from pixelrouter.billing.keys import generate_key
+from pixelrouter.keys import generate_key
 
 
 def assert_error(response, status: int, error_type: str, words: str) -> dict:

@@ -13,9 +13,9 @@ import httpx
 
 from conftest import make_api
 from helpers import sse_events
-from pixelrouter.billing.keys import hash_key
 from pixelrouter.catalog import KLEIN_4B, Price
 from pixelrouter.errors import ProviderError
+from pixelrouter.keys import hash_key
 from pixelrouter.providers.base import ProviderInfo
 
 

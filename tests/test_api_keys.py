@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pixelrouter.billing.keys import hash_key, key_label, looks_like_key
+from pixelrouter.keys import hash_key, key_label, looks_like_key
 
 
 async def test_create_list_get_update_delete(api) -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import make_api
-from pixelrouter.billing.keys import hash_key
 from pixelrouter.catalog import KLEIN_4B
+from pixelrouter.keys import hash_key
 from pixelrouter.providers.base import ProviderInfo
 from pixelrouter.types import GeneratedImage, ImageResult
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from conftest import make_api
-from pixelrouter.billing.keys import hash_key
 from pixelrouter.catalog import KLEIN_4B
 from pixelrouter.errors import PaymentRequired
+from pixelrouter.keys import hash_key
 from pixelrouter.types import ImageRequest
 from test_billing_api import PRICE, GenerousProvider, new_key
 
@@ -80,7 +80,7 @@ async def test_the_record_is_written_before_the_answer_and_closed_on_the_edges_w
     key_hash = hash_key(await new_key(sqlite_api))
     request = _request(key_hash, "gate", n=2)
     delivery = await px.service.generate(
-        request, api="images", unlimited_key=True, edge_reports=True
+        request, api="images", key=px.store.find_key(key_hash), edge_reports=True
     )
     assert delivery.cost_micro == 2 * PRICE
     record = px.store.get_generation(request.id)
@@ -101,7 +101,7 @@ async def test_only_the_images_handed_to_the_client_are_charged(sqlite_api) -> N
             px.store.update_key(key_hash, limit_micro=int(limit * 1e6))
         request = _request(key_hash, f"handed-{handed}-{limit}", n=3)
         await px.service.generate(
-            request, api="images", unlimited_key=limit is None, edge_reports=True
+            request, api="images", key=px.store.find_key(key_hash), edge_reports=True
         )
         px.service.answered(request.id, handed)
         await px.service.closed(key_hash)
@@ -126,7 +126,7 @@ async def test_a_limit_set_while_it_ran_applies_to_later_requests_only(sqlite_ap
     px = sqlite_api.app.state.px
     key_hash = hash_key(await new_key(sqlite_api))
     request = _request(key_hash, "limit-meanwhile")
-    await px.service.generate(request, api="images", unlimited_key=True)
+    await px.service.generate(request, api="images", key=px.store.find_key(key_hash))
     px.store.update_key(key_hash, limit_micro=0, limit_reset=None)
     await px.service.closed(key_hash)
     record = px.store.get_generation(request.id)
@@ -142,7 +142,7 @@ async def test_a_key_deleted_while_it_ran_keeps_the_record_and_the_charge(api) -
     px = api.app.state.px
     key_hash = hash_key(await new_key(api))
     request = _request(key_hash, "deleted-meanwhile")
-    await px.service.generate(request, api="images", unlimited_key=True)
+    await px.service.generate(request, api="images", key=px.store.find_key(key_hash))
     assert px.store.delete_key(key_hash)
     await px.service.closed(key_hash)
     record = px.store.get_generation(request.id)
@@ -162,7 +162,9 @@ async def test_a_client_leaving_early_leaves_a_cancelled_record_and_nothing_open
     key_hash = hash_key(await new_key(sqlite_api))
     for delay in (0, 0.001, 0.005, 0.02):
         request = _request(key_hash, f"cancel-{delay}")
-        task = asyncio.ensure_future(px.service.generate(request, api="images", unlimited_key=True))
+        task = asyncio.ensure_future(
+            px.service.generate(request, api="images", key=px.store.find_key(key_hash))
+        )
         await asyncio.sleep(delay)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from pixelrouter.billing.keys import hash_key, looks_like_key
 from pixelrouter.cli import app
+from pixelrouter.keys import hash_key, looks_like_key
 from pixelrouter.store import Store
 
 

@@ -23,7 +23,7 @@ def test_the_api_modules_never_import_the_heavy_stack(tmp_path: Path) -> None:
     code = BLOCK_HEAVY + (
         "from pixelrouter.config import Settings\n"
         "from pixelrouter.api.app import create_app\n"
-        "import pixelrouter.cli, pixelrouter.service, pixelrouter.providers.local\n"
+        "import pixelrouter.cli, pixelrouter.generations, pixelrouter.providers.local\n"
         f"app = create_app(Settings(data_dir=__import__('pathlib').Path({str(tmp_path)!r})))\n"
         "px = app.state.px\n"
         "print(px.router.ready()[1])\n"

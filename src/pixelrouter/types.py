@@ -231,3 +231,18 @@ class ProgressEvent:
 
 
 ProgressCallback = Callable[[ProgressEvent], None]
+
+
+@dataclass(frozen=True)
+class GenerationEnd:
+    """What observers (the /metrics counters) hear when a generation is closed."""
+
+    request_id: str
+    state: str  # succeeded | failed | cancelled | undelivered
+    provider_slug: str | None  # the provider that served it
+    images: int
+    megapixels: int  # billable megapixels delivered
+    attempts: tuple[ProviderAttempt, ...] = field(default=())
+
+
+GenerationObserver = Callable[[GenerationEnd], None]

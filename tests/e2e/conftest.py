@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pixelrouter.billing.keys import generate_key
+from pixelrouter.keys import generate_key
 
 from .support import Server, cli_command, cli_env
 

@@ -29,8 +29,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from pixelrouter.billing.keys import generate_key
 from pixelrouter.config import Settings
+from pixelrouter.keys import generate_key
 
 CALL_TIMEOUT_S = 600
 # Operations only a management key may call; the others get the inference key.

@@ -16,7 +16,7 @@ import httpx
 
 from e2e.conftest import _free_port, _stop, _tail, _wait_ready
 from e2e.support import cli_command, cli_env
-from pixelrouter.billing.keys import generate_key
+from pixelrouter.keys import generate_key
 
 
 @dataclass

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from e2e.support import poll
-from pixelrouter.billing.keys import generate_key
+from pixelrouter.keys import generate_key
 from pixelrouter.store import Store
 from pixelrouter.store.records import FINISHED_STATES
 

@@ -12,7 +12,7 @@ import pytest
 
 from dbutil import sqlite_url
 from e2e.support import poll
-from pixelrouter.billing.keys import generate_key
+from pixelrouter.keys import generate_key
 
 from .servers import Launcher
 

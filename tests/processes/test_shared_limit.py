@@ -10,7 +10,7 @@ from collections import Counter
 import httpx
 import pytest
 
-from pixelrouter.billing.keys import generate_key
+from pixelrouter.keys import generate_key
 from pixelrouter.store import Store
 
 from .servers import Launcher

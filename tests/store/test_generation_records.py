@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from pixelrouter.billing.keys import generate_key, hash_key
+from pixelrouter.keys import generate_key, hash_key
 from pixelrouter.store import NewGeneration, Store
 
 T0 = datetime(2026, 3, 4, 10, 0, tzinfo=UTC)

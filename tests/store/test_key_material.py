@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from pixelrouter.billing.keys import (
+from pixelrouter.keys import (
     generate_key,
     hash_key,
     key_label,

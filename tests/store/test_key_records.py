@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import MetaData, select
 
-from pixelrouter.billing.keys import generate_key, hash_key, key_label, looks_like_key
 from pixelrouter.errors import LastManagementKey
+from pixelrouter.keys import generate_key, hash_key, key_label, looks_like_key
 from pixelrouter.store import NewGeneration, Store
 
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from pixelrouter.billing.ledger import rate_window
+from pixelrouter.periods import rate_window
 from pixelrouter.store import Store
 from pixelrouter.store.tables import rate_windows
 

@@ -15,11 +15,11 @@ from fastapi.staticfiles import StaticFiles
 from pixelrouter import __version__
 from pixelrouter.catalog import Catalog
 from pixelrouter.config import Settings
+from pixelrouter.generations import GenerationService
 from pixelrouter.logs import guard_logs
 from pixelrouter.providers.base import Provider
 from pixelrouter.routing.health import HealthConfig
 from pixelrouter.routing.router import Router
-from pixelrouter.service import GenerationService
 from pixelrouter.stats.windows import OUTCOME_RETENTION
 from pixelrouter.store import Store, utcnow
 from pixelrouter.web import STATIC_DIR as WEB_STATIC_DIR
@@ -33,7 +33,7 @@ from .metrics import Metrics, MetricsMiddleware
 from .metrics import router as metrics_router
 from .middleware import EdgeMiddleware
 from .responses import OrjsonResponse
-from .routes import catalog, chat, generations, images, keys, openai_images, service, stats
+from .routes import catalog, chat, generations, health, images, keys, openai_images, stats
 from .state import AppState
 
 log = logging.getLogger("pixelrouter")
@@ -167,8 +167,8 @@ def create_app(
     app.include_router(stats.router, prefix="/api/v1", dependencies=authed)
     app.include_router(generations.router, prefix="/api/v1")
     app.include_router(keys.router, prefix="/api/v1")
-    app.include_router(service.engine_router, prefix="/api/v1")
-    app.include_router(service.router)
+    app.include_router(health.engine_router, prefix="/api/v1")
+    app.include_router(health.router)
     app.include_router(metrics_router)
     # The web pages (public: no key to view them) and their CSS, JS and Chart.js.
     app.include_router(web_router)

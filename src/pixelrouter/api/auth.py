@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from fastapi import Request
 from starlette.types import Scope
 
-from pixelrouter.billing.keys import hash_key, looks_like_key
 from pixelrouter.errors import Forbidden, PixelrouterError, RateLimited, Unauthorized
+from pixelrouter.keys import hash_key, looks_like_key
 from pixelrouter.store import KeyRecord
 from pixelrouter.types import Attribution
 

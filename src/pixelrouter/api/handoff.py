@@ -213,6 +213,6 @@ def track(scope_state: dict[str, object]) -> Handoff | None:
     return handoff
 
 
-async def settle_order() -> None:
+async def yield_to_disconnects() -> None:
     """Let a disconnect that woke together with a send's flow control be seen first."""
     await asyncio.sleep(0)

@@ -25,8 +25,8 @@ from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pixelrouter.providers.base import Provider
-from pixelrouter.service import GenerationEnd
 from pixelrouter.store import Store
+from pixelrouter.types import GenerationEnd
 
 from .schemas import ErrorEnvelope
 

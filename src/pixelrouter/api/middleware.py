@@ -25,7 +25,7 @@ from pixelrouter.errors import (
 )
 
 from .errors import unexpected_error
-from .handoff import Handoff, settle_order, watch_connection
+from .handoff import Handoff, yield_to_disconnects, watch_connection
 
 log = logging.getLogger("pixelrouter.api")
 _ALPHABET = string.ascii_letters + string.digits
@@ -165,7 +165,7 @@ async def _send_counted(
     await send({**message, "more_body": True} if last else message)
     handoff.sent += len(body)
     handoff.mark(connection_before, len(body))
-    await settle_order()
+    await yield_to_disconnects()
     if handoff.probe is None:
         if handoff.lost:
             return
@@ -175,7 +175,7 @@ async def _send_counted(
     if last:
         if not handoff.lost:
             await send({"type": "http.response.body", "body": b"", "more_body": True})
-            await settle_order()
+            await yield_to_disconnects()
         if handoff.probe is not None:
             received = await handoff.wait_acked(ack_timeout_s)
         else:

@@ -7,9 +7,9 @@ from typing import Any
 
 import orjson
 
+from pixelrouter.billing.costs import Delivery
 from pixelrouter.catalog import micro_to_usd
 from pixelrouter.errors import PixelrouterError
-from pixelrouter.service import Delivery
 from pixelrouter.types import GeneratedImage
 
 

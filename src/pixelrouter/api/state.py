@@ -9,10 +9,10 @@ from starlette.requests import Request
 
 from pixelrouter.catalog import Catalog
 from pixelrouter.config import Settings
+from pixelrouter.generations import GenerationService
 from pixelrouter.providers.base import Provider
 from pixelrouter.refimages import FetchPolicy
 from pixelrouter.routing.router import Router
-from pixelrouter.service import GenerationService
 from pixelrouter.store import KeyRecord, Store
 
 # How long a key read from the database answers for it in this process. Another process's

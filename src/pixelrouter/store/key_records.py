@@ -22,7 +22,8 @@ from sqlalchemy import (
     update,
 )
 
-from pixelrouter.billing.keys import (
+from pixelrouter.errors import LastManagementKey
+from pixelrouter.keys import (
     KEY_KINDS,
     LIMIT_RESETS,
     KeyKind,
@@ -34,7 +35,6 @@ from pixelrouter.billing.keys import (
     period_end,
     period_start,
 )
-from pixelrouter.errors import LastManagementKey
 from pixelrouter.store.db import utcnow, write_transaction
 from pixelrouter.store.records import KeyRecord, KeyUsage
 from pixelrouter.store.tables import api_keys, ledger_entries
@@ -163,7 +163,7 @@ class KeyRecords:
             return new_plaintext
 
     def find_key(self, key_hash: str) -> KeyRecord | None:
-        """The key stored under `key_hash` (see `billing.keys.hash_key`), if any."""
+        """The key stored under `key_hash` (see `keys.hash_key`), if any."""
         with self.engine.connect() as conn:
             row = conn.execute(select(api_keys).where(api_keys.c.hash == key_hash)).first()
         return None if row is None else _key_record(row)

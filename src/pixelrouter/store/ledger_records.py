@@ -32,8 +32,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from pixelrouter.billing.keys import period_end
-from pixelrouter.billing.ledger import check_aware, check_micro, limit_period_start
+from pixelrouter.keys import period_end
+from pixelrouter.periods import check_aware, check_micro, limit_period_start
 from pixelrouter.store.db import utcnow, write_transaction
 from pixelrouter.store.records import KeyBalance, LedgerEntry, Reservation
 from pixelrouter.store.tables import (

@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import Engine, delete
 from sqlalchemy.dialects import postgresql, sqlite
 
-from pixelrouter.billing.ledger import check_aware, rate_window
+from pixelrouter.periods import check_aware, rate_window
 from pixelrouter.store.db import utcnow, write_transaction
 from pixelrouter.store.tables import rate_windows
 

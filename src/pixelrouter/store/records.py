@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Literal
 
-from pixelrouter.billing.keys import KeyKind, LimitReset
-from pixelrouter.billing.ledger import LedgerEntryKind, ReservationState
+from pixelrouter.keys import KeyKind, LimitReset
+from pixelrouter.periods import LedgerEntryKind, ReservationState
 
 GenerationState = Literal["pending", "succeeded", "failed", "cancelled"]
 GenerationApi = Literal["chat", "images", "openai_images"]

@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from pixelrouter.billing.bookkeeping import Admission
+from pixelrouter.billing.costs import Delivery
 from pixelrouter.errors import PixelrouterError
-from pixelrouter.service import Admission, Delivery
 from pixelrouter.store import KeyRecord
 
 from .. import render, wire

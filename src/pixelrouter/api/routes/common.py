@@ -10,8 +10,9 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
+from pixelrouter.billing.bookkeeping import Admission
+from pixelrouter.billing.costs import Delivery
 from pixelrouter.errors import PixelrouterError
-from pixelrouter.service import Admission, Delivery
 from pixelrouter.store import GenerationApi, KeyRecord
 from pixelrouter.types import ImageRequest
 
@@ -50,13 +51,10 @@ async def deliver(request: Request, image_request: ImageRequest, api: Generation
     are charged once the whole body was handed to the client's connection."""
     px = app_state(request)
     key: KeyRecord | None = getattr(request.state, "api_key", None)
-    unlimited = key is not None and key.limit_micro is None
     handoff = handoff_of(request)
     delivery = await until_disconnect(
         request,
-        px.service.generate(
-            image_request, api=api, unlimited_key=unlimited, edge_reports=handoff is not None
-        ),
+        px.service.generate(image_request, api=api, key=key, edge_reports=handoff is not None),
     )
     if handoff is not None:
         handoff.images_in_body(len(delivery.result.images))

@@ -9,8 +9,9 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from pixelrouter.billing.bookkeeping import Admission
+from pixelrouter.billing.costs import Delivery
 from pixelrouter.errors import PixelrouterError
-from pixelrouter.service import Admission, Delivery
 from pixelrouter.store import KeyRecord
 
 from .. import render, wire

@@ -11,8 +11,9 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
+from pixelrouter.billing.bookkeeping import Admission
+from pixelrouter.billing.costs import Delivery
 from pixelrouter.errors import InvalidRequest, PixelrouterError
-from pixelrouter.service import Admission, Delivery
 from pixelrouter.store import KeyRecord
 from pixelrouter.types import ImageRequest
 

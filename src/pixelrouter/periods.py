@@ -1,7 +1,8 @@
 """Ledger arithmetic without a database: limit periods, amounts, fixed rate-limit windows.
 
-The store keeps the ledger (`pixelrouter.store.ledger_records`); this module only says which
-period a moment falls in, what a valid amount is and when a rate-limit window ends.
+On the ground floor, beside `keys.py`, so that both the store (which keeps the ledger,
+`pixelrouter.store.ledger_records`) and billing (which decides what to write) use one
+definition: which period a moment falls in, what a valid amount is, when a rate-limit window ends.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from pixelrouter.billing.keys import LimitReset, period_start
+from pixelrouter.keys import LimitReset, period_start
 
 ReservationState = Literal["open", "settled", "released"]
 LedgerEntryKind = Literal["reserve", "settle", "release"]

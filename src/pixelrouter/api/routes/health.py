@@ -1,4 +1,4 @@
-"""Service endpoints outside `/api/v1`: `/health`, `/ready`; and `/api/v1/engine/status`."""
+"""Health endpoints outside `/api/v1`: `/health`, `/ready`; and `/api/v1/engine/status`."""
 
 from __future__ import annotations
 
