@@ -92,10 +92,16 @@ def test_the_validators_refuse_what_the_api_server_would() -> None:
         kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[0], strict=True)
     scaled = find(render("demo"), "ScaledObject", "pixelrouter-workers")
     scaled["spec"]["minReplicas"] = 1
-    assert list(jsonschema.Draft7Validator(crd_schema(scaled["apiVersion"], "ScaledObject")).iter_errors(scaled))  # noqa: E501
+    assert list(
+        jsonschema.Draft7Validator(crd_schema(scaled["apiVersion"], "ScaledObject")).iter_errors(
+            scaled
+        )
+    )  # noqa: E501
     pooler = find(render("gpu"), "Pooler", "pixelrouter-postgres")
     pooler["spec"]["pgbouncer"]["poolMode"] = "statement-ish"
-    assert list(jsonschema.Draft7Validator(crd_schema(pooler["apiVersion"], "Pooler")).iter_errors(pooler))  # noqa: E501
+    assert list(
+        jsonschema.Draft7Validator(crd_schema(pooler["apiVersion"], "Pooler")).iter_errors(pooler)
+    )  # noqa: E501
 
 
 def test_the_vendored_crds_are_the_pinned_upstream_files() -> None:
@@ -207,9 +213,7 @@ def test_gpu_workers_ask_for_a_gpu_and_read_weights_from_a_volume() -> None:
     (container,) = pod["containers"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert container["image"].endswith("worker-cuda:0.1.0")
-    assert {"name": "models", "mountPath": "/models", "readOnly": True} in container[
-        "volumeMounts"
-    ]
+    assert {"name": "models", "mountPath": "/models", "readOnly": True} in container["volumeMounts"]
     assert find(objects, "PersistentVolumeClaim", "pixelrouter-models")
 
 
@@ -256,7 +260,9 @@ def test_the_gateway_configuration_is_one_pixelrouter_reads(monkeypatch, tmp_pat
     (workers,) = data["providers"]
     assert workers["type"] == "pixelrouter"
     assert workers["discovery"] == "dns"
-    assert workers["url"].startswith("http://pixelrouter-workers.pixelrouter.svc.cluster.local:8000")
+    assert workers["url"].startswith(
+        "http://pixelrouter-workers.pixelrouter.svc.cluster.local:8000"
+    )
     gateway = find(objects, "Deployment", "pixelrouter-gateway")
     (container,) = gateway["spec"]["template"]["spec"]["containers"]
     mount = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}["config"]
