@@ -21,7 +21,7 @@ VENDOR_TMP := build/vendor
 NODE_CLIENTS := clients/node
 NODE_STAMP := $(NODE_CLIENTS)/node_modules/.installed
 
-.PHONY: install demo serve test test-fast lint format bench clean vendor browser clients-node
+.PHONY: install demo serve test test-fast lint format bench bench-gpu clean vendor browser clients-node
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -86,6 +86,12 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python bench/engine_demo.py
+
+# klein 4B's real architecture with random weights (nothing downloaded), bf16 then each speed
+# option the GPU supports; needs a CUDA torch (`make install TORCH=torch`). Writes
+# build/bench-gpu.json and prints a table, in under 8 minutes.
+bench-gpu: $(STAMP)
+	$(BIN)/python bench/gpu.py --json build/bench-gpu.json
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info test-artifacts $(NODE_CLIENTS)/node_modules  # never the data: .pixelrouter holds keys and the ledger
