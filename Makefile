@@ -1,4 +1,5 @@
-# pixelrouter: `make demo` serves the demo on http://127.0.0.1:8000, `make test` runs the suite.
+# pixelrouter: `make demo` serves the demo on http://127.0.0.1:8000, `make test` runs the suite
+# (`make test-fast` the part that starts no server, browser or client).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -40,6 +41,11 @@ serve: $(STAMP)
 
 test: $(STAMP) browser clients-node
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider
+
+# Everything that starts no other program: no `pixelrouter serve`, browser, client program or
+# benchmark script (the `processes` marker, tests/conftest.py). PostgreSQL is still used.
+test-fast: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m "not processes"
 
 $(NODE_STAMP): $(NODE_CLIENTS)/package.json $(NODE_CLIENTS)/package-lock.json
 	npm ci --prefix $(NODE_CLIENTS) --no-audit --no-fund --loglevel=error

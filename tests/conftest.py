@@ -43,6 +43,31 @@ def pytest_configure(config: pytest.Config) -> None:
         logging.getLogger(noisy).setLevel(logging.INFO)
 
 
+# Tests that start other programs: a `pixelrouter serve`, a browser, a client program or a
+# benchmark script. They carry the `processes` marker; `make test-fast` leaves them out.
+PROCESS_FOLDERS = {"processes", "e2e", "web", "routing_e2e"}
+PROCESS_MARKERS = {"e2e", "browser"}  # tests/hardening/test_soak.py is one of these
+PROCESS_TESTS = {
+    "test_gateway_without_engine.py::test_serve_starts_without_the_engine_extra",
+    "engine/test_speed_options.py::test_the_engine_benchmark_runs_in_its_short_mode",
+}
+TESTS = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if not item.path.is_relative_to(TESTS):
+            continue
+        where = item.path.relative_to(TESTS)
+        test = f"{where.as_posix()}::{getattr(item, 'originalname', item.name)}"
+        if (
+            where.parts[0] in PROCESS_FOLDERS
+            or test in PROCESS_TESTS
+            or any(item.get_closest_marker(marker) for marker in PROCESS_MARKERS)
+        ):
+            item.add_marker(pytest.mark.processes)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     logging.shutdown()
     leaked = sorted(set(KEY_PATTERN.findall(LOG_FILE.read_text(errors="replace"))))
