@@ -49,9 +49,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
 
-from pixelrouter.engine.encode import encode_image  # noqa: E402
 from pixelrouter.engine.pipeline import EngineConfig  # noqa: E402
 from pixelrouter.engine.scheduler import Engine  # noqa: E402
+from pixelrouter.imagecodec import encode_image  # noqa: E402
 from pixelrouter.types import ImageRequest  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))

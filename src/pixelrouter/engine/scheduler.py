@@ -29,9 +29,9 @@ from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
 
 from pixelrouter.catalog import estimate_prompt_tokens
-from pixelrouter.engine.encode import encode_image
 from pixelrouter.engine.pipeline import EngineConfig, LoadedPipeline, describe_error, load_pipeline
 from pixelrouter.errors import EngineLoadError, ProviderError, ProviderUnavailable
+from pixelrouter.imagecodec import encode_image
 from pixelrouter.types import (
     GeneratedImage,
     ImageRequest,
