@@ -79,7 +79,7 @@ class Hooks(Generic[W]):
     aborted: Callable[[list[W]], None]  # every job went away, or a shutdown outwaited the batch
 
 
-class BatchAborted(Exception):
+class _BatchAborted(Exception):
     """Raised from the step callback: every job of the batch is gone, or the engine stops."""
 
 
@@ -190,7 +190,7 @@ class Runner(Generic[W]):
         started = time.monotonic()
         try:
             denoised = self._denoise(batch, settings)
-        except BatchAborted:
+        except _BatchAborted:
             self.hooks.aborted(batch)
             self.hooks.batch_done(time.monotonic() - started)
             return
@@ -289,7 +289,7 @@ class Runner(Generic[W]):
 
         def on_step_end(_pipe: Any, step: int, _timestep: Any, _tensors: dict) -> dict:
             if hooks.stopping() or not any(hooks.wanted(job) for job in jobs):
-                raise BatchAborted
+                raise _BatchAborted
             for job in jobs:
                 hooks.progress(job, step_offset + step + 1)
             return {}
