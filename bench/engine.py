@@ -49,9 +49,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
 
-from pixelrouter.engine.encode import encode_image  # noqa: E402
 from pixelrouter.engine.pipeline import EngineConfig  # noqa: E402
 from pixelrouter.engine.scheduler import Engine  # noqa: E402
+from pixelrouter.imagecodec import encode_image  # noqa: E402
 from pixelrouter.types import ImageRequest  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
@@ -168,7 +168,7 @@ def stages(engine: Engine, width: int, height: int, rounds: int) -> dict[str, An
 
 
 def _decode(pipe: Any, latents: torch.Tensor) -> Any:
-    """The engine's decode (`Engine._decode`): the VAE on the pipeline's latent output, then the
+    """The engine's decode (`Runner._decode`): the VAE on the pipeline's latent output, then the
     pipeline's own postprocessing, to a PIL image."""
     pixels = pipe.vae.decode(latents[:1].to(pipe.vae.device), return_dict=False)[0]
     return pipe.image_processor.postprocess(pixels, output_type="pil")[0]

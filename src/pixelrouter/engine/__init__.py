@@ -17,7 +17,6 @@ _EXPORTS = {
     "LoadedPipeline": "pixelrouter.engine.pipeline",
     "load_pipeline": "pixelrouter.engine.pipeline",
     "build_demo_pipeline": "pixelrouter.engine.demo",
-    "encode_image": "pixelrouter.engine.encode",
 }
 
 __all__ = sorted(_EXPORTS)

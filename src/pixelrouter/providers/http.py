@@ -45,7 +45,6 @@ from PIL import Image
 
 from pixelrouter import __version__
 from pixelrouter.catalog import estimate_prompt_tokens
-from pixelrouter.engine.encode import encode_image
 from pixelrouter.errors import (
     InvalidRequest,
     PayloadTooLarge,
@@ -53,6 +52,7 @@ from pixelrouter.errors import (
     ProviderError,
     provider_caused,
 )
+from pixelrouter.imagecodec import encode_image
 from pixelrouter.netpolicy import host_is_public, is_public_ip
 from pixelrouter.providers import splice
 from pixelrouter.providers.base import ProviderInfo

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixelrouter.engine.encode import DEFAULT_QUALITY, encode_image, quality_for
+from pixelrouter.imagecodec import DEFAULT_QUALITY, encode_image, quality_for
 
 
 def _picture(width: int = 96, height: int = 64) -> Image.Image:
