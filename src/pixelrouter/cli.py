@@ -142,7 +142,7 @@ def serve(
         os.environ["PIXELROUTER_RANDOM_WEIGHTS"] = random_weights  # read by EngineConfig
 
     from pixelrouter.api import lifecycle
-    from pixelrouter.api.app import create_app
+    from pixelrouter.app import create_app
 
     settings = _settings(
         config,
