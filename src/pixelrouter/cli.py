@@ -342,6 +342,8 @@ def _generate_remote(
     import httpx
     import orjson
 
+    from pixelrouter.sse import read_progress
+
     used_seed = seed if seed is not None else secrets.randbelow(2**32)
     body: dict[str, Any] = {
         "prompt": prompt,
@@ -374,9 +376,9 @@ def _generate_remote(
                 console.print(f"[red]error {response.status_code}:[/] {detail}")
                 raise typer.Exit(1)
             for line in response.iter_lines():
-                if line.startswith(": PIXELROUTER PROGRESS"):
-                    step, total = line.rsplit(" ", 1)[1].split("/")
-                    bar.update(task, completed=int(step), total=int(total))
+                progress = read_progress(line)
+                if progress is not None:
+                    bar.update(task, completed=progress[0], total=progress[1])
                 elif line.startswith("data: ") and line != "data: [DONE]":
                     event = orjson.loads(line[6:])
                     if event.get("type") == "error":

@@ -30,6 +30,7 @@ from pixelrouter.catalog_json import endpoint_json, live_status, model_json
 from pixelrouter.config import Settings
 from pixelrouter.providers.base import Provider
 from pixelrouter.routing.router import Router
+from pixelrouter.sse import PROGRESS
 from pixelrouter.stats import (
     ProviderStats,
     UptimeHour,
@@ -332,4 +333,6 @@ def playground_view(px: Site) -> dict[str, Any]:
         "tiers": list(TIERS),
         "max_images": entry.max_images_per_request,
         "max_references": entry.max_reference_images,
+        # the prefix of the stream's progress comments, which the playground's script reads
+        "progress_prefix": PROGRESS,
     }

@@ -10,6 +10,7 @@ from fastapi.responses import Response
 
 from pixelrouter.errors import PixelrouterError
 from pixelrouter.service import Admission, Delivery
+from pixelrouter.sse import KEEPALIVE
 from pixelrouter.store import KeyRecord
 
 from .. import render, wire
@@ -18,7 +19,7 @@ from ..handoff import Handoff
 from ..responses import OrjsonResponse
 from ..schemas import ChatCompletion, ChatCompletionRequest
 from ..state import AppState, app_state
-from ..streaming import KEEPALIVE, Tick
+from ..streaming import Tick
 from .common import (
     admit_stream,
     deliver,
@@ -26,7 +27,6 @@ from .common import (
     edge,
     handoff_of,
     image_chunk,
-    progress_comment,
     sse_response,
     with_router_metadata,
 )
@@ -70,7 +70,7 @@ async def _chat_stream(
     yield render.sse_comment(KEEPALIVE)
     async for item in delivery_events(px, admission):
         if isinstance(item, Tick):
-            yield progress_comment(item)
+            yield item.comment()
         elif isinstance(item, PixelrouterError):
             yield chunk(delta={}, finish_reason="error", error=item)
             yield render.sse_data("[DONE]")

@@ -13,6 +13,7 @@ from starlette.datastructures import UploadFile
 
 from pixelrouter.errors import InvalidRequest, PixelrouterError
 from pixelrouter.service import Admission, Delivery
+from pixelrouter.sse import KEEPALIVE
 from pixelrouter.store import KeyRecord
 from pixelrouter.types import ImageRequest
 
@@ -22,7 +23,7 @@ from ..handoff import Handoff
 from ..responses import OrjsonResponse
 from ..schemas import OpenAIImagesRequest, OpenAIImagesResponse
 from ..state import AppState, app_state
-from ..streaming import KEEPALIVE, Tick
+from ..streaming import Tick
 from .common import (
     admit_stream,
     deliver,
@@ -30,7 +31,6 @@ from .common import (
     edge,
     handoff_of,
     image_chunk,
-    progress_comment,
     sse_response,
 )
 from .images import stream_error
@@ -165,7 +165,7 @@ async def _openai_stream(
     yield render.sse_comment(KEEPALIVE)
     async for item in delivery_events(px, admission):
         if isinstance(item, Tick):
-            yield progress_comment(item)
+            yield item.comment()
         elif isinstance(item, PixelrouterError):
             yield b"event: error\n" + render.sse_data(stream_error(item))
         elif isinstance(item, Delivery):
