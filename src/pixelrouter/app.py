@@ -15,12 +15,7 @@ from pixelrouter import __version__
 from pixelrouter.api.auth import current_key, key_before_body
 from pixelrouter.api.errors import install_error_handlers
 from pixelrouter.api.handoff import ConnectionMiddleware
-from pixelrouter.api.lifecycle import (
-    CANCEL_GRACE_S,
-    DEFAULT_DRAIN_TIMEOUT_S,
-    DrainMiddleware,
-    Lifecycle,
-)
+from pixelrouter.api.lifecycle import CANCEL_GRACE_S, DrainMiddleware, Lifecycle
 from pixelrouter.api.metrics import Metrics, MetricsMiddleware
 from pixelrouter.api.metrics import router as metrics_router
 from pixelrouter.api.middleware import EdgeMiddleware
@@ -71,7 +66,6 @@ def create_app(
     *,
     providers: list[Provider] | None = None,
     store: Store | None = None,
-    drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S,
 ) -> FastAPI:
     catalog_ = Catalog()
     store_ = store or Store(settings.resolved_database_url)
@@ -99,7 +93,7 @@ def create_app(
         record = store_.get_generation(generation_id)
         return record is None or record.finished
 
-    lifecycle = Lifecycle(drain_timeout_s, record_finished=record_finished)
+    lifecycle = Lifecycle(settings.drain_timeout_s, record_finished=record_finished)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
