@@ -234,7 +234,7 @@ models = ["{MODEL}"]
             PIXELROUTER_DATA_DIR=str(tmp / "data"),
         )
         instrument()
-        from pixelrouter.api.app import create_app
+        from pixelrouter.app import create_app
         from pixelrouter.cli import _settings
 
         app = create_app(_settings(tmp / "gw.toml", engine=False))

@@ -154,7 +154,7 @@ async def time_requests(call: Callable[[], Awaitable[httpx.Response]], repeat: i
 
 
 async def time_http(url: str, store: Store, repeat: int) -> dict[str, list[float]]:
-    from pixelrouter.api.app import create_app
+    from pixelrouter.app import create_app
     from pixelrouter.config import Settings
 
     with tempfile.TemporaryDirectory(prefix="pixelrouter-bench-") as folder:

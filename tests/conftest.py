@@ -122,7 +122,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 async def make_api(
     tmp_path: Path, db: str, providers: list[object], **overrides: object
 ) -> AsyncIterator[Api]:
-    from pixelrouter.api.app import create_app
+    from pixelrouter.app import create_app
 
     settings = Settings(
         data_dir=tmp_path / "data",

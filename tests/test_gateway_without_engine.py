@@ -22,7 +22,7 @@ BLOCK_HEAVY = (
 def test_the_api_modules_never_import_the_heavy_stack(tmp_path: Path) -> None:
     code = BLOCK_HEAVY + (
         "from pixelrouter.config import Settings\n"
-        "from pixelrouter.api.app import create_app\n"
+        "from pixelrouter.app import create_app\n"
         "import pixelrouter.cli, pixelrouter.generations, pixelrouter.providers.local\n"
         f"app = create_app(Settings(data_dir=__import__('pathlib').Path({str(tmp_path)!r})))\n"
         "px = app.state.px\n"

@@ -28,7 +28,7 @@ def test_every_import_contract_is_kept() -> None:
     lint = Path(sys.executable).parent / "lint-imports"
     env = {**os.environ, "PYTHONPATH": str(PACKAGE.parent)}
     done = subprocess.run(
-        [str(lint), "--no-cache", "--config", str(ROOT / ".importlinter")],
+        [str(lint), "--no-cache", str(ROOT / ".importlinter")],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -6,7 +6,6 @@ import asyncio
 import base64
 import os
 import sys
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,7 +16,7 @@ from rich.table import Table
 
 from pixelrouter.catalog import normalize_output_format, usd_to_micro
 from pixelrouter.config import DEFAULT_MODEL, Settings
-from pixelrouter.errors import PixelrouterError
+from pixelrouter.errors import ConfigError, PixelrouterError
 
 app = typer.Typer(
     help="pixelrouter: FLUX.2 [klein] 4B behind an OpenRouter-compatible API.",
@@ -28,53 +27,13 @@ keys_app = typer.Typer(help="Manage API keys in the server's database.", no_args
 app.add_typer(keys_app, name="keys")
 console = Console(stderr=True)
 
-SETTING_NAMES = {
-    "host",
-    "port",
-    "database_url",
-    "demo",
-    "model",
-    "device",
-    "dtype",
-    "max_batch_size",
-    "fetch_image_urls",
-    "allow_private_image_urls",
-    "max_body_bytes",
-    "request_timeout_s",
-}
-
-
-def _config_values(path: Path | None) -> dict[str, Any]:
-    """`pixelrouter.toml`: `[server]` keys named like the settings (db → database_url), and
-    the `[[providers]]` tables."""
-    from pixelrouter.errors import ConfigError
-    from pixelrouter.providers.config import load_providers
-
-    if path is None:
-        default = Path("pixelrouter.toml")
-        if not default.exists():
-            return {}
-        path = default
-    try:
-        data = tomllib.loads(path.read_text())
-        providers = load_providers(path)
-    except (OSError, tomllib.TOMLDecodeError, ConfigError) as exc:
-        raise typer.BadParameter(f"cannot read config {path}: {exc}") from exc
-    server = dict(data.get("server", {}))
-    if "db" in server:
-        server["database_url"] = server.pop("db")
-    unknown = set(server) - SETTING_NAMES
-    if unknown:
-        raise typer.BadParameter(f"unknown [server] settings in {path}: {', '.join(unknown)}")
-    if providers:
-        server["providers"] = providers
-    return server
-
 
 def _settings(config: Path | None, **flags: Any) -> Settings:
-    values = _config_values(config)
-    values.update({k: v for k, v in flags.items() if v is not None})
-    return Settings.from_env(**values)
+    """`Settings.load`, its errors told as a bad option."""
+    try:
+        return Settings.load(config, **flags)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc)) from exc
 
 
 DbOption = Annotated[
@@ -114,35 +73,29 @@ def serve(
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
     drain_timeout: Annotated[
-        float,
+        float | None,
         typer.Option(
             min=0,
-            envvar="PIXELROUTER_DRAIN_TIMEOUT_S",
             help="On SIGTERM: seconds generations in flight get to finish before they are "
-            "cancelled (a second signal cuts it short)",
+            "cancelled (a second signal cuts it short); env PIXELROUTER_DRAIN_TIMEOUT_S, "
+            "default 30",
         ),
-    ] = 30.0,
+    ] = None,
     random_weights: Annotated[
         str | None,
         typer.Option(
             "--random-weights",
-            envvar="PIXELROUTER_RANDOM_WEIGHTS",
             help="full: klein 4B's real architecture with random bf16 weights (a GPU load-test "
-            "target, no download); small: the same structure, CPU-sized. Images are noise.",
+            "target, no download); small: the same structure, CPU-sized. Images are noise. "
+            "Env PIXELROUTER_RANDOM_WEIGHTS",
         ),
     ] = None,
 ) -> None:
     """Serve the API (and the engine) on HOST:PORT."""
     import logging
-    import os
-
-    if random_weights is not None:
-        if random_weights not in ("full", "small"):
-            raise typer.BadParameter("use full or small", param_hint="--random-weights")
-        os.environ["PIXELROUTER_RANDOM_WEIGHTS"] = random_weights  # read by EngineConfig
 
     from pixelrouter.api import lifecycle
-    from pixelrouter.api.app import create_app
+    from pixelrouter.app import create_app
 
     settings = _settings(
         config,
@@ -154,7 +107,12 @@ def serve(
         device=device,
         dtype=dtype,
         max_batch_size=max_batch_size,
+        random_weights=random_weights,
+        drain_timeout_s=drain_timeout,
     )
+    random_weights = settings.random_weights
+    if random_weights is not None and random_weights not in ("full", "small"):
+        raise typer.BadParameter("use full or small", param_hint="--random-weights")
     if no_engine:
         settings.engine = False
     logging.basicConfig(
@@ -171,7 +129,7 @@ def serve(
             "weights, for load tests; the images are noise."
         )
     console.print(f"pixelrouter on http://{settings.host}:{settings.port}  (API: /api/v1)")
-    api = create_app(settings, drain_timeout_s=drain_timeout)
+    api = create_app(settings)
     lifecycle.serve(
         api,
         api.state.lifecycle,
@@ -342,6 +300,8 @@ def _generate_remote(
     import httpx
     import orjson
 
+    from pixelrouter.sse import read_progress
+
     used_seed = seed if seed is not None else secrets.randbelow(2**32)
     body: dict[str, Any] = {
         "prompt": prompt,
@@ -374,9 +334,9 @@ def _generate_remote(
                 console.print(f"[red]error {response.status_code}:[/] {detail}")
                 raise typer.Exit(1)
             for line in response.iter_lines():
-                if line.startswith(": PIXELROUTER PROGRESS"):
-                    step, total = line.rsplit(" ", 1)[1].split("/")
-                    bar.update(task, completed=int(step), total=int(total))
+                progress = read_progress(line)
+                if progress is not None:
+                    bar.update(task, completed=progress[0], total=progress[1])
                 elif line.startswith("data: ") and line != "data: [DONE]":
                     event = orjson.loads(line[6:])
                     if event.get("type") == "error":

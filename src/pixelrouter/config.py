@@ -1,13 +1,43 @@
-"""Settings from flags, the environment (`PIXELROUTER_*`) and defaults."""
+"""Settings from flags, `pixelrouter.toml`, the environment (`PIXELROUTER_*`) and defaults:
+flags win over the file, the file over the environment.
+
+The one configuration tree: the server's, the bookkeeping's and the local engine's settings
+(`Settings.engine_config`) are all read here and passed down as values.
+"""
 
 from __future__ import annotations
 
 import os
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-DEFAULT_MODEL = "black-forest-labs/FLUX.2-klein-4B"
+from pixelrouter.catalog import KLEIN_4B
+from pixelrouter.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pixelrouter.engine.pipeline import EngineConfig
+
+DEFAULT_MODEL = KLEIN_4B.hf_id
+CONFIG_FILE = Path("pixelrouter.toml")
+# The `[server]` keys of pixelrouter.toml (named like the settings; `db` is `database_url`).
+SERVER_KEYS = frozenset(
+    {
+        "host",
+        "port",
+        "database_url",
+        "demo",
+        "model",
+        "device",
+        "dtype",
+        "max_batch_size",
+        "fetch_image_urls",
+        "allow_private_image_urls",
+        "max_body_bytes",
+        "request_timeout_s",
+    }
+)
 
 
 def _env_bool(name: str, default: bool) -> bool:
@@ -41,6 +71,8 @@ class Settings:
     device: str | None = None
     dtype: str | None = None
     max_batch_size: int = 4
+    # "full" or "small": klein 4B's architecture with random weights (a load-test target)
+    random_weights: str | None = None
     # limits
     max_body_bytes: int = 64 * 1024 * 1024
     # the whole request body must arrive within this (a client that trickles it gets a 408)
@@ -49,6 +81,8 @@ class Settings:
     # how long an open circuit (a provider that failed K times in a row) waits before a probe
     circuit_cooldown_s: float = 30.0
     keepalive_interval_s: float = 5.0
+    # on SIGTERM: how long generations in flight get to finish before they are cancelled
+    drain_timeout_s: float = 30.0
     sweep_interval_s: float = 15.0
     # how long past its request's deadline a reservation or pending record may stay open
     # before the sweeper decides its process is gone
@@ -80,9 +114,11 @@ class Settings:
             device=os.environ.get("PIXELROUTER_DEVICE") or None,
             dtype=os.environ.get("PIXELROUTER_DTYPE") or None,
             max_batch_size=_env_int("PIXELROUTER_MAX_BATCH_SIZE", 4),
+            random_weights=os.environ.get("PIXELROUTER_RANDOM_WEIGHTS", "").strip() or None,
             request_timeout_s=float(os.environ.get("PIXELROUTER_REQUEST_TIMEOUT_S") or 600),
             body_timeout_s=float(os.environ.get("PIXELROUTER_BODY_TIMEOUT_S") or 30),
             circuit_cooldown_s=float(os.environ.get("PIXELROUTER_CIRCUIT_COOLDOWN_S") or 30),
+            drain_timeout_s=float(os.environ.get("PIXELROUTER_DRAIN_TIMEOUT_S") or 30),
             rate_limit_requests=_env_int("PIXELROUTER_RATE_LIMIT_REQUESTS", 0) or None,
             rate_limit_interval_s=_env_int("PIXELROUTER_RATE_LIMIT_INTERVAL_S", 60),
             sweep_interval_s=float(os.environ.get("PIXELROUTER_SWEEP_INTERVAL_S") or 15),
@@ -97,6 +133,29 @@ class Settings:
                 setattr(settings, name, value)
         return settings
 
+    @classmethod
+    def load(cls, config: Path | None = None, **flags: object) -> Settings:
+        """The settings `pixelrouter` runs with: `flags` (None: not given) over the
+        `[server]` table of `config` (default: ./pixelrouter.toml when present) over the
+        environment; the file's `[[providers]]` become `providers`."""
+        values = read_config_file(config)
+        values.update({k: v for k, v in flags.items() if v is not None})
+        return cls.from_env(**values)
+
+    def engine_config(self) -> EngineConfig:
+        """The local engine's configuration: these settings over `EngineConfig`'s defaults
+        (its speed options, docs/engine.md)."""
+        from pixelrouter.engine.pipeline import EngineConfig
+
+        return EngineConfig(
+            model=self.model,
+            demo=self.demo,
+            random_weights=self.random_weights,
+            device=self.device,
+            dtype=self.dtype,
+            max_batch_size=self.max_batch_size,
+        )
+
     @property
     def reservation_ttl_s(self) -> float:
         return self.request_timeout_s + self.reservation_grace_s
@@ -106,3 +165,29 @@ class Settings:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'pixelrouter.db').as_posix()}"
+
+
+def read_config_file(path: Path | None) -> dict[str, Any]:
+    """`pixelrouter.toml`: the `[server]` keys, named like the settings (db → database_url),
+    and the `[[providers]]` tables as `providers`. No file named and none in the working
+    directory: nothing. Raises `ConfigError` saying which file and what is wrong."""
+    from pixelrouter.providers.config import load_providers
+
+    if path is None:
+        if not CONFIG_FILE.exists():
+            return {}
+        path = CONFIG_FILE
+    try:
+        data = tomllib.loads(path.read_text())
+        providers = load_providers(path)
+    except (OSError, tomllib.TOMLDecodeError, ConfigError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    server = dict(data.get("server", {}))
+    if "db" in server:
+        server["database_url"] = server.pop("db")
+    unknown = set(server) - SERVER_KEYS
+    if unknown:
+        raise ConfigError(f"unknown [server] settings in {path}: {', '.join(unknown)}")
+    if providers:
+        server["providers"] = providers
+    return server

@@ -101,7 +101,7 @@ def fuzz_app(
 ) -> Iterator[FuzzApp]:
     """The app on `database_url` (default: SQLite under `data_dir`). PostgreSQL is the
     stricter backend (its text holds no NUL): a fuzz run there finds what SQLite forgives."""
-    from pixelrouter.api.app import create_app
+    from pixelrouter.app import create_app
 
     admin_key = generate_key()
     settings = Settings(

@@ -25,7 +25,7 @@ from pixelrouter.errors import (
 )
 
 from .errors import unexpected_error
-from .handoff import Handoff, yield_to_disconnects, watch_connection
+from .handoff import Handoff, watch_connection, yield_to_disconnects
 
 log = logging.getLogger("pixelrouter.api")
 _ALPHABET = string.ascii_letters + string.digits

@@ -5,8 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import orjson
-
+from pixelrouter import sse
 from pixelrouter.billing.costs import Delivery
 from pixelrouter.catalog import micro_to_usd
 from pixelrouter.errors import PixelrouterError
@@ -175,14 +174,9 @@ def openai_images_response(delivery: Delivery) -> dict[str, Any]:
 # --------------------------------------------------------------------------- SSE
 
 
-def sse_data(payload: dict[str, Any] | str) -> bytes:
-    if isinstance(payload, str):
-        return f"data: {payload}\n\n".encode()
-    return b"data: " + orjson.dumps(payload) + b"\n\n"
-
-
-def sse_comment(text: str) -> bytes:
-    return f": {text}\n\n".encode()
+# The stream's framing is shared with the CLI, which reads it (`pixelrouter.sse`).
+sse_data = sse.sse_data
+sse_comment = sse.sse_comment
 
 
 # ------------------------------------------------------------------- router metadata

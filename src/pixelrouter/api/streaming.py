@@ -11,10 +11,10 @@ from typing import TypeVar
 from starlette.requests import Request
 
 from pixelrouter.errors import ClientGone
+from pixelrouter.sse import KEEPALIVE, progress_comment, sse_comment
 from pixelrouter.types import ProgressEvent
 
 T = TypeVar("T")
-KEEPALIVE = "PIXELROUTER PROCESSING"
 
 
 async def _wait_for_disconnect(request: Request) -> None:
@@ -48,6 +48,12 @@ class Tick:
 
     def __init__(self, progress: ProgressEvent | None = None) -> None:
         self.progress = progress
+
+    def comment(self) -> bytes:
+        """A keep-alive comment, or the denoising progress as one."""
+        if self.progress is None:
+            return sse_comment(KEEPALIVE)
+        return progress_comment(self.progress.step, self.progress.total_steps)
 
 
 async def with_keepalive(

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pixelrouter.config import DEFAULT_MODEL
+from pixelrouter.catalog import KLEIN_4B
 from pixelrouter.errors import EngineLoadError
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ class EngineConfig:
     docs/performance.md, "Engine speed options".
     """
 
-    model: str = DEFAULT_MODEL  # a local diffusers directory or a Hugging Face hub id
+    model: str = KLEIN_4B.hf_id  # a local diffusers directory or a Hugging Face hub id
     demo: bool = False  # tiny random weights built in code; no download
     demo_seed: int = 0
     # "full" or "small": klein 4B's real configurations with random weights (random_weights.py)

@@ -26,7 +26,6 @@ def local_provider(
     """
     overrides = overrides or {}
     try:
-        from pixelrouter.engine.pipeline import EngineConfig
         from pixelrouter.engine.scheduler import Engine
     except ImportError as exc:
         from pixelrouter.providers.unavailable import UnavailableProvider
@@ -37,16 +36,9 @@ def local_provider(
         )
         unavailable.info = dataclasses.replace(unavailable.info, **overrides)
         return unavailable
-    config: dict[str, Any] = {
-        "model": settings.model,
-        "demo": settings.demo,
-        "device": settings.device,
-        "dtype": settings.dtype,
-        "max_batch_size": settings.max_batch_size,
-    }
     from pixelrouter.providers.local import LocalProvider
 
-    return LocalProvider(Engine(EngineConfig(**config)), start=start, **overrides)
+    return LocalProvider(Engine(settings.engine_config()), start=start, **overrides)
 
 
 def build_provider(config: ProviderConfig, settings: Settings, *, start: bool = True) -> Provider:

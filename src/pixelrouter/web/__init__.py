@@ -2,6 +2,6 @@
 same app as the API (`routes.router`), with their CSS, JS and the vendored Chart.js under
 `/static` (`STATIC_DIR`)."""
 
-from pixelrouter.web.routes import STATIC_DIR, router
+from .routes import STATIC_DIR, router
 
 __all__ = ["STATIC_DIR", "router"]

@@ -12,7 +12,6 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
 from pixelrouter import __version__
-from pixelrouter.api.state import app_state
 from pixelrouter.errors import NotFound
 from pixelrouter.store import utcnow
 
@@ -35,6 +34,11 @@ templates.env.globals["static"] = static_url
 
 
 RELATIVE_API_BASE = "/api/v1"
+
+
+def app_state(request: Request) -> views.Site:
+    """The app's state, which the app factory keeps as `app.state.px`."""
+    return request.app.state.px  # type: ignore[no-any-return]
 
 
 def base_url(request: Request) -> str:

@@ -9,10 +9,8 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
-from pixelrouter.api.routes.catalog import endpoint_json, live_status, model_json
-from pixelrouter.api.state import AppState
 from pixelrouter.catalog import (
     ASPECT_RATIOS,
     IMAGE_TOKENS_PER_MP,
@@ -21,13 +19,18 @@ from pixelrouter.catalog import (
     MIN_SIDE,
     SIDE_MULTIPLE,
     TIERS,
+    Catalog,
     ModelEntry,
     billable_megapixels,
     image_price,
     micro_to_usd,
     size_for_ratio,
 )
+from pixelrouter.catalog_json import endpoint_json, live_status, model_json
+from pixelrouter.config import Settings
 from pixelrouter.providers.base import Provider
+from pixelrouter.routing.router import Router
+from pixelrouter.sse import PROGRESS
 from pixelrouter.stats import (
     ProviderStats,
     UptimeHour,
@@ -36,6 +39,7 @@ from pixelrouter.stats import (
     uptime_hourly,
 )
 from pixelrouter.stats.windows import HOURLY_HOURS, providers_stats
+from pixelrouter.store import Store
 
 from . import display
 from .examples import examples
@@ -54,10 +58,25 @@ PRICE_EXAMPLES: tuple[tuple[int, int], ...] = (
 )
 
 
+class Site(Protocol):
+    """What the pages read of the app's state (the app factory's `AppState` has it)."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def catalog(self) -> Catalog: ...
+    @property
+    def store(self) -> Store: ...
+    @property
+    def router(self) -> Router: ...
+    @property
+    def demo(self) -> bool: ...
+
+
 # ------------------------------------------------------------------------------ catalogue
 
 
-def catalogue_view(px: AppState) -> list[dict[str, Any]]:
+def catalogue_view(px: Site) -> list[dict[str, Any]]:
     cards = []
     for entry in px.catalog.models:
         providers = px.router.serves(entry.id)
@@ -88,7 +107,7 @@ class ProviderFigures:
     status: int
 
 
-def model_view(px: AppState, entry: ModelEntry, now: datetime, base_url: str) -> dict[str, Any]:
+def model_view(px: Site, entry: ModelEntry, now: datetime, base_url: str) -> dict[str, Any]:
     """Everything the model page shows; `data` is embedded in the page as JSON for the charts
     and the calculator."""
     providers = px.router.serves(entry.id)
@@ -97,7 +116,9 @@ def model_view(px: AppState, entry: ModelEntry, now: datetime, base_url: str) ->
     for provider in providers:
         stats = all_stats[provider.info.slug]
         hourly = uptime_hourly(px.store, provider.info.slug, now, HOURLY_HOURS, model=entry.id)
-        figures.append(ProviderFigures(provider, stats, hourly, live_status(px, provider, stats)))
+        figures.append(
+            ProviderFigures(provider, stats, hourly, live_status(px.router, provider, stats))
+        )
     api_base = f"{base_url}/api/v1"
     data = {
         "model": model_json(entry),
@@ -171,9 +192,7 @@ def uptime_row(figures: ProviderFigures) -> dict[str, Any]:
     }
 
 
-def performance_view(
-    px: AppState, entry: ModelEntry, figures: list[ProviderFigures]
-) -> dict[str, Any]:
+def performance_view(px: Site, entry: ModelEntry, figures: list[ProviderFigures]) -> dict[str, Any]:
     """Hourly p50 latency (s per request) and throughput (image tokens/s) per provider, over the
     hours of the uptime buckets, computed from the same samples as the endpoints API's
     30-minute percentiles. Only hours with a success are read."""
@@ -214,7 +233,7 @@ def performance_view(
     return {"labels": labels, "providers": series}
 
 
-def activity_view(px: AppState, entry: ModelEntry, now: datetime) -> dict[str, Any]:
+def activity_view(px: Site, entry: ModelEntry, now: datetime) -> dict[str, Any]:
     """The model's succeeded generations per UTC day for 30 days (as `GET /activity`), summed
     over providers for the table, per provider for the chart."""
     today = now.date()
@@ -303,7 +322,7 @@ def pricing_view(entry: ModelEntry) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ playground
 
 
-def playground_view(px: AppState) -> dict[str, Any]:
+def playground_view(px: Site) -> dict[str, Any]:
     entry = px.catalog.default
     return {
         "models": [{"id": m.id, "name": m.name} for m in px.catalog.models],
@@ -314,4 +333,6 @@ def playground_view(px: AppState) -> dict[str, Any]:
         "tiers": list(TIERS),
         "max_images": entry.max_images_per_request,
         "max_references": entry.max_reference_images,
+        # the prefix of the stream's progress comments, which the playground's script reads
+        "progress_prefix": PROGRESS,
     }

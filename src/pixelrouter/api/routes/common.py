@@ -21,7 +21,7 @@ from ..auth import attribution
 from ..errors import unexpected_error
 from ..handoff import Handoff, track
 from ..state import AppState, app_state
-from ..streaming import KEEPALIVE, Tick, until_disconnect, with_keepalive
+from ..streaming import Tick, until_disconnect, with_keepalive
 from ..wire import Edge
 
 log = logging.getLogger("pixelrouter.api")
@@ -124,12 +124,3 @@ def with_router_metadata(
         ]
         body["openrouter_metadata"] = render.router_metadata(delivery, serving)
     return body
-
-
-def progress_comment(tick: Tick) -> bytes:
-    """A keep-alive comment, or the denoising progress as one."""
-    if tick.progress is None:
-        return render.sse_comment(KEEPALIVE)
-    return render.sse_comment(
-        f"PIXELROUTER PROGRESS {tick.progress.step}/{tick.progress.total_steps}"
-    )

@@ -12,6 +12,7 @@ from fastapi.responses import Response
 from pixelrouter.billing.bookkeeping import Admission
 from pixelrouter.billing.costs import Delivery
 from pixelrouter.errors import PixelrouterError
+from pixelrouter.sse import KEEPALIVE
 from pixelrouter.store import KeyRecord
 
 from .. import render, wire
@@ -20,7 +21,7 @@ from ..handoff import Handoff
 from ..responses import OrjsonResponse
 from ..schemas import ImagesRequest, ImagesResponse
 from ..state import AppState, app_state
-from ..streaming import KEEPALIVE, Tick
+from ..streaming import Tick
 from .common import (
     admit_stream,
     deliver,
@@ -28,7 +29,6 @@ from .common import (
     edge,
     handoff_of,
     image_chunk,
-    progress_comment,
     sse_response,
     with_router_metadata,
 )
@@ -77,7 +77,7 @@ async def _images_stream(
     yield render.sse_comment(KEEPALIVE)
     async for item in delivery_events(px, admission):
         if isinstance(item, Tick):
-            yield progress_comment(item)
+            yield item.comment()
         elif isinstance(item, PixelrouterError):
             yield render.sse_data(stream_error(item))
         elif isinstance(item, Delivery):

@@ -14,6 +14,7 @@ from starlette.datastructures import UploadFile
 from pixelrouter.billing.bookkeeping import Admission
 from pixelrouter.billing.costs import Delivery
 from pixelrouter.errors import InvalidRequest, PixelrouterError
+from pixelrouter.sse import KEEPALIVE
 from pixelrouter.store import KeyRecord
 from pixelrouter.types import ImageRequest
 
@@ -23,7 +24,7 @@ from ..handoff import Handoff
 from ..responses import OrjsonResponse
 from ..schemas import OpenAIImagesRequest, OpenAIImagesResponse
 from ..state import AppState, app_state
-from ..streaming import KEEPALIVE, Tick
+from ..streaming import Tick
 from .common import (
     admit_stream,
     deliver,
@@ -31,7 +32,6 @@ from .common import (
     edge,
     handoff_of,
     image_chunk,
-    progress_comment,
     sse_response,
 )
 from .images import stream_error
@@ -166,7 +166,7 @@ async def _openai_stream(
     yield render.sse_comment(KEEPALIVE)
     async for item in delivery_events(px, admission):
         if isinstance(item, Tick):
-            yield progress_comment(item)
+            yield item.comment()
         elif isinstance(item, PixelrouterError):
             yield b"event: error\n" + render.sse_data(stream_error(item))
         elif isinstance(item, Delivery):

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
 
+from pixelrouter.catalog_json import provider_stats_json
 from pixelrouter.stats import apps_ranking, providers_stats, uptime_hourly
 from pixelrouter.stats.windows import HOURLY_HOURS, month_start
 from pixelrouter.store import utcnow
@@ -16,7 +17,6 @@ from pixelrouter.store import utcnow
 from ..responses import OrjsonResponse
 from ..schemas import AppsRanking, ModelStats
 from ..state import app_state
-from .catalog import live_status
 from .openapi import BEARER, READ_ERRORS, errors, ok
 
 router = APIRouter(tags=["statistics"], dependencies=BEARER, responses=errors(*READ_ERRORS))
@@ -58,31 +58,10 @@ async def model_stats(author: str, slug: str, request: Request) -> OrjsonRespons
         return figures, activity
 
     figures, activity = await asyncio.to_thread(read)
-    rows = []
-    for provider, (stats, hourly) in zip(providers, figures, strict=True):
-        ready, reason = provider.readiness()
-        circuit = px.router.health.of(provider.info.slug).state()
-        rows.append(
-            {
-                "provider_name": provider.info.display_name,
-                "tag": provider.info.slug,
-                "status": live_status(px, provider, stats),
-                "ready": ready,
-                "reason": reason,
-                "circuit": circuit.value,
-                **stats.json(),
-                "samples_last_30m": stats.samples_last_30m,
-                "outcomes": {
-                    window: {
-                        "successes": counts.successes,
-                        "errors": counts.errors,
-                        "excluded": counts.excluded,
-                    }
-                    for window, counts in stats.counts.items()
-                },
-                "uptime_hourly": [hour.json() for hour in hourly],
-            }
-        )
+    rows = [
+        provider_stats_json(px.router, provider, stats, hourly)
+        for provider, (stats, hourly) in zip(providers, figures, strict=True)
+    ]
     return OrjsonResponse(
         {
             "data": {

@@ -1,6 +1,7 @@
 // The playground: POST /api/v1/images with stream: true, read the SSE body from a
-// ReadableStream, show the denoising progress (": PIXELROUTER PROGRESS k/N" comments), the
-// images, the cost (usage.cost) and the provider (GET /api/v1/generation).
+// ReadableStream, show the denoising progress (": <prefix> k/N" comments; the page carries the
+// prefix, from pixelrouter/sse.py), the images, the cost (usage.cost) and the provider
+// (GET /api/v1/generation).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -47,6 +48,14 @@ async function requestBody() {
     }
   }
   return body;
+}
+
+/** [step, total] of a progress comment ("<prefix> k/N", the prefix on the form), else null. */
+function readProgress(comment) {
+  const prefix = `${$("playground-form").dataset.progressPrefix} `;
+  if (!comment.startsWith(prefix)) return null;
+  const match = /^(\d+)\/(\d+)/.exec(comment.slice(prefix.length));
+  return match ? [parseInt(match[1], 10), parseInt(match[2], 10)] : null;
 }
 
 /** Yields each SSE event of a fetch response as {comments: [...], data: "..."|null}. */
@@ -173,8 +182,8 @@ async function generate(event) {
     let failed = false;
     for await (const sse of sseEvents(response)) {
       for (const comment of sse.comments) {
-        const match = /^PIXELROUTER PROGRESS (\d+)\/(\d+)/.exec(comment);
-        if (match) ui.progress(parseInt(match[1], 10), parseInt(match[2], 10));
+        const progress = readProgress(comment);
+        if (progress) ui.progress(progress[0], progress[1]);
       }
       if (sse.data === null || sse.data === "[DONE]") continue;
       const payload = JSON.parse(sse.data);

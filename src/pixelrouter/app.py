@@ -1,18 +1,37 @@
-"""The app factory: store, providers, router and routes wired into one FastAPI app."""
+"""The app factory: store, providers, router, the API's routes and the web pages wired into
+one FastAPI app. It sits above `api/` and `web/`, which know nothing of each other."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
 
 from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from pixelrouter import __version__
+from pixelrouter.api.auth import current_key, key_before_body
+from pixelrouter.api.errors import install_error_handlers
+from pixelrouter.api.handoff import ConnectionMiddleware
+from pixelrouter.api.lifecycle import CANCEL_GRACE_S, DrainMiddleware, Lifecycle
+from pixelrouter.api.metrics import Metrics, MetricsMiddleware
+from pixelrouter.api.metrics import router as metrics_router
+from pixelrouter.api.middleware import EdgeMiddleware
+from pixelrouter.api.responses import OrjsonResponse
+from pixelrouter.api.routes import (
+    catalog,
+    chat,
+    health,
+    images,
+    keys,
+    openai_images,
+    records,
+    stats,
+)
+from pixelrouter.api.state import AppState
+from pixelrouter.billing.sweeper import sweep_forever
 from pixelrouter.catalog import Catalog
 from pixelrouter.config import Settings
 from pixelrouter.generations import GenerationService
@@ -20,23 +39,9 @@ from pixelrouter.logs import guard_logs
 from pixelrouter.providers.base import Provider
 from pixelrouter.routing.health import HealthConfig
 from pixelrouter.routing.router import Router
-from pixelrouter.stats.windows import OUTCOME_RETENTION
-from pixelrouter.store import Store, utcnow
+from pixelrouter.store import Store
 from pixelrouter.web import STATIC_DIR as WEB_STATIC_DIR
 from pixelrouter.web import router as web_router
-
-from .auth import current_key, key_before_body
-from .errors import install_error_handlers
-from .handoff import ConnectionMiddleware
-from .lifecycle import CANCEL_GRACE_S, DEFAULT_DRAIN_TIMEOUT_S, DrainMiddleware, Lifecycle
-from .metrics import Metrics, MetricsMiddleware
-from .metrics import router as metrics_router
-from .middleware import EdgeMiddleware
-from .responses import OrjsonResponse
-from .routes import catalog, chat, generations, health, images, keys, openai_images, stats
-from .state import AppState
-
-log = logging.getLogger("pixelrouter")
 
 DESCRIPTION = """\
 FLUX.2 [klein] 4B behind an OpenRouter-compatible API. Every `/api/v1` call takes
@@ -56,38 +61,11 @@ def default_providers(settings: Settings) -> list[Provider]:
     return [local_provider(settings)] if settings.engine else []
 
 
-def sweep_once(store: Store, settings: Settings) -> tuple[int, int]:
-    """Release reservations past their expiry and close generations left pending by a
-    crashed process (older than the deadline plus a grace period): both cost nothing."""
-    released = store.sweep_reservations()
-    stale_before = utcnow() - timedelta(seconds=settings.reservation_ttl_s)
-    closed = store.mark_stale_pending(stale_before)
-    store.prune_outcomes(utcnow() - OUTCOME_RETENTION)
-    return released, closed
-
-
-async def sweep_forever(store: Store, settings: Settings) -> None:
-    while True:
-        try:
-            released, closed = await asyncio.to_thread(sweep_once, store, settings)
-            if released or closed:
-                log.warning(
-                    "sweeper: released %d reservation(s), closed %d generation(s) "
-                    "left by a process that stopped",
-                    released,
-                    closed,
-                )
-        except Exception:
-            log.exception("the sweeper failed; it tries again")
-        await asyncio.sleep(settings.sweep_interval_s)
-
-
 def create_app(
     settings: Settings,
     *,
     providers: list[Provider] | None = None,
     store: Store | None = None,
-    drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S,
 ) -> FastAPI:
     catalog_ = Catalog()
     store_ = store or Store(settings.resolved_database_url)
@@ -115,7 +93,7 @@ def create_app(
         record = store_.get_generation(generation_id)
         return record is None or record.finished
 
-    lifecycle = Lifecycle(drain_timeout_s, record_finished=record_finished)
+    lifecycle = Lifecycle(settings.drain_timeout_s, record_finished=record_finished)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -165,7 +143,7 @@ def create_app(
     app.include_router(openai_images.router, prefix="/api/v1")
     app.include_router(catalog.router, prefix="/api/v1", dependencies=authed)
     app.include_router(stats.router, prefix="/api/v1", dependencies=authed)
-    app.include_router(generations.router, prefix="/api/v1")
+    app.include_router(records.router, prefix="/api/v1")
     app.include_router(keys.router, prefix="/api/v1")
     app.include_router(health.engine_router, prefix="/api/v1")
     app.include_router(health.router)
