@@ -55,7 +55,7 @@ from pixelrouter.errors import (
 )
 from pixelrouter.netpolicy import host_is_public, is_public_ip
 from pixelrouter.providers import splice
-from pixelrouter.providers.base import ProviderInfo
+from pixelrouter.providers.base import ProviderBase, ProviderInfo, ProviderStatus
 from pixelrouter.providers.config import ProviderConfig
 from pixelrouter.types import (
     MEDIA_TYPES,
@@ -127,7 +127,7 @@ class Delivered:
     prompt_tokens: int | None = None
 
 
-class HTTPProvider:
+class HTTPProvider(ProviderBase):
     """Base of the `pixelrouter`, `openrouter`, `openai-images` and `bfl` providers.
 
     A subclass sets `kind` and `default_parameters`, and implements `_deliver` (the protocol)
@@ -193,10 +193,6 @@ class HTTPProvider:
         overrides it)."""
         return self.default_parameters
 
-    def supports(self, request: ImageRequest) -> bool:
-        """Whether this protocol can express the request at all (routing skips it if not)."""
-        return self.unsupported_reason(request) is None
-
     def unsupported_reason(self, request: ImageRequest) -> str | None:
         if len(request.references) > self.max_references:
             return f"it takes at most {self.max_references} reference images"
@@ -245,26 +241,21 @@ class HTTPProvider:
         # Health is judged by routing's outcome windows and circuit breaker, not guessed here.
         return True, "ok"
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> ProviderStatus:
         """Requests in flight to this provider stand in for its queue; `max_queue` caps them."""
         max_queue = self.config.max_queue
-        return {
-            "state": "remote",
-            "queue_depth": self._in_flight,
-            "in_flight": self._in_flight,
-            "running_batch": 0,
-            "estimated_wait_s": 0.0,
-            "max_queue": max_queue,
-            "queue_full": max_queue is not None and self._in_flight >= max_queue,
-        }
+        return ProviderStatus(
+            state="remote",
+            queue_depth=self._in_flight,
+            in_flight=self._in_flight,
+            max_queue=max_queue,
+            queue_full=max_queue is not None and self._in_flight >= max_queue,
+        )
 
     async def probe(self) -> bool:
         """GET `{url}/{probe_path}` (default `models`) answers 200."""
         path = str(self.config.options.get("probe_path", "models")).lstrip("/")
         return await self._get_ok(f"{self.url}/{path}")
-
-    def count_prompt_tokens(self, prompt: str) -> int | None:
-        return None
 
     async def aclose(self) -> None:
         for session in (self._session, self._public_session):
