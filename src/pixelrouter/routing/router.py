@@ -123,7 +123,7 @@ SORT_KEYS: dict[str, Callable[[Candidate], tuple[Any, ...]]] = {
 }
 
 
-def _settled(candidates: list[Candidate]) -> list[Candidate]:
+def _free_and_healthy_first(candidates: list[Candidate]) -> list[Candidate]:
     """Stable: free queues before full ones (SPEC §4: never a full queue while another provider
     is free), and within each, recently failed providers after the others, then those beyond
     the request's preferred latency or throughput."""
@@ -177,11 +177,11 @@ def order_candidates(
             # No fallbacks: only a listed provider, even when the listed ones failed recently
             # (demoted behind the rest) or are held back (not candidates at all).
             rest = []
-        ordered = _settled(listed + rest)
+        ordered = _free_and_healthy_first(listed + rest)
     elif prefs.sort is not None:
-        ordered = _settled(sorted(candidates, key=SORT_KEYS[prefs.sort]))
+        ordered = _free_and_healthy_first(sorted(candidates, key=SORT_KEYS[prefs.sort]))
     else:
-        fallbacks = _settled(sorted(candidates, key=_by_price))
+        fallbacks = _free_and_healthy_first(sorted(candidates, key=_by_price))
         healthy = [c for c in candidates if not c.queue_full and not c.demoted]
         healthy = [c for c in healthy if not c.beyond_preferences] or healthy
         if healthy:
