@@ -17,13 +17,8 @@ from typing import Any, ClassVar
 from pixelrouter.catalog import KLEIN_4B
 from pixelrouter.errors import PixelrouterError
 from pixelrouter.providers.base import ProviderStatus
-from pixelrouter.providers.http import (
-    Delivered,
-    HTTPProvider,
-    RawImage,
-    png_data_url,
-    reference_pngs,
-)
+from pixelrouter.providers.http import HTTPProvider
+from pixelrouter.providers.upstream_images import Delivered, RawImage, png_data_url, reference_pngs
 from pixelrouter.types import ImageRequest
 
 API_SUFFIX = "/api/v1"
