@@ -135,24 +135,8 @@ class HTTPProvider(ProviderBase):
         # Built once: routing reads it for every provider on every request, and it depends
         # only on the configuration.
         if self._info is None:
-            self._info = self._make_info()
+            self._info = self.config.info(self.kind, self.declared_parameters())
         return self._info
-
-    def _make_info(self) -> ProviderInfo:
-        parameters = self.config.options.get("supported_parameters")
-        return ProviderInfo(
-            slug=self.config.name,
-            display_name=self.config.display_name,
-            models=self.config.models,
-            price=self.config.price,
-            kind=self.kind,
-            quantization=self.config.quantization or self.config.options.get("quantization"),
-            data_collection=self.config.data_collection,
-            zdr=self.config.zero_data_retention,
-            supported_parameters=(
-                tuple(parameters) if parameters is not None else self.declared_parameters()
-            ),
-        )
 
     def declared_parameters(self) -> tuple[str, ...]:
         """What `provider.require_parameters` may count on (`options.supported_parameters`
