@@ -34,7 +34,12 @@ import orjson
 from pixelrouter import __version__
 from pixelrouter.catalog import estimate_prompt_tokens
 from pixelrouter.engine.encode import encode_image
-from pixelrouter.errors import InvalidRequest, PayloadTooLarge, PixelrouterError, ProviderError
+from pixelrouter.errors import (
+    InvalidRequest,
+    PayloadTooLarge,
+    PixelrouterError,
+    ProviderError,
+)
 from pixelrouter.netpolicy import host_is_public, is_public_ip
 from pixelrouter.providers import splice
 from pixelrouter.providers.base import ProviderBase, ProviderInfo, ProviderStatus
