@@ -28,7 +28,7 @@ from benchdb import database  # noqa: E402
 from pixelrouter.catalog import KLEIN_4B  # noqa: E402
 from pixelrouter.errors import ProviderUnavailable, provider_down  # noqa: E402
 from pixelrouter.keys import generate_key  # noqa: E402
-from pixelrouter.providers.base import ProviderInfo  # noqa: E402
+from pixelrouter.providers.base import ProviderBase, ProviderInfo, ProviderStatus  # noqa: E402
 from pixelrouter.stats import (  # noqa: E402
     provider_stats,
     providers_stats,
@@ -64,7 +64,7 @@ ENDPOINTS = f"/api/v1/models/{MODEL}/endpoints"
 STATS = f"/api/v1/models/{MODEL}/stats"
 
 
-class StubProvider:
+class StubProvider(ProviderBase):
     """A provider the catalogue lists; the benchmark never generates."""
 
     def __init__(self, slug: str) -> None:
@@ -82,8 +82,8 @@ class StubProvider:
     def readiness(self) -> tuple[bool, str]:
         return True, "ready"
 
-    def status(self) -> dict[str, Any]:
-        return {"queue_depth": 0}
+    def status(self) -> ProviderStatus:
+        return ProviderStatus(queue_depth=0)
 
     def count_prompt_tokens(self, prompt: str) -> int | None:
         return None

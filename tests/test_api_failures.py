@@ -16,10 +16,10 @@ from helpers import sse_events
 from pixelrouter.catalog import KLEIN_4B, Price
 from pixelrouter.errors import ProviderError
 from pixelrouter.keys import hash_key
-from pixelrouter.providers.base import ProviderInfo
+from pixelrouter.providers.base import ProviderBase, ProviderInfo, ProviderStatus
 
 
-class BrokenUpstream:
+class BrokenUpstream(ProviderBase):
     """An upstream provider that answers 5xx (or raises a bug) on every generation."""
 
     def __init__(self, slug: str, *, bug: bool = False, price: int = 10_000) -> None:
@@ -43,7 +43,7 @@ class BrokenUpstream:
         return True, "ready"
 
     def status(self):
-        return {"queue_depth": 0}
+        return ProviderStatus(queue_depth=0)
 
     def count_prompt_tokens(self, prompt):
         return None

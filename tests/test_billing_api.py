@@ -13,7 +13,7 @@ import pytest
 from conftest import make_api
 from pixelrouter.catalog import KLEIN_4B
 from pixelrouter.keys import hash_key
-from pixelrouter.providers.base import ProviderInfo
+from pixelrouter.providers.base import ProviderBase, ProviderInfo, ProviderStatus
 from pixelrouter.types import GeneratedImage, ImageResult
 
 PRICE = 14_000  # µ$ for an image of at most 1 MP
@@ -72,7 +72,7 @@ async def test_the_maximum_is_reserved_at_the_resolved_size(api) -> None:
     assert r.json()["error"]["metadata"]["required"] == 0.051
 
 
-class PartialProvider:
+class PartialProvider(ProviderBase):
     """An upstream that delivers only the first 2 images of every request."""
 
     def __init__(self) -> None:
@@ -104,7 +104,7 @@ class PartialProvider:
         return True, "ready"
 
     def status(self):
-        return {}
+        return ProviderStatus()
 
     def count_prompt_tokens(self, prompt):
         return None

@@ -15,7 +15,8 @@ import kubernetes_validate
 import pytest
 import typer.main
 
-from pixelrouter.cli import SETTING_NAMES, app
+from pixelrouter.cli import app
+from pixelrouter.config import SERVER_KEYS
 from pixelrouter.errors import ConfigError
 from pixelrouter.providers.config import KNOWN_KEYS, load_providers
 
@@ -256,7 +257,7 @@ def test_the_gateway_configuration_is_one_pixelrouter_reads(monkeypatch, tmp_pat
     (config_map,) = [o for o in objects if o["metadata"]["name"].startswith("pixelrouter-config")]
     text = config_map["data"]["pixelrouter.toml"]
     data = tomllib.loads(text)
-    assert set(data["server"]) <= SETTING_NAMES
+    assert set(data["server"]) <= SERVER_KEYS
     (workers,) = data["providers"]
     assert workers["type"] == "pixelrouter"
     assert workers["discovery"] == "dns"

@@ -33,7 +33,7 @@ async def test_local_provider_generates_and_reports() -> None:
         # The router names a result after the provider that served it.
         result = await Router([provider]).route(make_request("a pear"))
         assert result.provider_slug == "local" and len(result.images) == 1
-        assert provider.status()["queue_depth"] == 0
+        assert provider.status().queue_depth == 0
     finally:
         await provider.aclose()
     assert provider.readiness()[0] is False

@@ -163,7 +163,7 @@ async def test_the_routers_own_deadline_stays_a_timeout_error() -> None:
         try:
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(provider.generate(make_request()), timeout=0.2)
-            assert provider.status()["in_flight"] == 0
+            assert provider.status().in_flight == 0
         finally:
             await provider.aclose()
 
@@ -178,11 +178,11 @@ async def test_requests_in_flight_fill_max_queue() -> None:
             while not fake.seen and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
             status = provider.status()
-            assert status["queue_depth"] == 1 and status["queue_full"] is True
+            assert status.queue_depth == 1 and status.queue_full is True
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            assert provider.status()["queue_full"] is False
+            assert provider.status().queue_full is False
         finally:
             await provider.aclose()
 

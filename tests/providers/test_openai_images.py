@@ -142,7 +142,7 @@ async def test_probe_gets_models_and_status_counts_in_flight() -> None:
         finally:
             await provider.aclose()
     assert fake.seen[0].path == "/v1/models"
-    assert status["queue_depth"] == 0 and status["queue_full"] is False
+    assert status.queue_depth == 0 and status.queue_full is False
 
 
 async def test_a_png_is_passed_on_as_the_base64_text_the_upstream_sent() -> None:

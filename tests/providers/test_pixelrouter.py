@@ -74,14 +74,14 @@ async def test_refresh_status_reads_the_workers_queue() -> None:
             status = await provider.refresh_status()
         finally:
             await provider.aclose()
-    assert before["queue_depth"] == 0 and before["polled_at"] is None
+    assert before.queue_depth == 0 and before.polled_at is None
     (call,) = fake.calls("/engine/status")
     assert call.headers["authorization"] == f"Bearer {API_KEY}"
     assert status == provider.status()
-    assert status["queue_depth"] == 3 and status["running_batch"] == 2
-    assert status["estimated_wait_s"] == 1.5
-    assert status["queue_full"] is True  # 3 queued, max_queue 3
-    assert status["error"] is None and status["state"] == "ready"
+    assert status.queue_depth == 3 and status.running_batch == 2
+    assert status.estimated_wait_s == 1.5
+    assert status.queue_full is True  # 3 queued, max_queue 3
+    assert status.error is None and status.state == "ready"
     assert provider.readiness() == (True, "ok")
 
 
@@ -93,7 +93,7 @@ async def test_a_worker_that_cannot_report_is_not_ready() -> None:
             status = await provider.refresh_status()
         finally:
             await provider.aclose()
-    assert status["state"] == "unreachable" and "no engine" in status["error"]
+    assert status.state == "unreachable" and "no engine" in (status.error or "")
     ready, reason = provider.readiness()
     assert not ready and "no engine" in reason
 

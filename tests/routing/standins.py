@@ -1,4 +1,4 @@
-"""Stand-in providers for routing tests: plain classes implementing the `Provider` protocol.
+"""Stand-in providers for routing tests: `ProviderBase` classes implementing the protocol.
 
 They stand in for upstreams (a price, a live queue, a scripted list of outcomes); the router
 under test is the real one.
@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pixelrouter.catalog import KLEIN_4B, Price
-from pixelrouter.providers.base import ProviderInfo
+from pixelrouter.providers.base import ProviderBase, ProviderInfo, ProviderStatus
 from pixelrouter.routing.health import HealthConfig, HealthRegistry
 from pixelrouter.routing.router import Router
 from pixelrouter.types import (
@@ -42,7 +42,7 @@ class FakeClock:
         self.now += seconds
 
 
-class StandIn:
+class StandIn(ProviderBase):
     """An upstream with a price, live queue figures and scripted outcomes (default: success)."""
 
     def __init__(
@@ -102,8 +102,8 @@ class StandIn:
     def readiness(self) -> tuple[bool, str]:
         return True, "ready"
 
-    def status(self) -> dict[str, Any]:
-        return dict(self.live)
+    def status(self) -> ProviderStatus:
+        return ProviderStatus(**self.live)
 
     async def probe(self) -> bool:
         self.probes += 1

@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from pixelrouter.errors import ProviderError, RoutingFailed
+from pixelrouter.providers.base import ProviderStatus
 from pixelrouter.routing.health import CircuitState, HealthConfig, HealthRegistry
 
 from .standins import FakeClock, StandIn, make_router, request
@@ -153,10 +154,10 @@ async def test_status_is_refreshed_at_most_once_a_second_per_provider() -> None:
     class Worker(StandIn):
         polls = 0
 
-        async def refresh_status(self) -> dict:
+        async def refresh_status(self) -> ProviderStatus:
             self.polls += 1
             self.live = {"queue_full": True}
-            return self.live
+            return self.status()
 
     worker, spare = Worker("worker", 1_000), StandIn("spare", 9_000)
     router = make_router([worker, spare], clock=clock)

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from conftest import Api, make_api
 from pixelrouter.catalog import KLEIN_4B
 from pixelrouter.errors import ProviderError
-from pixelrouter.providers.base import ProviderInfo
+from pixelrouter.providers.base import ProviderBase, ProviderInfo, ProviderStatus
 from pixelrouter.stats import percentiles
 from pixelrouter.store import utcnow
 
@@ -27,7 +27,7 @@ PROMPT = "a lighthouse, stats-test-prompt-7f3a"
 FLAKY_ONLY = {"order": ["flaky"], "allow_fallbacks": False}
 
 
-class FlakyUpstream:
+class FlakyUpstream(ProviderBase):
     """A provider that follows a script: "ok" generates with the demo engine, "502" and "429"
     fail as an upstream would, "wrong_size" answers an image of another size (garbage)."""
 
@@ -56,7 +56,7 @@ class FlakyUpstream:
         return True, "ready"
 
     def status(self):
-        return {"queue_depth": 0}
+        return ProviderStatus(queue_depth=0)
 
     def count_prompt_tokens(self, prompt):
         return None

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -181,15 +181,13 @@ class ScrapeCollector:
                 log.exception("could not read the status of provider %s", slug)
                 continue
             up.add_metric([slug], 1.0 if ready else 0.0)
-            if isinstance(status.get("queue_depth"), int):
-                queue.add_metric([slug], float(status["queue_depth"]))
-            if isinstance(status.get("queued_images"), int):
-                queued_images.add_metric([slug], float(status["queued_images"]))
-            if isinstance(status.get("running_images"), int):
-                running.add_metric([slug], float(status["running_images"]))
-            sizes = status.get("batch_sizes")
-            if isinstance(sizes, dict):
-                buckets, total = batch_buckets(sizes)
+            queue.add_metric([slug], float(status.queue_depth))
+            if status.queued_images is not None:
+                queued_images.add_metric([slug], float(status.queued_images))
+            if status.running_images is not None:
+                running.add_metric([slug], float(status.running_images))
+            if status.batch_sizes is not None:
+                buckets, total = batch_buckets(status.batch_sizes)
                 batches.add_metric([slug], buckets, total)
         yield from (queue, queued_images, running, batches, up)
         open_reservations = self._open_reservations()
@@ -215,7 +213,7 @@ class ScrapeCollector:
             return count
 
 
-def batch_buckets(sizes: dict[str, Any]) -> tuple[list[tuple[str, float]], float]:
+def batch_buckets(sizes: Mapping[str, Any]) -> tuple[list[tuple[str, float]], float]:
     """Cumulative histogram buckets and the sum from `{images per batch: batches}` counts."""
     counts = {int(size): int(n) for size, n in sizes.items()}
     buckets = [

@@ -1,9 +1,16 @@
-"""The `Provider` protocol every provider type implements, and the errors they raise."""
+"""The `Provider` protocol every provider type implements, what it reports, and the defaults
+a provider inherits from `ProviderBase`.
+
+The whole contract is here: `info`, `generate`, `readiness` and `status` each provider says
+for itself; `supports` / `unsupported_reason`, `refresh_status`, `probe`, `count_prompt_tokens`
+and `aclose` have defaults in `ProviderBase` that a provider overrides when it knows better.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from pixelrouter.catalog import Price
@@ -25,6 +32,28 @@ class ProviderInfo:
     zdr: bool = False  # zero data retention, as declared (`provider.zdr` routes on it)
 
 
+@dataclass(frozen=True)
+class ProviderStatus:
+    """A provider's live figures: routing reads `queue_full` and `estimated_wait_s`, /metrics
+    the queue and batch figures."""
+
+    state: str = "unknown"  # the engine's state, "remote", "unreachable", "unavailable"
+    queue_depth: int = 0  # requests waiting
+    queue_full: bool = False  # routing tries a full queue only when no other provider is free
+    estimated_wait_s: float = 0.0
+    running_batch: int = 0  # requests in the batch being run
+    in_flight: int = 0  # requests this process sent the provider, not yet answered
+    max_queue: int | None = None  # the configured cap on `queue_depth`, if any
+    queued_images: int | None = None  # None: not known (an engine reports them)
+    running_images: int | None = None
+    batch_sizes: Mapping[str, int] | None = field(default=None, hash=False)  # {size: batches}
+    polled_at: float | None = None  # wall-clock time of the last `refresh_status` that asked
+    error: str | None = None  # why the last poll failed
+    # Everything the provider reports, as JSON: GET /api/v1/engine/status serves the local
+    # engine's; a worker's is what its own engine reported last.
+    details: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+
 @runtime_checkable
 class Provider(Protocol):
     @property
@@ -41,12 +70,28 @@ class Provider(Protocol):
         provider-caused failures raise `ProviderError`."""
         ...
 
+    def supports(self, request: ImageRequest) -> bool:
+        """Whether the provider can make this request at all: routing never plans it if not
+        (it would make, and bill, something other than what was asked)."""
+        ...
+
+    def unsupported_reason(self, request: ImageRequest) -> str | None:
+        """Why `supports(request)` is false, for the error a direct call gets; None if it is
+        true."""
+        ...
+
     def readiness(self) -> tuple[bool, str]:
         """(ready, reason): can this provider take work now, and if not, why."""
         ...
 
-    def status(self) -> dict[str, Any]:
-        """Live figures routing reads: `queue_depth`, `queue_full`, `estimated_wait_s`."""
+    def status(self) -> ProviderStatus:
+        """What the provider knows of its queue now; no I/O."""
+        ...
+
+    async def refresh_status(self) -> ProviderStatus:
+        """Ask the provider for fresh figures (routing calls it at most every
+        `status_interval_s`) and return `status()`. Never raises for an unreachable provider:
+        the failure shows in `status()` and `readiness()`."""
         ...
 
     async def probe(self) -> bool:
@@ -58,3 +103,33 @@ class Provider(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+class ProviderBase(ABC):
+    """The defaults of the protocol's optional parts: a provider takes every request, has no
+    status to poll, is probed by its `readiness()`, counts no tokens and holds nothing to
+    close. A subclass supplies `info`, `generate`, `readiness` and `status`."""
+
+    def supports(self, request: ImageRequest) -> bool:
+        return self.unsupported_reason(request) is None
+
+    def unsupported_reason(self, request: ImageRequest) -> str | None:
+        return None
+
+    @abstractmethod
+    def readiness(self) -> tuple[bool, str]: ...
+
+    @abstractmethod
+    def status(self) -> ProviderStatus: ...
+
+    async def refresh_status(self) -> ProviderStatus:
+        return self.status()
+
+    async def probe(self) -> bool:
+        return self.readiness()[0]
+
+    def count_prompt_tokens(self, prompt: str) -> int | None:
+        return None
+
+    async def aclose(self) -> None:
+        return None

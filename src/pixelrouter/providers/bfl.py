@@ -26,7 +26,8 @@ import base64
 from typing import Any, ClassVar
 
 from pixelrouter.errors import InvalidRequest, ProviderError, provider_caused
-from pixelrouter.providers.http import Delivered, HTTPProvider, reference_pngs
+from pixelrouter.providers.http import HTTPProvider
+from pixelrouter.providers.upstream_images import Delivered, each_image, reference_pngs
 from pixelrouter.types import Encoded, ImageRequest
 
 DECLARED_PARAMETERS = (
@@ -86,7 +87,7 @@ class BFLProvider(HTTPProvider):
                 raise self.error("reported the job Ready without a result.sample URL.")
             return await self.fetch_image(sample), None
 
-        return await self.each_image(request, one)
+        return await each_image(request, one)
 
     async def _poll(self, polling_url: str) -> dict[str, Any]:
         """Poll until `Ready` and return `result`; the caller's total timeout bounds it."""

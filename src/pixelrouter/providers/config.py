@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from pixelrouter.catalog import KLEIN_4B, Catalog, Price
 from pixelrouter.errors import ConfigError, NotFound
+from pixelrouter.providers.base import ProviderInfo
 
 ProviderType = Literal["local", "pixelrouter", "openrouter", "openai-images", "bfl"]
 PROVIDER_TYPES: tuple[str, ...] = ("local", "pixelrouter", "openrouter", "openai-images", "bfl")
@@ -132,6 +133,24 @@ class ProviderConfig:
         if self.type == "bfl":
             return model.rsplit("/", 1)[-1].lower().replace(".", "-")
         return model
+
+    def info(self, kind: str, declared_parameters: tuple[str, ...]) -> ProviderInfo:
+        """The provider as routing and the catalogue see it. `options.supported_parameters`
+        overrides what its protocol declares."""
+        parameters = self.options.get("supported_parameters")
+        return ProviderInfo(
+            slug=self.name,
+            display_name=self.display_name,
+            models=self.models,
+            price=self.price,
+            kind=kind,
+            quantization=self.quantization or self.options.get("quantization"),
+            data_collection=self.data_collection,
+            zdr=self.zero_data_retention,
+            supported_parameters=(
+                tuple(parameters) if parameters is not None else declared_parameters
+            ),
+        )
 
 
 # ------------------------------------------------------------------------------- loading

@@ -1,5 +1,5 @@
 """What every HTTP provider shares: one client with per-attempt timeouts, the mapping of
-upstream failures to our errors, and the checks that turn upstream bytes into delivered images.
+upstream failures to our errors, and image downloads that reach only public addresses.
 
 Failure mapping (routing falls through on a `ProviderError`, never on an `InvalidRequest`):
 
@@ -13,35 +13,23 @@ Failure mapping (routing falls through on a `ProviderError`, never on an `Invali
 - 400, 422: the upstream refuses this request: `InvalidRequest` with the upstream's message;
   413: `PayloadTooLarge` with the upstream's message.
 
-Images: each is decoded with Pillow (off the event loop); its size must be the request's, else
-the answer is invalid (never bill something other than what was asked, SPEC §2). An image in
-another format than the request's `output_format` is re-encoded; image `i` has seed `seed + i`.
+The images an upstream sends are checked by `upstream_images` before anything is delivered.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import email.utils
-import io
-import ipaddress
-import json
 import logging
-import re
 import socket
-import struct
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, ClassVar
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 import aiohttp.abc
 import orjson
-from PIL import Image
 
 from pixelrouter import __version__
 from pixelrouter.catalog import estimate_prompt_tokens
@@ -50,22 +38,23 @@ from pixelrouter.errors import (
     PayloadTooLarge,
     PixelrouterError,
     ProviderError,
-    provider_caused,
 )
-from pixelrouter.imagecodec import encode_image
 from pixelrouter.netpolicy import host_is_public, is_public_ip
 from pixelrouter.providers import splice
-from pixelrouter.providers.base import ProviderInfo
+from pixelrouter.providers.base import ProviderBase, ProviderInfo, ProviderStatus
 from pixelrouter.providers.config import ProviderConfig
-from pixelrouter.types import (
-    MEDIA_TYPES,
-    Encoded,
-    GeneratedImage,
-    ImageRequest,
-    ImageResult,
-    ProgressEvent,
-    ReferenceImage,
+from pixelrouter.providers.upstream_errors import (
+    parse_retry_after,
+    scrub_upstream_text,
+    upstream_message,
 )
+from pixelrouter.providers.upstream_images import (
+    Delivered,
+    check_images,
+    decode_b64,
+    passed_through,
+)
+from pixelrouter.types import Encoded, ImageRequest, ImageResult, ProgressEvent
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +87,6 @@ class PublicResolver(aiohttp.abc.AbstractResolver):
         await self._inner.close()
 
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PNG_TRAILER = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # an empty IEND chunk and its CRC
-PIL_FORMATS = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg", "WEBP": "webp"}
-
-
 @dataclass(frozen=True)
 class UpstreamResponse:
     """A whole upstream answer, body read within the size cap."""
@@ -113,21 +97,7 @@ class UpstreamResponse:
     url: str
 
 
-@dataclass(frozen=True)
-class RawImage:
-    """Encoded bytes an upstream returned for image `index` of the request, not yet checked."""
-
-    index: int
-    content: Encoded
-
-
-@dataclass(frozen=True)
-class Delivered:
-    images: list[RawImage]
-    prompt_tokens: int | None = None
-
-
-class HTTPProvider:
+class HTTPProvider(ProviderBase):
     """Base of the `pixelrouter`, `openrouter`, `openai-images` and `bfl` providers.
 
     A subclass sets `kind` and `default_parameters`, and implements `_deliver` (the protocol)
@@ -169,33 +139,13 @@ class HTTPProvider:
         # Built once: routing reads it for every provider on every request, and it depends
         # only on the configuration.
         if self._info is None:
-            self._info = self._make_info()
+            self._info = self.config.info(self.kind, self.declared_parameters())
         return self._info
-
-    def _make_info(self) -> ProviderInfo:
-        parameters = self.config.options.get("supported_parameters")
-        return ProviderInfo(
-            slug=self.config.name,
-            display_name=self.config.display_name,
-            models=self.config.models,
-            price=self.config.price,
-            kind=self.kind,
-            quantization=self.config.quantization or self.config.options.get("quantization"),
-            data_collection=self.config.data_collection,
-            zdr=self.config.zero_data_retention,
-            supported_parameters=(
-                tuple(parameters) if parameters is not None else self.declared_parameters()
-            ),
-        )
 
     def declared_parameters(self) -> tuple[str, ...]:
         """What `provider.require_parameters` may count on (`options.supported_parameters`
         overrides it)."""
         return self.default_parameters
-
-    def supports(self, request: ImageRequest) -> bool:
-        """Whether this protocol can express the request at all (routing skips it if not)."""
-        return self.unsupported_reason(request) is None
 
     def unsupported_reason(self, request: ImageRequest) -> str | None:
         if len(request.references) > self.max_references:
@@ -218,9 +168,11 @@ class HTTPProvider:
         try:
             async with asyncio.timeout(total_s):
                 delivered = await self._deliver(request)
-                images = self._passed_through(request, delivered.images)
+                images = passed_through(request, delivered.images, self.error)
                 if images is None:  # something to decode or convert: off the event loop
-                    images = await asyncio.to_thread(self._check_images, request, delivered.images)
+                    images = await asyncio.to_thread(
+                        check_images, request, delivered.images, self.error
+                    )
         except TimeoutError:
             raise self.error(
                 f"did not finish within {total_s:g} s (timeouts.total_s).",
@@ -245,26 +197,21 @@ class HTTPProvider:
         # Health is judged by routing's outcome windows and circuit breaker, not guessed here.
         return True, "ok"
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> ProviderStatus:
         """Requests in flight to this provider stand in for its queue; `max_queue` caps them."""
         max_queue = self.config.max_queue
-        return {
-            "state": "remote",
-            "queue_depth": self._in_flight,
-            "in_flight": self._in_flight,
-            "running_batch": 0,
-            "estimated_wait_s": 0.0,
-            "max_queue": max_queue,
-            "queue_full": max_queue is not None and self._in_flight >= max_queue,
-        }
+        return ProviderStatus(
+            state="remote",
+            queue_depth=self._in_flight,
+            in_flight=self._in_flight,
+            max_queue=max_queue,
+            queue_full=max_queue is not None and self._in_flight >= max_queue,
+        )
 
     async def probe(self) -> bool:
         """GET `{url}/{probe_path}` (default `models`) answers 200."""
         path = str(self.config.options.get("probe_path", "models")).lstrip("/")
         return await self._get_ok(f"{self.url}/{path}")
-
-    def count_prompt_tokens(self, prompt: str) -> int | None:
-        return None
 
     async def aclose(self) -> None:
         for session in (self._session, self._public_session):
@@ -508,24 +455,8 @@ class HTTPProvider:
         return self.parse_json(response, what=what)
 
     def decode_b64(self, text: Any, *, what: str = "image") -> Encoded:
-        """An image sent as base64 text or a `data:` URL, kept as text: its shape is checked
-        here (ASCII, whole quads once whitespace is gone) and its bytes are decoded only when
-        needed (`_check_image` reads just the header and the trailer of a PNG it passes on)."""
-        if not isinstance(text, str) or not text:
-            raise self.error(f"sent an empty or non-text {what}.")
-        payload = text.strip()
-        if payload.startswith("data:"):
-            _, sep, payload = payload.partition(",")
-            if not sep:
-                raise self.error(f"sent a malformed data URL as the {what}.")
-        if not payload.isascii():
-            raise self.error(f"sent malformed base64 data as the {what}.")
-        if len(payload) % 4 or any(space in payload for space in " \n\r\t"):
-            payload = "".join(payload.split())
-            payload += "=" * (-len(payload) % 4)
-        if not payload or len(payload) % 4 == 1:
-            raise self.error(f"sent malformed base64 data as the {what}.")
-        return Encoded(b64=payload)
+        """An image sent as base64 text or a `data:` URL (`upstream_images.decode_b64`)."""
+        return decode_b64(text, self.error, what=what)
 
     async def fetch_image(self, url: Any) -> Encoded:
         """An image the upstream sent by reference: a `data:` URL, or an http(s) URL (relative
@@ -572,40 +503,6 @@ class HTTPProvider:
             return response
         raise self.error("redirected an image download too many times.")
 
-    async def each_image(
-        self, request: ImageRequest, one: Callable[[int], Awaitable[tuple[Encoded, int | None]]]
-    ) -> Delivered:
-        """Make the request's images one upstream call each (image `i` with seed `seed + i`),
-        concurrently. Images that arrive are delivered even when others fail (a failed image
-        costs nothing); when none arrives, the most telling error is raised: a client error
-        before a provider error."""
-        results: list[tuple[Encoded, int | None] | BaseException]
-        if request.n == 1:  # awaited in place: no task to make and wake for the one image
-            try:
-                results = [await one(0)]
-            except PixelrouterError as exc:
-                results = [exc]
-        else:
-            results = await asyncio.gather(
-                *(one(i) for i in range(request.n)), return_exceptions=True
-            )
-        images: list[RawImage] = []
-        errors: list[PixelrouterError] = []
-        prompt_tokens: int | None = None
-        for index, result in enumerate(results):
-            if isinstance(result, PixelrouterError):
-                errors.append(result)
-            elif isinstance(result, BaseException):
-                raise result  # a bug, not an upstream failure: let routing log it
-            else:
-                content, tokens = result
-                images.append(RawImage(index, content))
-                prompt_tokens = tokens if tokens is not None else prompt_tokens
-        if not images:
-            client_errors = [e for e in errors if not provider_caused(e)]
-            raise (client_errors or errors)[0]
-        return Delivered(images, prompt_tokens)
-
     async def _get_ok(self, url: str, *, headers: dict[str, str] | None = None) -> bool:
         try:
             async with asyncio.timeout(self.config.timeouts.total_s):
@@ -616,198 +513,8 @@ class HTTPProvider:
             return False
         return response.status == 200
 
-    # ------------------------------------------------------------------ image checks
-
-    def _check_images(self, request: ImageRequest, raw: list[RawImage]) -> list[GeneratedImage]:
-        """Decode, check the size and re-encode when needed; runs on a worker thread."""
-        if not raw:
-            raise self.error("answered without any image.")
-        return [self._check_image(request, item) for item in sorted(raw, key=lambda r: r.index)]
-
-    def _passed_through(
-        self, request: ImageRequest, raw: list[RawImage]
-    ) -> list[GeneratedImage] | None:
-        """The images when every one is a PNG passed on as sent (checked by header and
-        trailer only, microseconds: no thread needed); None when any needs decoding."""
-        if not raw or request.output_format != "png":
-            return None
-        images = []
-        for item in sorted(raw, key=lambda r: r.index):
-            passed = (
-                self._pass_png(request, item, f"image {item.index + 1}")
-                if item.content.is_b64
-                else None
-            )
-            if passed is None:
-                return None
-            images.append(passed)
-        return images
-
-    def _check_image(self, request: ImageRequest, item: RawImage) -> GeneratedImage:
-        label = f"image {item.index + 1}"
-        if request.output_format == "png" and item.content.is_b64:
-            passed = self._pass_png(request, item, label)
-            if passed is not None:
-                return passed
-        try:
-            image = Image.open(io.BytesIO(item.content.data))  # reads the header only
-        except (binascii.Error, ValueError):
-            raise self.error(f"sent malformed base64 data as {label}.") from None
-        except Exception:
-            raise self.error(f"sent data that is not an image as {label}.") from None
-        if image.size != (request.width, request.height):
-            width, height = image.size
-            raise self.error(
-                f"sent a {width}x{height} {label} for a {request.width}x{request.height} "
-                "request; it is not delivered (never bill another size than asked)."
-            )
-        fmt = PIL_FORMATS.get(image.format or "")
-        data: bytes | Encoded = item.content
-        try:
-            if fmt == request.output_format == "png":
-                # Passed through as sent: checking every chunk's CRC finds a truncated or
-                # damaged file at a fraction of the cost of decoding the pixels.
-                image.verify()
-            else:
-                image.load()  # a truncated or damaged file fails here
-        except Exception:
-            raise self.error(f"sent a damaged or truncated {label}.") from None
-        if fmt != request.output_format:
-            data = encode_image(
-                image.convert("RGB"), request.output_format, request.output_compression
-            )
-        return GeneratedImage(
-            data=data,
-            media_type=MEDIA_TYPES[request.output_format],
-            width=request.width,
-            height=request.height,
-            seed=request.seed + item.index,
-            index=item.index,
-        )
-
-    def _pass_png(self, request: ImageRequest, item: RawImage, label: str) -> GeneratedImage | None:
-        """A PNG sent as base64 for a PNG request is passed on as the same text. Only its
-        header and trailer are decoded: the signature and IHDR give its size (it must be the
-        request's), the IEND chunk at the very end shows it arrived whole. None when the data
-        is not a PNG (the general path decodes and converts it)."""
-        try:
-            head = item.content.head(24)
-            if head[:8] != PNG_SIGNATURE:
-                return None
-            tail = item.content.tail(len(PNG_TRAILER))
-        except (binascii.Error, ValueError):
-            raise self.error(f"sent malformed base64 data as {label}.") from None
-        if head[12:16] != b"IHDR":
-            raise self.error(f"sent a damaged or truncated {label}.")
-        width, height = struct.unpack(">II", head[16:24])
-        if (width, height) != (request.width, request.height):
-            raise self.error(
-                f"sent a {width}x{height} {label} for a {request.width}x{request.height} "
-                "request; it is not delivered (never bill another size than asked)."
-            )
-        if tail != PNG_TRAILER:
-            raise self.error(f"sent a damaged or truncated {label}.")
-        return GeneratedImage(
-            data=item.content,
-            media_type=MEDIA_TYPES["png"],
-            width=width,
-            height=height,
-            seed=request.seed + item.index,
-            index=item.index,
-        )
-
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def reference_png(reference: ReferenceImage) -> bytes:
-    """A reference image's RGB pixels as PNG bytes (CPU work: call it off the event loop)."""
-    image = Image.frombytes("RGB", (reference.width, reference.height), reference.rgb)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
-
-
-async def reference_pngs(request: ImageRequest) -> list[bytes]:
-    if not request.references:
-        return []
-    return await asyncio.to_thread(lambda: [reference_png(r) for r in request.references])
-
-
-def png_data_url(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
-def upstream_message(body: bytes, limit: int = 500) -> str:
-    """The human part of an upstream error body: OpenRouter/OpenAI `error.message`, FastAPI
-    `detail`, a `message`, or the text itself, shortened."""
-    text = body.decode("utf-8", errors="replace").strip()
-    try:
-        payload = json.loads(text)
-    except ValueError:
-        return text[:limit]
-    message: Any = payload
-    if isinstance(payload, dict):
-        error = payload.get("error")
-        if isinstance(error, dict):
-            message = error.get("message") or error
-        elif isinstance(error, str):
-            message = error
-        elif "detail" in payload:
-            message = payload["detail"]
-        elif "message" in payload:
-            message = payload["message"]
-    if not isinstance(message, str):
-        message = json.dumps(message)
-    return message.strip()[:limit]
-
-
-_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s)\]>\"']+")
-_PATH = re.compile(r"(?:\b[A-Za-z]:)?(?:[\\/][\w.@~-]+){2,}[\\/]?")
-_ADDRESS = re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}(?::\d+)?\b|\b[\w-]+(?:\.[\w-]+)+:\d{2,5}\b")
-_IPV6_CANDIDATE = re.compile(r"(?<![\w:])[0-9A-Fa-f]*:[0-9A-Fa-f:.]*:[0-9A-Fa-f.]*(?![\w:])")
-
-
-def _ipv6(match: re.Match[str]) -> str:
-    try:
-        ipaddress.IPv6Address(match.group(0))
-    except ValueError:
-        return match.group(0)
-    return "<address>"
-
-
-SCRUBBED_LENGTH = 200
-
-
-def scrub_upstream_text(text: str) -> str:
-    """An upstream's error text as a client may see it: its first line, with URLs, file paths
-    and network addresses replaced, at most 200 characters."""
-    line = text.strip().splitlines()[0] if text.strip() else ""
-    if line.lower().startswith("traceback"):
-        return ""
-    line = _URL.sub("<url>", line)
-    line = _ADDRESS.sub("<address>", line)
-    line = _IPV6_CANDIDATE.sub(_ipv6, line)
-    line = _PATH.sub("<path>", line)
-    return line[:SCRUBBED_LENGTH].strip()
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """`Retry-After` as seconds: a number, or an HTTP date from now."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def same_origin(url: str, base: str) -> bool:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from pixelrouter.catalog import KLEIN_4B, Price
 from pixelrouter.errors import ProviderUnavailable
-from pixelrouter.providers.base import ProviderInfo
+from pixelrouter.providers.base import ProviderBase, ProviderInfo, ProviderStatus
 from pixelrouter.types import ImageRequest, ImageResult, ProgressEvent
 
 if TYPE_CHECKING:
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 LOCAL_SLUG = "local"
 
 
-class LocalProvider:
+class LocalProvider(ProviderBase):
     """Sends requests to the in-process `Engine`; routing sees its queue through `status()`."""
 
     def __init__(
@@ -89,14 +89,28 @@ class LocalProvider:
     def readiness(self) -> tuple[bool, str]:
         return self.engine.readiness()
 
-    def status(self) -> dict[str, Any]:
-        return self.engine.status()
-
-    async def probe(self) -> bool:
-        return self.engine.readiness()[0]
+    def status(self) -> ProviderStatus:
+        return engine_status(self.engine.status())
 
     def count_prompt_tokens(self, prompt: str) -> int | None:
         return self.engine.count_prompt_tokens(prompt)
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.engine.shutdown)
+
+
+def engine_status(figures: dict[str, Any]) -> ProviderStatus:
+    """The typed status of an engine's `Engine.status()` figures, which it keeps whole as
+    `details` (GET /api/v1/engine/status serves them)."""
+    return ProviderStatus(
+        state=figures["state"],
+        queue_depth=figures["queue_depth"],
+        queue_full=figures["queue_full"],
+        estimated_wait_s=figures["estimated_wait_s"],
+        running_batch=figures["running_batch"],
+        queued_images=figures["queued_images"],
+        running_images=figures["running_images"],
+        batch_sizes=figures["batch_sizes"],
+        error=figures["error"],
+        details=figures,
+    )

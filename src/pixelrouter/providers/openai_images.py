@@ -20,7 +20,8 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from pixelrouter.catalog import KLEIN_4B
-from pixelrouter.providers.http import Delivered, HTTPProvider, RawImage, reference_pngs
+from pixelrouter.providers.http import HTTPProvider
+from pixelrouter.providers.upstream_images import Delivered, RawImage, each_image, reference_pngs
 from pixelrouter.types import Encoded, ImageRequest
 
 EXTENSION_PARAMETERS = ("seed", "steps", "guidance")
@@ -103,7 +104,7 @@ class OpenAIImagesProvider(HTTPProvider):
             images, tokens = await call(1, request.seed + index)
             return images[0], tokens
 
-        return await self.each_image(request, one)
+        return await each_image(request, one)
 
     async def _images(self, payload: dict[str, Any], n: int) -> list[Encoded]:
         data = payload.get("data")

@@ -21,7 +21,13 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from pixelrouter.catalog import ASPECT_RATIOS, TIERS, size_for_ratio, size_is_valid
-from pixelrouter.providers.http import Delivered, HTTPProvider, png_data_url, reference_pngs
+from pixelrouter.providers.http import HTTPProvider
+from pixelrouter.providers.upstream_images import (
+    Delivered,
+    each_image,
+    png_data_url,
+    reference_pngs,
+)
 from pixelrouter.types import Encoded, ImageRequest
 
 DECLARED_PARAMETERS = (
@@ -97,7 +103,7 @@ class OpenRouterProvider(HTTPProvider):
             )
             return await self._first_image(payload), _prompt_tokens(payload)
 
-        return await self.each_image(request, one)
+        return await each_image(request, one)
 
     async def _first_image(self, payload: dict[str, Any]) -> Encoded:
         error = payload.get("error")

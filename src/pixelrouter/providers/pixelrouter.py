@@ -16,13 +16,9 @@ from typing import Any, ClassVar
 
 from pixelrouter.catalog import KLEIN_4B
 from pixelrouter.errors import PixelrouterError
-from pixelrouter.providers.http import (
-    Delivered,
-    HTTPProvider,
-    RawImage,
-    png_data_url,
-    reference_pngs,
-)
+from pixelrouter.providers.base import ProviderStatus
+from pixelrouter.providers.http import HTTPProvider
+from pixelrouter.providers.upstream_images import Delivered, RawImage, png_data_url, reference_pngs
 from pixelrouter.types import ImageRequest
 
 API_SUFFIX = "/api/v1"
@@ -88,7 +84,7 @@ class PixelrouterProvider(HTTPProvider):
 
     # ------------------------------------------------------------------ queue and health
 
-    async def refresh_status(self) -> dict[str, Any]:
+    async def refresh_status(self) -> ProviderStatus:
         """Poll `GET {url}/engine/status` (bounded by connect + first-byte timeouts) and
         return `status()`. Never raises: a failed poll is recorded and shown in `status()`."""
         t = self.config.timeouts
@@ -111,27 +107,26 @@ class PixelrouterProvider(HTTPProvider):
         self._polled_at = time.time()
         return self.status()
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> ProviderStatus:
         upstream = self._upstream
         queue_depth = _as_int(upstream.get("queue_depth"))
         max_queue = self.config.max_queue
         full = bool(upstream.get("queue_full")) or (
             max_queue is not None and queue_depth >= max_queue
         )
-        state = upstream.get("state", "unknown") if self._poll_error is None else "unreachable"
-        return {
-            "state": state,
-            "queue_depth": queue_depth,
-            "running_batch": _as_int(upstream.get("running_batch")),
-            "estimated_wait_s": _as_float(upstream.get("estimated_wait_s")),
-            "queue_full": full,
-            "max_queue": max_queue,
-            "in_flight": self._in_flight,
-            "ready": upstream.get("ready"),
-            "reason": upstream.get("reason"),
-            "polled_at": self._polled_at,
-            "error": self._poll_error,
-        }
+        state = upstream.get("state") if self._poll_error is None else "unreachable"
+        return ProviderStatus(
+            state=state if isinstance(state, str) else "unknown",
+            queue_depth=queue_depth,
+            running_batch=_as_int(upstream.get("running_batch")),
+            estimated_wait_s=_as_float(upstream.get("estimated_wait_s")),
+            queue_full=full,
+            max_queue=max_queue,
+            in_flight=self._in_flight,
+            polled_at=self._polled_at,
+            error=self._poll_error,
+            details=upstream,
+        )
 
     def readiness(self) -> tuple[bool, str]:
         if self._poll_error is not None:

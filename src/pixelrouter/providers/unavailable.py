@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from pixelrouter.catalog import KLEIN_4B
 from pixelrouter.errors import ProviderUnavailable
-from pixelrouter.providers.base import ProviderInfo
+from pixelrouter.providers.base import ProviderBase, ProviderInfo, ProviderStatus
 from pixelrouter.types import ImageRequest, ImageResult, ProgressEvent
 
 
-class UnavailableProvider:
+class UnavailableProvider(ProviderBase):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         self.info = ProviderInfo(
@@ -32,14 +31,8 @@ class UnavailableProvider:
     def readiness(self) -> tuple[bool, str]:
         return False, self.reason
 
-    def status(self) -> dict[str, Any]:
-        return {"state": "unavailable", "queue_depth": 0, "reason": self.reason}
-
-    async def probe(self) -> bool:
-        return False
-
-    def count_prompt_tokens(self, prompt: str) -> int | None:
-        return None
-
-    async def aclose(self) -> None:
-        return None
+    def status(self) -> ProviderStatus:
+        return ProviderStatus(
+            state="unavailable",
+            details={"state": "unavailable", "queue_depth": 0, "reason": self.reason},
+        )

@@ -29,7 +29,7 @@ from pixelrouter.errors import (
     UpstreamFailed,
     provider_caused,
 )
-from pixelrouter.providers.base import Provider
+from pixelrouter.providers.base import Provider, ProviderStatus
 from pixelrouter.routing.health import CircuitState, HealthConfig, HealthRegistry
 from pixelrouter.types import (
     ImageRequest,
@@ -123,7 +123,7 @@ SORT_KEYS: dict[str, Callable[[Candidate], tuple[Any, ...]]] = {
 }
 
 
-def _settled(candidates: list[Candidate]) -> list[Candidate]:
+def _free_and_healthy_first(candidates: list[Candidate]) -> list[Candidate]:
     """Stable: free queues before full ones (SPEC §4: never a full queue while another provider
     is free), and within each, recently failed providers after the others, then those beyond
     the request's preferred latency or throughput."""
@@ -177,11 +177,11 @@ def order_candidates(
             # No fallbacks: only a listed provider, even when the listed ones failed recently
             # (demoted behind the rest) or are held back (not candidates at all).
             rest = []
-        ordered = _settled(listed + rest)
+        ordered = _free_and_healthy_first(listed + rest)
     elif prefs.sort is not None:
-        ordered = _settled(sorted(candidates, key=SORT_KEYS[prefs.sort]))
+        ordered = _free_and_healthy_first(sorted(candidates, key=SORT_KEYS[prefs.sort]))
     else:
-        fallbacks = _settled(sorted(candidates, key=_by_price))
+        fallbacks = _free_and_healthy_first(sorted(candidates, key=_by_price))
         healthy = [c for c in candidates if not c.queue_full and not c.demoted]
         healthy = [c for c in healthy if not c.beyond_preferences] or healthy
         if healthy:
@@ -192,19 +192,17 @@ def order_candidates(
     return ordered if prefs.allow_fallbacks else ordered[:1]
 
 
-def _live_status(provider: Provider) -> dict[str, Any]:
+def _live_status(provider: Provider) -> ProviderStatus:
     try:
-        status = provider.status()
+        return provider.status()
     except Exception:
         log.exception("status() of provider %s failed", provider.info.slug)
-        return {}
-    return status if isinstance(status, dict) else {}
+        return ProviderStatus()
 
 
-def _number(value: Any) -> float:
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return 0.0
+def _wait_s(status: ProviderStatus) -> float:
+    wait = status.estimated_wait_s
+    return float(wait) if math.isfinite(wait) else 0.0
 
 
 class Router:
@@ -294,8 +292,8 @@ class Router:
                 Candidate(
                     provider=provider,
                     price=image_price(provider.info.price, request.width, request.height),
-                    queue_full=bool(status.get("queue_full", False)),
-                    wait_s=_number(status.get("estimated_wait_s", 0.0)),
+                    queue_full=status.queue_full,
+                    wait_s=_wait_s(status),
                     demoted=health.failed_recently(now),
                     latency_s=health.latency_s,
                     throughput=health.throughput,
@@ -311,11 +309,8 @@ class Router:
 
     @staticmethod
     def _can_express(provider: Provider, request: ImageRequest) -> bool:
-        supports = getattr(provider, "supports", None)
-        if supports is None:
-            return True
         try:
-            return bool(supports(request))
+            return bool(provider.supports(request))
         except Exception:
             log.exception("supports() of provider %s failed", provider.info.slug)
             return False
@@ -331,11 +326,10 @@ class Router:
             slug = provider.info.slug
             if self.health.of(slug).probe_due(now):
                 pending.append(self._shared(self._probes, slug, self._probe(provider)))
-            refresh = getattr(provider, "refresh_status", None)
             polled = self._polled_at.get(slug)
-            if refresh is not None and (polled is None or now - polled >= self.status_interval_s):
+            if polled is None or now - polled >= self.status_interval_s:
                 self._polled_at[slug] = now
-                pending.append(self._shared(self._polls, slug, self._poll(provider, refresh)))
+                pending.append(self._shared(self._polls, slug, self._poll(provider)))
         if pending:
             # asyncio.wait neither cancels them on timeout nor when this request is cancelled:
             # other requests may be waiting on the same probe.
@@ -365,11 +359,7 @@ class Router:
         """The half-open test: the provider's cheap readiness call, never a paid generation."""
         slug = provider.info.slug
         try:
-            probe = getattr(provider, "probe", None)
-            if probe is None:
-                ok = bool(provider.readiness()[0])
-            else:
-                ok = bool(await asyncio.wait_for(probe(), self.probe_timeout_s))
+            ok = bool(await asyncio.wait_for(provider.probe(), self.probe_timeout_s))
         except asyncio.CancelledError:
             raise
         except TimeoutError:
@@ -382,9 +372,9 @@ class Router:
             health.record_probe(ok)
             log.info("circuit of provider %s: probe %s", slug, "passed" if ok else "failed")
 
-    async def _poll(self, provider: Provider, refresh: Callable[[], Any]) -> None:
+    async def _poll(self, provider: Provider) -> None:
         try:
-            await asyncio.wait_for(refresh(), self.probe_timeout_s)
+            await asyncio.wait_for(provider.refresh_status(), self.probe_timeout_s)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the provider's status() says what it last knew

@@ -71,6 +71,6 @@ async def engine_status(request: Request, _: KeyRecord = Depends(current_key)) -
     local = [p for p in px.providers if p.info.kind == "local"]
     if not local:
         raise ServiceUnavailable("This server runs no local engine (started with --no-engine).")
-    status = local[0].status()
+    status = local[0].status().details
     ready, reason = local[0].readiness()
     return OrjsonResponse({"data": {**status, "ready": ready, "reason": reason}})
