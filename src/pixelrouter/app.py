@@ -110,6 +110,8 @@ def create_app(
                 flush=True,
             )
         sweeper = asyncio.create_task(sweep_forever(store_, settings))
+        for provider in providers_:
+            await provider.start()  # background upkeep, e.g. workers found by DNS
         try:
             yield
         finally:

@@ -79,19 +79,22 @@ class Launcher:
         env: dict[str, str] | None = None,
         args: tuple[str, ...] = ("--demo",),
         wait: bool = True,
+        host: str = "127.0.0.1",
+        port: int | None = None,
     ) -> ServerProcess:
-        """`pixelrouter serve ARGS --db DB_URL` on a free port; ready unless `wait=False`."""
+        """`pixelrouter serve ARGS --db DB_URL` on `host` and a free port (or `port`); ready
+        unless `wait=False`."""
         directory = self.root / name
         directory.mkdir(parents=True, exist_ok=True)
         log = directory / f"server-{len(self.started)}.log"
         admin_key = admin_key or generate_key()
-        port = _free_port()
+        port = port or _free_port()
         command = [
             *cli_command(),
             "serve",
             *args,
             "--host",
-            "127.0.0.1",
+            host,
             "--port",
             str(port),
             "--db",
@@ -105,7 +108,7 @@ class Launcher:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
             )
-        server = ServerProcess(name, f"http://127.0.0.1:{port}", admin_key, db_url, process, log)
+        server = ServerProcess(name, f"http://{host}:{port}", admin_key, db_url, process, log)
         self.started.append(server)
         if wait:
             self.wait_ready(server)

@@ -24,7 +24,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pixelrouter.providers.base import Provider
+from pixelrouter.providers.base import Provider, ProviderStatus
 from pixelrouter.store import Store
 from pixelrouter.types import GenerationEnd
 
@@ -169,9 +169,16 @@ class ScrapeCollector:
             "Images per batch the local engine ran (since it started)",
             labels=["provider"],
         )
+        wait = GaugeMetricFamily(
+            "pixelrouter_engine_estimated_wait_seconds",
+            "Estimated wait of a new request before its batch starts (the shortest of a "
+            "provider's workers)",
+            labels=["provider"],
+        )
         up = GaugeMetricFamily(
             "pixelrouter_provider_ready", "1 when a provider can take work now", labels=["provider"]
         )
+        workers = _WorkerFamilies()
         for provider in self.providers:
             slug = provider.info.slug
             try:
@@ -182,6 +189,9 @@ class ScrapeCollector:
                 continue
             up.add_metric([slug], 1.0 if ready else 0.0)
             queue.add_metric([slug], float(status.queue_depth))
+            wait.add_metric([slug], float(status.estimated_wait_s))
+            for address, figures in status.instances.items():
+                workers.add(slug, address, figures)
             if status.queued_images is not None:
                 queued_images.add_metric([slug], float(status.queued_images))
             if status.running_images is not None:
@@ -189,7 +199,8 @@ class ScrapeCollector:
             if status.batch_sizes is not None:
                 buckets, total = batch_buckets(status.batch_sizes)
                 batches.add_metric([slug], buckets, total)
-        yield from (queue, queued_images, running, batches, up)
+        yield from (queue, queued_images, running, wait, batches, up)
+        yield from workers.families()
         open_reservations = self._open_reservations()
         if open_reservations is not None:
             gauge = GaugeMetricFamily(
@@ -211,6 +222,39 @@ class ScrapeCollector:
                 return None
             self._reservations = (now, count)
             return count
+
+
+class _WorkerFamilies:
+    """One series per worker of a provider that has many (found by DNS), labelled `worker`
+    (its address): what an autoscaler reads when it scrapes the gateways."""
+
+    def __init__(self) -> None:
+        labels = ["provider", "worker"]
+        self.queued = GaugeMetricFamily(
+            "pixelrouter_worker_queued_images", "Images waiting in a worker's queue", labels=labels
+        )
+        self.running = GaugeMetricFamily(
+            "pixelrouter_worker_running_images", "Images in a worker's running batch", labels=labels
+        )
+        self.wait = GaugeMetricFamily(
+            "pixelrouter_worker_estimated_wait_seconds",
+            "A worker's estimated wait for a new request",
+            labels=labels,
+        )
+        self.queue = GaugeMetricFamily(
+            "pixelrouter_worker_queue_depth", "Requests waiting in a worker's queue", labels=labels
+        )
+
+    def add(self, slug: str, address: str, status: ProviderStatus) -> None:
+        self.queue.add_metric([slug, address], float(status.queue_depth))
+        self.wait.add_metric([slug, address], float(status.estimated_wait_s))
+        if status.queued_images is not None:
+            self.queued.add_metric([slug, address], float(status.queued_images))
+        if status.running_images is not None:
+            self.running.add_metric([slug, address], float(status.running_images))
+
+    def families(self) -> tuple[Metric, ...]:
+        return (self.queue, self.queued, self.running, self.wait)
 
 
 def batch_buckets(sizes: Mapping[str, Any]) -> tuple[list[tuple[str, float]], float]:

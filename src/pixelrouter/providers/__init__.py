@@ -60,6 +60,10 @@ def build_provider(config: ProviderConfig, settings: Settings, *, start: bool = 
     from pixelrouter.providers.openrouter import OpenRouterProvider
     from pixelrouter.providers.pixelrouter import PixelrouterProvider
 
+    if config.discovery is not None:
+        from pixelrouter.providers.discovery import DiscoveredWorkers
+
+        return DiscoveredWorkers(config)
     kinds = {
         "pixelrouter": PixelrouterProvider,
         "openrouter": OpenRouterProvider,

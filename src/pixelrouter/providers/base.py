@@ -52,6 +52,8 @@ class ProviderStatus:
     # Everything the provider reports, as JSON: GET /api/v1/engine/status serves the local
     # engine's; a worker's is what its own engine reported last.
     details: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    # A provider of many workers (found by DNS): each one's own figures, by address.
+    instances: Mapping[str, ProviderStatus] = field(default_factory=dict, hash=False)
 
 
 @runtime_checkable
@@ -102,6 +104,10 @@ class Provider(Protocol):
         """Prompt tokens by the model's tokenizer when one is loaded, else None."""
         ...
 
+    async def start(self) -> None:
+        """Begin background upkeep (the app calls it once its event loop runs)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -129,6 +135,9 @@ class ProviderBase(ABC):
         return self.readiness()[0]
 
     def count_prompt_tokens(self, prompt: str) -> int | None:
+        return None
+
+    async def start(self) -> None:
         return None
 
     async def aclose(self) -> None:

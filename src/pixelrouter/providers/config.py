@@ -47,6 +47,7 @@ KNOWN_KEYS = (
     "quantization",
     "timeouts",
     "upstream_model",
+    "discovery",
     "max_queue",
     "options",
 )
@@ -90,6 +91,17 @@ class Timeouts:
 
 
 @dataclass(frozen=True)
+class Discovery:
+    """`discovery = "dns"`: the url's host names many workers, one per address
+    (`providers/discovery.py`). `nameserver` ("host:port"): ask that server, not the system's
+    resolver (a Consul agent, a test)."""
+
+    type: Literal["dns"] = "dns"
+    interval_s: float = 5.0
+    nameserver: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True)
 class ProviderConfig:
     """One configured provider. `api_key` is the resolved secret and never shown in `repr`."""
 
@@ -107,6 +119,7 @@ class ProviderConfig:
     options: dict[str, Any] = field(default_factory=dict, hash=False)
     zdr: bool | None = None  # None: true for a local provider, else false
     quantization: str | None = None  # None: `options.quantization`, or the engine's dtype
+    discovery: Discovery | None = None  # `pixelrouter` only: workers found by DNS
 
     @property
     def zero_data_retention(self) -> bool:
@@ -236,7 +249,35 @@ def parse_provider(
         options=_options(table.get("options"), kind, where),
         zdr=_optional_bool(table.get("zdr"), "zdr", where),
         quantization=_quantization(table.get("quantization"), where),
+        discovery=_discovery(table.get("discovery"), kind, where),
     )
+
+
+def _discovery(value: Any, kind: str, where: str) -> Discovery | None:
+    if value is None:
+        return None
+    if kind != "pixelrouter":
+        raise ConfigError(f"{where}: 'discovery' is for type 'pixelrouter' (workers) only.")
+    table = {"type": value} if isinstance(value, str) else value
+    if not isinstance(table, dict) or table.get("type", "dns") != "dns":
+        raise ConfigError(
+            f"{where}: 'discovery' must be \"dns\" or a table such as "
+            '{ type = "dns", interval_s = 5, nameserver = "10.0.0.10:53" }.'
+        )
+    unknown = sorted(set(table) - {"type", "interval_s", "nameserver"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown discovery key(s) {', '.join(unknown)}.")
+    interval = table.get("interval_s", 5.0)
+    if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
+        raise ConfigError(f"{where}: discovery.interval_s must be a positive number of seconds.")
+    server = table.get("nameserver")
+    nameserver = None
+    if server is not None:
+        host, _, port = str(server).rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f'{where}: discovery.nameserver must be "address:port".')
+        nameserver = (host.strip("[]"), int(port))
+    return Discovery(interval_s=float(interval), nameserver=nameserver)
 
 
 def _url(value: Any, kind: str, where: str) -> str | None:

@@ -123,6 +123,8 @@ class PixelrouterProvider(HTTPProvider):
             queue_full=full,
             max_queue=max_queue,
             in_flight=self._in_flight,
+            queued_images=_known_int(upstream.get("queued_images")),
+            running_images=_known_int(upstream.get("running_images")),
             polled_at=self._polled_at,
             error=self._poll_error,
             details=upstream,
@@ -146,3 +148,7 @@ def _as_int(value: Any) -> int:
 
 def _as_float(value: Any) -> float:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+def _known_int(value: Any) -> int | None:
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None

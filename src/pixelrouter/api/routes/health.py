@@ -71,6 +71,10 @@ async def engine_status(request: Request, _: KeyRecord = Depends(current_key)) -
     local = [p for p in px.providers if p.info.kind == "local"]
     if not local:
         raise ServiceUnavailable("This server runs no local engine (started with --no-engine).")
-    status = local[0].status().details
+    status = {**local[0].status().details}
     ready, reason = local[0].readiness()
+    lifecycle = getattr(request.app.state, "lifecycle", None)
+    if lifecycle is not None and lifecycle.draining:
+        # A gateway polling this stops sending work here at once (docs/deploy.md, draining).
+        status["state"], ready, reason = "draining", False, "draining: shutting down"
     return OrjsonResponse({"data": {**status, "ready": ready, "reason": reason}})
