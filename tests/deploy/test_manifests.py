@@ -17,8 +17,7 @@ import typer.main
 
 from pixelrouter.cli import app
 from pixelrouter.config import SERVER_KEYS
-from pixelrouter.errors import ConfigError
-from pixelrouter.providers.config import KNOWN_KEYS, load_providers
+from pixelrouter.providers.config import load_providers
 
 from .kube import (
     CRD_FILES,
@@ -269,10 +268,6 @@ def test_the_gateway_configuration_is_one_pixelrouter_reads(monkeypatch, tmp_pat
     mount = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}["config"]
     assert container["args"][container["args"].index("--config") + 1] == f"{mount}/pixelrouter.toml"
     monkeypatch.setenv("PIXELROUTER_WORKER_KEY", "sk-pr-v1-" + "3" * 64)
-    if "discovery" not in KNOWN_KEYS:
-        # DNS discovery is not in providers/config.py yet: everything else must load now.
-        with pytest.raises(ConfigError, match="discovery"):
-            load_providers(text)
-        text = text.replace('discovery = "dns"\n', "")
     (provider,) = load_providers(text)
     assert provider.api_key == "sk-pr-v1-" + "3" * 64
+    assert provider.discovery is not None and provider.discovery.type == "dns"
