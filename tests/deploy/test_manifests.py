@@ -16,7 +16,7 @@ import pytest
 import typer.main
 
 from pixelrouter.cli import app
-from pixelrouter.config import SERVER_KEYS
+from pixelrouter.config import SERVER_KEYS, Settings
 from pixelrouter.providers.config import load_providers
 
 from .kube import (
@@ -156,9 +156,9 @@ def test_probes_and_a_grace_period_longer_than_the_drain(overlay: str) -> None:
         assert pod["securityContext"]["runAsNonRoot"] is True
 
 
-def test_the_drain_variable_is_the_one_the_server_reads() -> None:
-    cli = (SRC / "cli.py").read_text()
-    assert 'envvar="PIXELROUTER_DRAIN_TIMEOUT_S"' in cli
+def test_the_drain_variable_is_the_one_the_server_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIXELROUTER_DRAIN_TIMEOUT_S", "120")
+    assert Settings.from_env().drain_timeout_s == 120.0
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
