@@ -16,7 +16,6 @@ import signal
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
 import pytest
@@ -173,30 +172,64 @@ def test_workers_come_and_go_by_dns_and_no_request_is_lost(launcher: Launcher, p
     assert charged(gateway) == pytest.approx(expected, abs=1e-9)
 
 
-def test_two_gateways_on_one_postgres_share_the_pool(launcher: Launcher, pool: Pool) -> None:
+def test_a_fleet_of_two_gateways_loses_nothing_while_workers_change(
+    launcher: Launcher, pool: Pool
+) -> None:
+    """Two gateways on one PostgreSQL, the pool found by DNS; mixed traffic on both while one
+    worker drains (SIGTERM) and a new one appears: zero lost requests, every generation
+    settled exactly once, the ledger equal to the prices of the delivered images."""
     live = [a for a, w in pool.workers.items() if w.process.poll() is None]
+    assert len(live) == 2, live  # a and c, after the test above
     pool.dns.zone.set(POOL, live)
+    fresh = "127.0.0.5"
     with fresh_postgres_url() as db_url:
         one = start_gateway(launcher, pool, "gateway-1", db_url)
         two = start_gateway(launcher, pool, "gateway-2", db_url)
         for gateway in (one, two):
-            poll("workers ready", lambda g=gateway: "worker(s) ready" in ready_reason(g))
-        with ThreadPoolExecutor(2) as threads:
-            results: list[Any] = list(threads.map(lambda g: burst(g, 10), (one, two)))
-        for responses in results:
-            assert_all_served(responses)
-        # One database: each gateway's key was charged for its own images, once.
-        assert charged(one) == pytest.approx(10 * PRICE, abs=1e-9)
-        assert charged(two) == pytest.approx(10 * PRICE, abs=1e-9)
+            poll("workers ready", lambda g=gateway: "2 of 2 worker(s) ready" in ready_reason(g))
+        newcomer = launcher.start(
+            "worker-5",
+            f"sqlite:///{launcher.root / 'workers.db'}",
+            host=fresh,
+            port=pool.port,
+            wait=False,
+        )
+        sizes = ("64x64", "128x128", "256x256")
+        with httpx.Client(timeout=TIMEOUT) as client, ThreadPoolExecutor(6) as threads:
+            flying = [
+                threads.submit(g.images, client=client, size=sizes[i % 3])
+                for i in range(30)
+                for g in (one, two)
+            ]
+            poll("traffic under way", lambda: sum(f.done() for f in flying) >= 4, deadline_s=60)
+            pool.workers[live[0]].process.send_signal(signal.SIGTERM)  # drains
+            launcher.wait_ready(newcomer)
+            pool.dns.zone.set(POOL, [live[1], fresh])  # the drained one leaves, a new one joins
+            responses = [f.result() for f in flying]
+        assert_all_served(responses)
+        pool.workers[live[0]].process.wait(timeout=60)
+        for gateway in (one, two):
+            poll("the newcomer is ready", lambda g=gateway: "2 of 2" in ready_reason(g))
+        before = images_made(newcomer)
+        poll(
+            "the newcomer gets work",
+            lambda: assert_all_served(burst(one, 4)) or images_made(newcomer) > before,
+            deadline_s=120,
+        )
         # Every generation settled exactly once, at the pool's price, in the shared ledger.
         with Store(db_url) as store:
-            for response in (r for responses in results for r in responses):
+            for response in responses:
                 generation_id = response.headers["x-generation-id"]
                 settles = [
                     e.amount_micro
                     for e in store.ledger_entries(generation_id=generation_id)
                     if e.kind == "settle"
                 ]
-                assert settles == [int(PRICE * 1_000_000)]
+                assert settles == [int(PRICE * 1_000_000)], generation_id
+        # Each gateway's key: its own images, once (the newcomer's burst went through `one`).
+        made_by_two = sum(
+            1 for r in responses if r.url.host == "127.0.0.1" and two.api in str(r.url)
+        )
+        assert charged(two) == pytest.approx(made_by_two * PRICE, abs=1e-9)
         for gateway in (one, two):
             gateway.server.stop()
