@@ -219,6 +219,10 @@ class ConfigError(ValueError):
     """The configuration is wrong; the message says where and how to fix it."""
 
 
+class NameNotResolved(LookupError):
+    """A DNS name gave no address (workers found by DNS keep their last good set)."""
+
+
 class LastManagementKey(ValueError):
     """The change would leave no enabled, unexpired management key: nobody could manage keys
     any more (short of a restart with PIXELROUTER_ADMIN_KEY)."""

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from pixelrouter.errors import ConfigError
+from pixelrouter.errors import ConfigError, NameNotResolved
 from pixelrouter.providers import build_provider
 from pixelrouter.providers.config import Discovery, load_providers
-from pixelrouter.providers.discovery import DiscoveredWorkers, NameNotResolved, resolve
+from pixelrouter.providers.discovery import DiscoveredWorkers, resolve
 from routing_e2e.dns import DNS
 
 WORKERS = """

@@ -34,7 +34,12 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pixelrouter.errors import PixelrouterError, ProviderUnavailable, provider_caused
+from pixelrouter.errors import (
+    NameNotResolved,
+    PixelrouterError,
+    ProviderUnavailable,
+    provider_caused,
+)
 from pixelrouter.providers.base import ProviderBase, ProviderInfo, ProviderStatus
 from pixelrouter.providers.config import Discovery, ProviderConfig
 from pixelrouter.providers.pixelrouter import PixelrouterProvider
@@ -45,10 +50,6 @@ log = logging.getLogger(__name__)
 # After a refusal or a failed connection, an instance gets no work until a status poll finds
 # it ready again, or this long at most.
 SKIP_S = 30.0
-
-
-class NameNotResolved(Exception):
-    """The discovery name gave no address."""
 
 
 async def resolve(host: str, port: int, nameserver: tuple[str, int] | None) -> list[str]:
