@@ -37,7 +37,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 
 from pixelrouter.keys import LIMIT_RESETS, period_end, period_start
 from pixelrouter.periods import check_aware, check_micro, limit_period_start
@@ -164,6 +164,27 @@ SELECT (SELECT key_hash FROM r) AS key_hash, (SELECT amount_micro FROM r) AS amo
 )
 
 
+# The same close run on its own, outside any transaction (autocommit: the statement is its own
+# transaction, no BEGIN and COMMIT round trips). It may not stop half way, so instead of leaving
+# the counters of a balance row in another period unmoved it fails as a whole: a
+# `period_used_micro` of -1 breaks the column's CHECK, and the caller takes the long way.
+_PG_CLOSE_ALONE = text(
+    _PG_CLOSE.text.replace(
+        "SET period_used_micro = kb.period_used_micro + :delivered,",
+        "SET period_used_micro = CASE WHEN CAST(:delivered AS BIGINT) = 0"
+        " OR kb.period_start IS NOT DISTINCT FROM k.start"
+        " THEN kb.period_used_micro + :delivered ELSE -1 END,",
+    ).replace(
+        "      AND (CAST(:delivered AS BIGINT) = 0"
+        " OR kb.period_start IS NOT DISTINCT FROM k.start)\n",
+        "",
+    )
+)
+_PSYCOPG = postgresql.psycopg.dialect()  # type: ignore[attr-defined]
+_PG_RESERVE_SQL = str(_PG_RESERVE.compile(dialect=_PSYCOPG))
+_PG_CLOSE_ALONE_SQL = str(_PG_CLOSE_ALONE.compile(dialect=_PSYCOPG))
+
+
 def _pg_period_params(now: datetime) -> dict[str, datetime]:
     return {f"p_{reset}": period_start(reset, now) for reset in LIMIT_RESETS}
 
@@ -205,8 +226,11 @@ class LedgerRecords:
             "expires_at": expires_at,
             "finished_at": None,
         }
+        alone = tx is None and self.engine.dialect.name == "postgresql"
+        if alone and _pg_reserve_alone(self.engine, row):
+            return Reservation(**row)
         with write_transaction(self.engine, tx) as conn:
-            if _is_postgresql(conn) and _pg_reserve(conn, row):
+            if tx is not None and _is_postgresql(conn) and _pg_reserve(conn, row):
                 return Reservation(**row)
             key = conn.execute(_KEY_LIMIT, {"key_hash": key_hash}).first()
             if key is None:
@@ -250,8 +274,12 @@ class LedgerRecords:
         """
         check_micro("delivered_micro", delivered_micro)
         now = check_aware("now", now or utcnow())
+        if tx is None and self.engine.dialect.name == "postgresql":
+            done = _pg_close_alone(self.engine, generation_id, delivered_micro, now, "settled")
+            if done is not None:
+                return done
         with write_transaction(self.engine, tx) as conn:
-            if _is_postgresql(conn):
+            if tx is not None and _is_postgresql(conn):
                 return _pg_close(conn, generation_id, delivered_micro, now, "settled")
             closed = conn.execute(
                 _SETTLE_RESERVATION,
@@ -347,8 +375,12 @@ class LedgerRecords:
     ) -> bool:
         """Give back the whole reservation (nothing delivered); False if it was not open."""
         now = check_aware("now", now or utcnow())
+        if tx is None and self.engine.dialect.name == "postgresql":
+            done = _pg_close_alone(self.engine, generation_id, 0, now, "released")
+            if done is not None:
+                return done
         with write_transaction(self.engine, tx) as conn:
-            if _is_postgresql(conn):
+            if tx is not None and _is_postgresql(conn):
                 return _pg_close(conn, generation_id, 0, now, "released")
             closed = conn.execute(
                 update(reservations)
@@ -451,36 +483,108 @@ class LedgerRecords:
             ]
 
 
+def _pg_alone(engine: Engine, sql: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
+    """Run one statement as its own transaction (psycopg autocommit: one round trip, no BEGIN
+    or COMMIT) on a pooled connection; its first row. A dropped connection is invalidated and
+    raised as SQLAlchemy's error, as a statement run through SQLAlchemy would be."""
+    from psycopg import errors as psycopg_errors  # PostgreSQL only: an optional extra
+
+    fairy = engine.raw_connection()
+    try:
+        driver = fairy.driver_connection
+        assert driver is not None
+        driver.autocommit = True
+        try:
+            return driver.execute(sql, params).fetchone()  # type: ignore[no-any-return]
+        finally:
+            if not driver.closed:
+                driver.autocommit = False
+    except (psycopg_errors.OperationalError, psycopg_errors.InterfaceError) as exc:
+        fairy.invalidate(exc)
+        error = (
+            OperationalError if isinstance(exc, psycopg_errors.OperationalError) else InterfaceError
+        )
+        raise error(sql, None, exc, hide_parameters=True, connection_invalidated=True) from exc
+    finally:
+        fairy.close()
+
+
+def _pg_reserve_params(row: dict[str, Any]) -> dict[str, Any]:
+    now = row["created_at"]
+    return {
+        "key_hash": row["key_hash"],
+        "generation_id": row["generation_id"],
+        "amount": row["amount_micro"],
+        "now": now,
+        "expires_at": row["expires_at"],
+        **_pg_period_params(now),
+    }
+
+
+def _pg_reserve_alone(engine: Engine, row: dict[str, Any]) -> bool:
+    """The one-statement reservation as its own transaction; False: nothing was written."""
+    from psycopg import errors as psycopg_errors
+
+    try:
+        moved = _pg_alone(engine, _PG_RESERVE_SQL, _pg_reserve_params(row))
+    except psycopg_errors.UniqueViolation as exc:  # the same id reserved at once
+        raise ValueError(f"generation {row['generation_id']} already has a reservation") from exc
+    return moved is not None and bool(moved[0])
+
+
 def _pg_reserve(conn: Connection, row: dict[str, Any]) -> bool:
     """PostgreSQL's one-statement reservation; False: nothing written, take the long way."""
-    now = row["created_at"]
-    moved = conn.scalar(
-        _PG_RESERVE,
-        {
-            "key_hash": row["key_hash"],
-            "generation_id": row["generation_id"],
-            "amount": row["amount_micro"],
-            "now": now,
-            "expires_at": row["expires_at"],
-            **_pg_period_params(now),
-        },
-    )
-    return bool(moved)
+    return bool(conn.scalar(_PG_RESERVE, _pg_reserve_params(row)))
+
+
+def _pg_close_params(
+    generation_id: str, delivered_micro: int, now: datetime, state: str
+) -> dict[str, Any]:
+    return {
+        "generation_id": generation_id,
+        "delivered": delivered_micro,
+        "state": state,
+        "now": now,
+        **_pg_period_params(now),
+    }
+
+
+def _pg_close_alone(
+    engine: Engine, generation_id: str, delivered_micro: int, now: datetime, state: str
+) -> bool | None:
+    """The one-statement close as its own transaction; None: the balance row is in another
+    period, nothing was written, take the long way."""
+    from psycopg import errors as psycopg_errors
+
+    try:
+        closed = _pg_alone(
+            engine,
+            _PG_CLOSE_ALONE_SQL,
+            _pg_close_params(generation_id, delivered_micro, now, state),
+        )
+    except psycopg_errors.CheckViolation:
+        return None
+    assert closed is not None
+    key_hash, _, _, stored = closed
+    return _closed(generation_id, delivered_micro, key_hash, stored)
+
+
+def _closed(generation_id: str, delivered_micro: int, key_hash: str | None, stored: Any) -> bool:
+    """Whether a close closed the reservation; settling more than it held is a ValueError."""
+    if key_hash is None and stored is not None and delivered_micro > stored:
+        raise ValueError(
+            f"cannot settle {delivered_micro} µ$ for generation {generation_id}: "
+            f"only {stored} µ$ were reserved"
+        )
+    return key_hash is not None
 
 
 def _pg_close(
     conn: Connection, generation_id: str, delivered_micro: int, now: datetime, state: str
 ) -> bool:
-    """PostgreSQL's one-statement settle or release (see `_PG_CLOSE`)."""
+    """PostgreSQL's one-statement settle or release in the caller's transaction (`_PG_CLOSE`)."""
     closed = conn.execute(
-        _PG_CLOSE,
-        {
-            "generation_id": generation_id,
-            "delivered": delivered_micro,
-            "state": state,
-            "now": now,
-            **_pg_period_params(now),
-        },
+        _PG_CLOSE, _pg_close_params(generation_id, delivered_micro, now, state)
     ).one()
     if closed.key_hash is None:
         if closed.stored is not None and delivered_micro > closed.stored:
