@@ -19,9 +19,9 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Execution option that makes a SQLite transaction take the write lock at BEGIN, so a
 # read-then-write transaction cannot fail half way with "database is locked".
 WRITE_OPTION = "pixelrouter_write"
-# PostgreSQL connections one process keeps (and may add under a burst). Measured with
-# bench/billing.py on 2 cores (docs/performance.md): more than ~16 busy connections only queue
-# in the server; a pool smaller than the threads that use it queues them in the process.
+# PostgreSQL connections one process keeps (and may add under a burst): SQLAlchemy's default
+# of 5 + 10 queued the benchmark's 64 threads in the process (pool waits in its p99). 16 + 48
+# lets 64 threads each hold one; behind PgBouncer the server sees only PgBouncer's pool.
 POSTGRES_POOL_SIZE = 16
 POSTGRES_POOL_OVERFLOW = 48
 
