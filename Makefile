@@ -22,7 +22,7 @@ VENDOR_TMP := build/vendor
 NODE_CLIENTS := clients/node
 NODE_STAMP := $(NODE_CLIENTS)/node_modules/.installed
 
-.PHONY: install demo serve test test-fast lint format bench bench-gpu clean vendor browser clients-node
+.PHONY: install demo serve test test-fast lint format bench bench-gpu clean vendor browser clients-node pgbouncer
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,12 +39,12 @@ demo: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/pixelrouter serve --host $(HOST) --port $(PORT)
 
-test: $(STAMP) browser clients-node
+test: $(STAMP) browser clients-node pgbouncer
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider
 
 # Everything that starts no other program: no `pixelrouter serve`, browser, client program or
 # benchmark script (the `processes` marker, tests/conftest.py). PostgreSQL is still used.
-test-fast: $(STAMP)
+test-fast: $(STAMP) pgbouncer
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m "not processes"
 
 $(NODE_STAMP): $(NODE_CLIENTS)/package.json $(NODE_CLIENTS)/package-lock.json
@@ -66,6 +66,18 @@ browser:
 	else \
 		echo "make browser: chromium is missing and apt-get is unavailable (or not root):" \
 			"install Debian's chromium to run tests/web"; \
+	fi
+
+# The race and restart tests also run through Debian's PgBouncer in transaction pooling mode
+# (tests/pgbouncer.py), as does `bench/billing.py --pgbouncer`. Without it they skip loudly.
+pgbouncer:
+	@if command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -q && apt-get install -y -q --no-install-recommends pgbouncer) \
+			|| echo "make pgbouncer: could not install pgbouncer; the PgBouncer tests will skip"; \
+	else \
+		echo "make pgbouncer: pgbouncer is missing and apt-get is unavailable (or not root):" \
+			"install Debian's pgbouncer to run the PgBouncer tests"; \
 	fi
 
 # Reproduces $(WEB_STATIC)/chart.umd.js byte for byte from the npm registry.

@@ -31,6 +31,8 @@ import pytest
 from sqlalchemy.engine import make_url
 
 BACKENDS = ("sqlite", "postgresql")
+# The race tests also run through PgBouncer in transaction pooling mode (tests/pgbouncer.py).
+BACKENDS_AND_PGBOUNCER = (*BACKENDS, "pgbouncer")
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 RUN_PREFIX = "pixelrouter_testrun"
 START_HINT = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
@@ -178,8 +180,33 @@ def database_url(backend: str, tmp_path: Path) -> Iterator[str]:
     elif backend == "postgresql":
         with fresh_postgres_url() as url:
             yield url
+    elif backend == "pgbouncer":
+        with bounced_postgres_url() as url:
+            yield url
     else:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+
+
+@functools.cache
+def _session_pgbouncer() -> object:
+    """One PgBouncer (transaction pooling) in front of the test server for the whole run."""
+    from pgbouncer import pgbouncer
+
+    admin = make_url(postgres_admin_url())
+    running = pgbouncer(upstream_port=admin.port or 5432, upstream_host=admin.host or "127.0.0.1")
+    bouncer = running.__enter__()
+    atexit.register(running.__exit__, None, None, None)
+    return bouncer
+
+
+@contextmanager
+def bounced_postgres_url() -> Iterator[str]:
+    """A fresh database of its own reached through PgBouncer in transaction pooling mode. Not a
+    schema: PgBouncer forwards no `options=-csearch_path=...` (session state)."""
+    require_postgres()
+    bouncer = _session_pgbouncer()
+    with fresh_postgres_database("pixelrouter_bounced") as url:
+        yield bouncer.url_for(url)  # type: ignore[attr-defined]
 
 
 def _libpq_url(url: str) -> str:

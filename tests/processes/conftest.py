@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dbutil import fresh_postgres_url
+from dbutil import bounced_postgres_url, fresh_postgres_url
 
 from .servers import Launcher
 
@@ -36,6 +36,18 @@ def postgres_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL schema (skipped loudly without a server; fails under CI)."""
     with fresh_postgres_url() as url:
         yield url
+
+
+@pytest.fixture(params=["direct", "pgbouncer"])
+def shared_postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh PostgreSQL database, reached directly or through PgBouncer in transaction
+    pooling mode (as a fleet of gateways reaches it)."""
+    if request.param == "direct":
+        with fresh_postgres_url() as url:
+            yield url
+    else:
+        with bounced_postgres_url() as url:
+            yield url
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -24,7 +24,8 @@ REQUESTS = 200
 BODY = {"prompt": "race", "size": "64x64"}
 
 
-async def test_two_gateways_share_one_limit(postgres_url: str, launcher: Launcher) -> None:
+async def test_two_gateways_share_one_limit(shared_postgres_url: str, launcher: Launcher) -> None:
+    postgres_url = shared_postgres_url
     admin_key = generate_key()
     # Started together: they also migrate the empty database at the same time.
     gateways = [

@@ -7,15 +7,25 @@ import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
+from dbutil import BACKENDS_AND_PGBOUNCER, database_url
 from pixelrouter.store import Store
 
 from .ledgerutil import T0, TTL, assert_consistent, reserve, run_together
 
 THREADS = 64
 PRICE = 14_000
+
+
+@pytest.fixture(params=BACKENDS_AND_PGBOUNCER)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """SQLite, PostgreSQL, and PostgreSQL through PgBouncer in transaction pooling mode: a
+    server connection is lent per transaction, so nothing may outlive one."""
+    with database_url(request.param, tmp_path) as url:
+        yield url
 
 
 @contextmanager
@@ -120,3 +130,28 @@ def test_mixed_spending_never_overspends(store: Store) -> None:
     for key in keys:
         balance = assert_consistent(store, key.hash, later)
         assert balance.period_used <= limit and balance.reserved == 0
+
+
+def test_many_pairs_of_many_threads_through_one_pool(store: Store) -> None:
+    """Each statement runs far more than psycopg's 5 times before it would prepare it: through
+    PgBouncer a prepared statement would land on another server connection and fail."""
+    keys = [store.create_key(f"k{j}", limit_micro=10**9, limit_reset="daily")[0] for j in range(4)]
+
+    def work(i: int) -> int:
+        done = 0
+        for n in range(12):
+            gen_id = f"gen-{i}-{n}"
+            key = keys[(i + n) % len(keys)]
+            assert reserve(store, gen_id, key.hash, PRICE) is not None
+            if n % 3 == 2:
+                assert store.release(gen_id, now=T0)
+            else:
+                assert store.settle(gen_id, PRICE // 2, now=T0)
+                done += PRICE // 2
+        return done
+
+    charged = sum(run_together(16, work))
+    assert store.ledger_total() == charged
+    for key in keys:
+        balance = assert_consistent(store, key.hash, T0)
+        assert balance.reserved == 0
