@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pixelrouter.catalog import KLEIN_4B
 from pixelrouter.errors import ConfigError
+from pixelrouter.loras import LoraRegistry, parse_lora_tables
 
 if TYPE_CHECKING:
     from pixelrouter.engine.pipeline import EngineConfig
@@ -36,6 +37,7 @@ SERVER_KEYS = frozenset(
         "allow_private_image_urls",
         "max_body_bytes",
         "request_timeout_s",
+        "max_loaded_loras",
     }
 )
 
@@ -73,6 +75,10 @@ class Settings:
     max_batch_size: int = 4
     # "full" or "small": klein 4B's architecture with random weights (a load-test target)
     random_weights: str | None = None
+    # [[loras]] of pixelrouter.toml: the adapters requests may choose (docs/loras.md)
+    loras: LoraRegistry = field(default_factory=LoraRegistry)
+    # adapters kept loaded in the pipeline at once (least recently used goes first)
+    max_loaded_loras: int = 4
     # limits
     max_body_bytes: int = 64 * 1024 * 1024
     # the whole request body must arrive within this (a client that trickles it gets a 408)
@@ -114,6 +120,7 @@ class Settings:
             device=os.environ.get("PIXELROUTER_DEVICE") or None,
             dtype=os.environ.get("PIXELROUTER_DTYPE") or None,
             max_batch_size=_env_int("PIXELROUTER_MAX_BATCH_SIZE", 4),
+            max_loaded_loras=_env_int("PIXELROUTER_MAX_LOADED_LORAS", 4),
             random_weights=os.environ.get("PIXELROUTER_RANDOM_WEIGHTS", "").strip() or None,
             request_timeout_s=float(os.environ.get("PIXELROUTER_REQUEST_TIMEOUT_S") or 600),
             body_timeout_s=float(os.environ.get("PIXELROUTER_BODY_TIMEOUT_S") or 30),
@@ -137,7 +144,7 @@ class Settings:
     def load(cls, config: Path | None = None, **flags: object) -> Settings:
         """The settings `pixelrouter` runs with: `flags` (None: not given) over the
         `[server]` table of `config` (default: ./pixelrouter.toml when present) over the
-        environment; the file's `[[providers]]` become `providers`."""
+        environment; the file's `[[providers]]` become `providers`, its `[[loras]]` `loras`."""
         values = read_config_file(config)
         values.update({k: v for k, v in flags.items() if v is not None})
         return cls.from_env(**values)
@@ -154,6 +161,8 @@ class Settings:
             device=self.device,
             dtype=self.dtype,
             max_batch_size=self.max_batch_size,
+            loras=self.loras,
+            max_loaded_loras=self.max_loaded_loras,
         )
 
     @property
@@ -169,8 +178,9 @@ class Settings:
 
 def read_config_file(path: Path | None) -> dict[str, Any]:
     """`pixelrouter.toml`: the `[server]` keys, named like the settings (db → database_url),
-    and the `[[providers]]` tables as `providers`. No file named and none in the working
-    directory: nothing. Raises `ConfigError` saying which file and what is wrong."""
+    the `[[providers]]` tables as `providers` and the `[[loras]]` as a `LoraRegistry`. No
+    file named and none in the working directory: nothing. Raises `ConfigError` saying which
+    file and what is wrong."""
     from pixelrouter.providers.config import load_providers
 
     if path is None:
@@ -180,6 +190,7 @@ def read_config_file(path: Path | None) -> dict[str, Any]:
     try:
         data = tomllib.loads(path.read_text())
         providers = load_providers(path)
+        loras = parse_lora_tables(data.get("loras"), path.parent)
     except (OSError, tomllib.TOMLDecodeError, ConfigError) as exc:
         raise ConfigError(f"cannot read config {path}: {exc}") from exc
     server = dict(data.get("server", {}))
@@ -188,6 +199,16 @@ def read_config_file(path: Path | None) -> dict[str, Any]:
     unknown = set(server) - SERVER_KEYS
     if unknown:
         raise ConfigError(f"unknown [server] settings in {path}: {', '.join(unknown)}")
+    max_loaded = server.get("max_loaded_loras")
+    if max_loaded is not None and (
+        isinstance(max_loaded, bool) or not isinstance(max_loaded, int) or max_loaded < 1
+    ):
+        raise ConfigError(
+            f"[server] max_loaded_loras in {path} must be a whole number of at least 1 "
+            f"(adapters kept loaded at once); got {max_loaded!r}."
+        )
     if providers:
         server["providers"] = providers
+    if loras:
+        server["loras"] = LoraRegistry(loras)
     return server

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from pixelrouter.catalog import Price
+
 OutputFormat = Literal["png", "jpeg", "webp"]
 MEDIA_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
@@ -68,6 +70,16 @@ class ProviderPrefs:
 
 
 @dataclass(frozen=True)
+class LoraChoice:
+    """One LoRA adapter a request applies, at a scale; resolved against the registry at the
+    edge (`loras.LoraRegistry.resolve`), so `price` is the adapter's price override, if any."""
+
+    name: str
+    scale: float
+    price: Price | None = None
+
+
+@dataclass(frozen=True)
 class ImageRequest:
     """One generation request, whatever wire shape it came in."""
 
@@ -94,6 +106,8 @@ class ImageRequest:
     # What was changed to make the request (a tier clamped or mapped), recorded on the
     # generation; an explicit WxH is never changed.
     adjustments: tuple[str, ...] = ()
+    # LoRA adapters applied, in the order given (scale 0 already dropped: it is no adapter)
+    loras: tuple[LoraChoice, ...] = ()
 
     @property
     def media_type(self) -> str:

@@ -133,6 +133,20 @@ class _Tracked(_Request):
     metadata: dict[str, str] | None = None
 
 
+class LoraRef(_Open):
+    """One LoRA adapter a request applies (docs/loras.md); checked in `wire.py`."""
+
+    name: Any = Field(default=None, json_schema_extra={"type": "string"})
+    scale: Any = Field(
+        default=None,
+        json_schema_extra={"type": "number", "minimum": -4, "maximum": 4},
+        description="Strength of the adapter; its default_scale when left out; 0 is no adapter.",
+    )
+
+
+_LORAS_DOC = "LoRA adapters to apply, at most 4 (docs/loras.md)."
+
+
 class ImageConfig(_Open):
     aspect_ratio: str | None = None
     image_size: str | None = None
@@ -140,6 +154,7 @@ class ImageConfig(_Open):
     guidance: float | None = _bounds(0, MAX_GUIDANCE)
     seed: int | None = _bounds(0, MAX_SEED)
     batching: bool | None = None
+    loras: list[LoraRef] | None = Field(default=None, description=_LORAS_DOC)
 
 
 class ChatCompletionRequest(_Tracked):
@@ -181,6 +196,7 @@ class ImagesRequest(_Tracked):
     user: str | None = None
     steps: int | None = _bounds(1, MAX_STEPS)
     guidance: float | None = _bounds(0, MAX_GUIDANCE)
+    loras: list[LoraRef] | None = Field(default=None, description=_LORAS_DOC)
 
 
 class OpenAIImagesRequest(_Tracked):
@@ -202,6 +218,7 @@ class OpenAIImagesRequest(_Tracked):
     stream: bool | None = False
     partial_images: int | None = None
     provider: ProviderPreferences | None = None
+    loras: list[LoraRef] | None = Field(default=None, description=_LORAS_DOC)
 
 
 class CreateKeyRequest(_Request):

@@ -20,8 +20,15 @@ from pixelrouter.catalog import (
     usd_to_micro,
 )
 from pixelrouter.errors import InvalidRequest
+from pixelrouter.loras import LoraRegistry
 from pixelrouter.refimages import MAX_REFERENCES, FetchPolicy, decode_reference, load_reference
-from pixelrouter.types import Attribution, ImageRequest, ProviderPrefs, ReferenceImage
+from pixelrouter.types import (
+    Attribution,
+    ImageRequest,
+    LoraChoice,
+    ProviderPrefs,
+    ReferenceImage,
+)
 
 from .schemas import (
     MAX_GUIDANCE,
@@ -30,6 +37,7 @@ from .schemas import (
     MAX_STEPS,
     ChatCompletionRequest,
     ImagesRequest,
+    LoraRef,
     OpenAIImagesRequest,
     PercentileCutoffs,
     ProviderPreferences,
@@ -54,13 +62,26 @@ class Edge:
     attribution: Attribution
     catalog: Catalog
     fetch: FetchPolicy
+    loras: LoraRegistry = dataclasses.field(default_factory=LoraRegistry)
 
 
-def _resolve_models(catalog: Catalog, model: str | None, models: list[str] | None):
+@dataclass(frozen=True)
+class Models:
+    """The model a request asked for, its fallbacks, and the adapter a model variant
+    (`<model id>:<adapter>`) names."""
+
+    entry: ModelEntry
+    fallbacks: tuple[str, ...]
+    variant: str | None = None
+
+
+def _resolve_models(edge: Edge, model: str | None, models: list[str] | None) -> Models:
+    catalog = edge.catalog
     names = [m for m in ([model] if model else []) + list(models or []) if m]
     if not names:
-        return catalog.default, ()
-    primary = catalog.get(names[0])
+        return Models(catalog.default, ())
+    first, variant = edge.loras.split_variant(catalog, names[0])
+    primary = catalog.get(first)
     fallbacks: list[str] = []
     for name in names[1:]:
         try:
@@ -69,7 +90,19 @@ def _resolve_models(catalog: Catalog, model: str | None, models: list[str] | Non
             continue
         if entry.id != primary.id and entry.id not in fallbacks:
             fallbacks.append(entry.id)
-    return primary, tuple(fallbacks)
+    return Models(primary, tuple(fallbacks), variant.name if variant else None)
+
+
+def _loras(
+    edge: Edge, models: Models, refs: list[LoraRef] | None, field: str
+) -> tuple[LoraChoice, ...]:
+    """The request's adapters: a model variant's at its default scale, then those of `field`,
+    resolved against the registry (unknown, another model's, duplicates, bad scales: 400)."""
+    wanted: list[tuple[Any, Any]] = [(models.variant, None)] if models.variant else []
+    wanted += [(ref.name, ref.scale) for ref in refs or []]
+    if not wanted:
+        return ()
+    return edge.loras.resolve(models.entry.id, wanted, field)
 
 
 def _check_n(n: int | None, entry: ModelEntry) -> int:
@@ -331,7 +364,8 @@ def chat_prompt_and_references(body: ChatCompletionRequest) -> tuple[str, list[s
 
 
 async def from_chat(body: ChatCompletionRequest, edge: Edge) -> ImageRequest:
-    entry, fallbacks = _resolve_models(edge.catalog, body.model, body.models)
+    models = _resolve_models(edge, body.model, body.models)
+    entry, fallbacks = models.entry, models.fallbacks
     if body.modalities is not None and "image" not in body.modalities:
         raise InvalidRequest(
             f'{entry.id} only outputs images: set modalities to ["image"] or '
@@ -340,6 +374,7 @@ async def from_chat(body: ChatCompletionRequest, edge: Edge) -> ImageRequest:
     prompt, urls = chat_prompt_and_references(body)
     _check_prompt(prompt, entry)
     cfg = body.image_config
+    loras = _loras(edge, models, cfg.loras if cfg else None, "image_config.loras")
     references = await _load_references(urls, edge, entry)
     size = choose_size(
         aspect_ratio=cfg.aspect_ratio if cfg else None,
@@ -367,6 +402,7 @@ async def from_chat(body: ChatCompletionRequest, edge: Edge) -> ImageRequest:
         batching=cfg.batching if cfg and cfg.batching is not None else True,
         stream=bool(body.stream),
         fallback_models=fallbacks,
+        loras=loras,
         prefs=prefs,
         attribution=_attribution(edge, body),
         ignored_parameters=_with_ignored_provider_fields(ignored, body.provider),
@@ -386,9 +422,11 @@ def _check_background(background: str | None) -> None:
 
 
 async def from_images(body: ImagesRequest, edge: Edge) -> ImageRequest:
-    entry, fallbacks = _resolve_models(edge.catalog, body.model, body.models)
+    models = _resolve_models(edge, body.model, body.models)
+    entry, fallbacks = models.entry, models.fallbacks
     _check_prompt(body.prompt, entry)
     _check_background(body.background)
+    loras = _loras(edge, models, body.loras, "loras")
     urls = [_url_of(ref.image_url) for ref in body.input_references or []]
     references = await _load_references(urls, edge, entry)
     size = choose_size(
@@ -419,6 +457,7 @@ async def from_images(body: ImagesRequest, edge: Edge) -> ImageRequest:
         output_compression=_output_compression(body.output_compression, fmt),
         stream=bool(body.stream),
         fallback_models=fallbacks,
+        loras=loras,
         prefs=prefs,
         attribution=_attribution(edge, body),
         ignored_parameters=_with_ignored_provider_fields(ignored, body.provider),
@@ -430,7 +469,8 @@ async def from_images(body: ImagesRequest, edge: Edge) -> ImageRequest:
 
 
 def _openai_common(body: OpenAIImagesRequest, edge: Edge):
-    entry, _ = _resolve_models(edge.catalog, body.model, None)
+    models = _resolve_models(edge, body.model, None)
+    entry = models.entry
     _check_prompt(body.prompt, entry)
     _check_background(body.background)
     if body.response_format == "url":
@@ -444,7 +484,7 @@ def _openai_common(body: OpenAIImagesRequest, edge: Edge):
     for name in ("moderation", "style", "partial_images"):
         if getattr(body, name) is not None:
             ignored = (*ignored, name)
-    return entry, ignored
+    return entry, ignored, _loras(edge, models, body.loras, "loras")
 
 
 def from_openai(
@@ -452,7 +492,7 @@ def from_openai(
     edge: Edge,
     references: tuple[ReferenceImage, ...] = (),
 ) -> ImageRequest:
-    entry, ignored = _openai_common(body, edge)
+    entry, ignored, loras = _openai_common(body, edge)
     size = choose_size(size=body.size, reference_size=_reference_size(references))
     fmt = normalize_output_format(body.output_format)
     seed, seed_given = _resolve_seed(body.seed)
@@ -472,6 +512,7 @@ def from_openai(
         output_format=fmt,  # type: ignore[arg-type]
         output_compression=_output_compression(body.output_compression, fmt),
         stream=bool(body.stream),
+        loras=loras,
         prefs=prefs,
         attribution=_attribution(edge, body),
         ignored_parameters=_with_ignored_provider_fields(ignored, body.provider),

@@ -54,6 +54,15 @@ class Costs:
                 return provider.info.price
         return self.catalog.get(model).price
 
+    @staticmethod
+    def image_cost(request: ImageRequest, price: Price, width: int, height: int) -> int:
+        """One image at `price`, unless the request's adapters override it: then at the
+        dearest of their prices (docs/loras.md, "Price")."""
+        overrides = [choice.price for choice in request.loras if choice.price is not None]
+        if overrides:
+            return max(image_price(p, width, height) for p in overrides)
+        return image_price(price, width, height)
+
     def max_cost(self, request: ImageRequest) -> int:
         """Every requested image at the resolved size, at the dearest provider the request may
         be served by: of any model it may fall back to, among the providers its preferences
@@ -62,7 +71,7 @@ class Costs:
         per_image = 0
         for model in (request.model, *request.fallback_models):
             for provider in self.router.eligible(request, model):
-                price = image_price(provider.info.price, request.width, request.height)
+                price = self.image_cost(request, provider.info.price, request.width, request.height)
                 per_image = max(per_image, price)
         return request.n * per_image
 
@@ -97,7 +106,7 @@ class Costs:
             )
             result = replace(result, images=tuple(wanted))
         price = self.price_of(result.provider_slug, result.model)
-        cost = sum(image_price(price, im.width, im.height) for im in wanted)
+        cost = sum(self.image_cost(request, price, im.width, im.height) for im in wanted)
         if request.key_hash is not None:
             cost = min(cost, reserved_micro)
         completion = sum(image_tokens(im.width, im.height) for im in wanted)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pixelrouter.catalog import KLEIN_4B
 from pixelrouter.errors import EngineLoadError
+from pixelrouter.loras import LoraRegistry
 
 if TYPE_CHECKING:
     import torch
@@ -118,6 +119,10 @@ class EngineConfig:
     warmup_sizes: tuple[tuple[int, int], ...] | None = field(default_factory=_env_sizes)
     local_files_only: bool = field(default_factory=_hub_offline)
     encode_workers: int = 2  # threads that turn pixels into PNG/JPEG/WebP
+    # the registered LoRA adapters (shared with the edges, which read the checks recorded here)
+    loras: LoraRegistry = field(default_factory=LoraRegistry)
+    # adapters kept loaded in the pipeline at once; the least recently used is unloaded first
+    max_loaded_loras: int = 4
 
     def batch_buckets(self) -> tuple[int, ...]:
         """The batch sizes a static-shape engine runs: powers of two up to max_batch_size."""

@@ -1,5 +1,7 @@
 """From a batch of jobs to encoded images, in the order a diffusers pipeline reads.
 
+0. Adapters: the batch's LoRA set made the pipeline's active one (diffusers' `set_adapters`,
+   loading an adapter that is not loaded), before the call and never during it.
 1. Prompt embeddings: each prompt through the pipeline's own `encode_prompt`, alone, cached by
    prompt text (`PromptCache`).
 2. Denoising: one pipeline call up to the latents with one CPU generator per image (image i of a
@@ -31,10 +33,17 @@ import torch
 from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
 
+from pixelrouter.engine.adapters import Adapters
 from pixelrouter.engine.pipeline import EngineConfig, LoadedPipeline, describe_error
 from pixelrouter.errors import ProviderError, ProviderUnavailable
 from pixelrouter.imagecodec import encode_image
-from pixelrouter.types import GeneratedImage, ImageRequest, ImageResult, ReferenceImage
+from pixelrouter.types import (
+    GeneratedImage,
+    ImageRequest,
+    ImageResult,
+    LoraChoice,
+    ReferenceImage,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +70,8 @@ class BatchSettings(Protocol):
     def guidance(self) -> float: ...
     @property
     def max_sequence_length(self) -> int: ...
+    @property
+    def loras(self) -> tuple[LoraChoice, ...]: ...
 
 
 W = TypeVar("W", bound=Work)
@@ -159,6 +170,7 @@ class Runner(Generic[W]):
         self.cfg = cfg
         self.hooks = hooks
         self.prompt_cache = PromptCache(cfg.prompt_cache_size)
+        self.adapters = Adapters(loaded.pipe, cfg.max_loaded_loras)
         self._count_tokens = _token_counter(loaded.pipe.tokenizer)
         self._token_lock = threading.Lock()
         self._encoder = ThreadPoolExecutor(
@@ -185,10 +197,11 @@ class Runner(Generic[W]):
     # ------------------------------------------------------------------ a batch, top to bottom
 
     def run(self, batch: list[W], settings: BatchSettings) -> None:
-        """Steps 1-2 on this thread, then 3-4 here or (overlap_decode) on the decode thread;
+        """Steps 0-2 on this thread, then 3-4 here or (overlap_decode) on the decode thread;
         every outcome goes to the hooks."""
         started = time.monotonic()
         try:
+            self.adapters.activate(settings.loras)
             denoised = self._denoise(batch, settings)
         except _BatchAborted:
             self.hooks.aborted(batch)
@@ -213,6 +226,8 @@ class Runner(Generic[W]):
             self._decoder.submit(self._finish, batch, denoised, started, ready)
         except RuntimeError:  # the decoder was shut down: a shutdown outwaited this batch
             self.hooks.aborted(batch)
+
+    # 0. The batch's LoRA adapters: `Adapters.activate`, between batches (adapters.py)
 
     # 1. Prompt embeddings
 

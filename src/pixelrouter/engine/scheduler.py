@@ -10,6 +10,7 @@ their callers await. A request for more images than one batch holds runs as seve
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import enum
@@ -24,10 +25,12 @@ from typing import Any
 from pixelrouter.engine.parts import generate_in_parts
 from pixelrouter.engine.pipeline import EngineConfig, LoadedPipeline, describe_error, load_pipeline
 from pixelrouter.engine.runner import SHUT_DOWN_WHILE_RUNNING, Hooks, PromptCache, Runner
-from pixelrouter.errors import EngineLoadError, ProviderUnavailable
+from pixelrouter.errors import EngineLoadError, InvalidRequest, ProviderUnavailable
+from pixelrouter.loras import LoraCheck, LoraSpec
 from pixelrouter.types import (
     ImageRequest,
     ImageResult,
+    LoraChoice,
     ProgressCallback,
     ProgressEvent,
 )
@@ -57,6 +60,8 @@ class BatchKey:
     guidance: float
     max_sequence_length: int
     reference_digests: tuple[str, ...]
+    # the adapters and scales, in the request's order: different sets never share a call
+    loras: tuple[LoraChoice, ...] = ()
 
 
 @dataclass(eq=False)
@@ -85,6 +90,14 @@ class Job:
         return steps if self.request.batching else steps * self.images
 
 
+@dataclass(eq=False)
+class _Task:
+    """Work for the worker thread between batches (registering an adapter)."""
+
+    run: Any  # () -> result
+    future: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
+
+
 class Engine:
     """Runs image requests on the local pipeline; `generate` is awaited on the event loop."""
 
@@ -92,6 +105,7 @@ class Engine:
         self.cfg = cfg or EngineConfig()
         self._cond = threading.Condition()
         self._queue: deque[Job] = deque()
+        self._tasks: deque[_Task] = deque()
         self._running: list[Job] = []
         self._recent: OrderedDict[str, Job] = OrderedDict()
         self._state = "not_started"  # → loading → ready | failed; stopped after shutdown
@@ -136,7 +150,11 @@ class Engine:
             self._stopping = True
             queued = list(self._queue)
             self._queue.clear()
+            tasks = list(self._tasks)
+            self._tasks.clear()
             self._cond.notify_all()
+        for task in tasks:
+            task.future.set_exception(ProviderUnavailable("The local engine shut down."))
         for job in queued:
             self._fail(job, ProviderUnavailable("The local engine shut down before this ran."))
         worker = self._worker
@@ -204,6 +222,7 @@ class Engine:
                 "images_generated": self.images_generated,
                 "batch_sizes": {str(size): n for size, n in sorted(self.batch_sizes.items())},
                 "prompt_cache": cache,
+                "loras": runner.adapters.stats() if runner is not None else None,
                 "demo": self.cfg.demo,
                 "error": self._error,
             }
@@ -241,6 +260,8 @@ class Engine:
                 raise ProviderUnavailable(self._error or "The local engine failed to load.")
             if self._stopping or self._state in ("stopped", "not_started"):
                 raise ProviderUnavailable("The local engine is not running.")
+            if self._state == "ready":
+                self._check_loras(request)
             queued = sum(queued_job.images for queued_job in self._queue)
             limit = self.cfg.max_queue_images
             if queued and queued + request.n > limit:
@@ -265,6 +286,54 @@ class Engine:
         finally:
             job.future = None
             job.request = dataclasses.replace(job.request, references=())
+
+    def _check_loras(self, request: ImageRequest) -> None:
+        """Every adapter of the request was accepted when registered (the edges check names
+        and models; this guards the engine's own door)."""
+        for choice in request.loras:
+            check = self.cfg.loras.check_of(choice.name)
+            if check is None or not check.ok:
+                why = f": {check.reason}" if check is not None else " with this engine"
+                raise InvalidRequest(f"The LoRA adapter {choice.name!r} is not registered{why}.")
+
+    async def register_lora(self, spec: LoraSpec) -> LoraCheck:
+        """Check `spec` on the worker thread between batches (it loads into the pipeline) and,
+        when accepted, add it to the registry; a refusal changes nothing and says why."""
+        task = _Task(lambda: self._register(spec))
+        with self._cond:
+            if self._state != "ready" or self._stopping:
+                raise ProviderUnavailable("The local engine is not ready to register adapters.")
+            self._tasks.append(task)
+            self._cond.notify_all()
+        return await asyncio.wrap_future(task.future)  # type: ignore[no-any-return]
+
+    def _register(self, spec: LoraSpec) -> LoraCheck:
+        runner = self._runner
+        assert runner is not None
+        registry = self.cfg.loras
+        check = runner.adapters.check(spec)
+        if check.ok:
+            if registry.get(spec.name) is None:
+                registry.add(spec)
+            registry.record(spec.name, check)
+        elif registry.get(spec.name) is not None:  # a configured adapter: requests hear why
+            registry.record(spec.name, check)
+        self._log_check(spec, check)
+        return check
+
+    @staticmethod
+    def _log_check(spec: LoraSpec, check: LoraCheck) -> None:
+        if check.ok:
+            logger.info(
+                "LoRA adapter %s: rank %d, %s, %d layers, from %s",
+                spec.name,
+                check.rank,
+                check.dtype,
+                len(check.targets),
+                spec.path,
+            )
+        else:
+            logger.error("LoRA adapter %s refused: %s", spec.name, check.reason)
 
     def _cancel(self, job: Job) -> None:
         with self._cond:
@@ -339,17 +408,31 @@ class Engine:
             logger.exception("warming up the pipeline failed")
             self._fail_load(f"Warming up the pipeline failed ({describe_error(exc, 200)}).")
             return
+        for spec in self.cfg.loras.specs():  # before ready: a request never meets an unchecked one
+            self._register(spec)
+        runner.adapters.activate(())
         with self._cond:
             if self._state == "loading":
                 self._state = "ready"
         self._ready.set()
         logger.info("engine ready: %s on %s (%s)", loaded.display_name, loaded.device, loaded.dtype)
         try:
-            while (batch := self._next_batch()) is not None:
-                runner.run(batch, self._key_for(batch[0]))
+            while (work := self._next_batch()) is not None:
+                if isinstance(work, _Task):
+                    self._run_task(work)
+                else:
+                    runner.run(work, self._key_for(work[0]))
         except Exception as exc:  # a bug in the scheduler itself: stop taking work, loudly
             logger.exception("the engine worker stopped")
             self._fail_load(f"The engine worker stopped ({describe_error(exc, 200)}).")
+
+    @staticmethod
+    def _run_task(task: _Task) -> None:
+        try:
+            task.future.set_result(task.run())
+        except Exception as exc:
+            logger.exception("an engine task failed")
+            task.future.set_exception(exc)
 
     def _fail_load(self, message: str) -> None:
         with self._cond:
@@ -378,6 +461,7 @@ class Engine:
                 guidance=float(guidance),
                 max_sequence_length=loaded.max_sequence_length,
                 reference_digests=tuple(ref.digest for ref in request.references),
+                loras=request.loras,
             )
         return job.key
 
@@ -389,16 +473,19 @@ class Engine:
             if job is first or (job.request.batching and self._key_for(job) == key)
         )
 
-    def _next_batch(self) -> list[Job] | None:
-        """Wait for work, give compatible requests `batch_window_ms` to arrive, take a batch."""
+    def _next_batch(self) -> list[Job] | _Task | None:
+        """Wait for work, give compatible requests `batch_window_ms` to arrive, take a batch;
+        a task (registering an adapter) goes first, between two batches."""
         window = self.cfg.batch_window_ms / 1000.0
         limit = self.cfg.max_batch_size
         with self._cond:
             while True:
-                while not self._queue and not self._stopping:
+                while not self._queue and not self._tasks and not self._stopping:
                     self._cond.wait()
                 if self._stopping:
                     return None
+                if self._tasks:
+                    return self._tasks.popleft()
                 first = self._queue[0]
                 if first.request.batching and window > 0:
                     deadline = time.monotonic() + window

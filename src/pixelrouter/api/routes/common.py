@@ -37,6 +37,7 @@ def edge(request: Request, key: KeyRecord) -> Edge:
         attribution=attribution(request),
         catalog=px.catalog,
         fetch=px.fetch_policy,
+        loras=px.settings.loras,
     )
 
 

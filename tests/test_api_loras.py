@@ -1,0 +1,161 @@
+"""LoRA adapters over the API: chosen per request on /images (and chat, OpenAI Images, model
+variants), every mistake a 400 in the SPEC envelope, the adapter's price charged."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import Api, make_api
+from engine.loras_helpers import make_adapter
+from pixelrouter.catalog import Price
+from pixelrouter.loras import LoraRegistry, LoraSpec
+
+MODEL = "black-forest-labs/flux.2-klein-4b"
+OTHER_MODEL = "another/model"
+
+
+@pytest.fixture(scope="module")
+def lora_provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A demo engine with three adapters: 'ink', 'glass' (its own price) and one registered
+    for another model."""
+    import torch
+
+    torch.set_num_threads(1)
+    from pixelrouter.engine.pipeline import EngineConfig
+    from pixelrouter.providers.local import LocalProvider
+
+    root = tmp_path_factory.mktemp("api-loras")
+    registry = LoraRegistry(
+        [
+            LoraSpec("ink", str(make_adapter(root / "ink", 1)), default_scale=0.9),
+            LoraSpec(
+                "glass",
+                str(make_adapter(root / "glass", 2)),
+                price=Price(first_mp=20_000, extra_mp=2_000),
+                description="stained glass",
+            ),
+            LoraSpec("elsewhere", str(make_adapter(root / "elsewhere", 3)), models=(OTHER_MODEL,)),
+        ]
+    )
+    provider = LocalProvider(config=EngineConfig(demo=True, device="cpu", loras=registry))
+    assert provider.engine.wait_ready(180), provider.readiness()
+    yield provider
+    provider.engine.shutdown()
+
+
+@pytest.fixture
+async def lora_api(tmp_path: Path, lora_provider: Any) -> AsyncIterator[Api]:
+    registry = lora_provider.engine.cfg.loras
+    db = f"sqlite:///{tmp_path / 'px.db'}"
+    async for harness in make_api(tmp_path, db, [lora_provider], loras=registry):
+        yield harness
+
+
+def _body(**fields: Any) -> dict[str, Any]:
+    return {"model": MODEL, "prompt": "a lantern", "size": "128x128", "seed": 5, **fields}
+
+
+def _image(response: Any) -> bytes:
+    assert response.status_code == 200, response.text
+    return base64.b64decode(response.json()["data"][0]["b64_json"])
+
+
+async def test_an_adapter_changes_the_image_and_scale_zero_does_not(lora_api: Api) -> None:
+    base = _image(await lora_api.post("/api/v1/images", json=_body()))
+    inked = _image(
+        await lora_api.post("/api/v1/images", json=_body(loras=[{"name": "ink", "scale": 0.8}]))
+    )
+    zero = _image(
+        await lora_api.post("/api/v1/images", json=_body(loras=[{"name": "ink", "scale": 0}]))
+    )
+    assert inked != base
+    assert zero == base
+
+
+async def test_the_default_scale_and_the_model_variant_agree(lora_api: Api) -> None:
+    explicit = _image(
+        await lora_api.post("/api/v1/images", json=_body(loras=[{"name": "ink", "scale": 0.9}]))
+    )
+    default = _image(await lora_api.post("/api/v1/images", json=_body(loras=[{"name": "ink"}])))
+    variant = _image(await lora_api.post("/api/v1/images", json=_body(model=f"{MODEL}:ink")))
+    assert explicit == default == variant
+
+
+async def test_chat_and_openai_images_take_adapters(lora_api: Api) -> None:
+    inked = _image(
+        await lora_api.post("/api/v1/images", json=_body(loras=[{"name": "ink", "scale": 0.8}]))
+    )
+    openai = await lora_api.post(
+        "/api/v1/images/generations",
+        json={
+            "model": MODEL,
+            "prompt": "a lantern",
+            "size": "128x128",
+            "seed": 5,
+            "loras": [{"name": "ink", "scale": 0.8}],
+        },
+    )
+    assert _image(openai) == inked
+    chat = await lora_api.post(
+        "/api/v1/chat/completions",
+        json={
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "a lantern"}],
+            "seed": 5,
+            "image_config": {"aspect_ratio": "1:1", "image_size": "0.5K", "loras": [{"name": "x"}]},
+        },
+    )
+    assert chat.status_code == 400 and "image_config.loras[0]" in chat.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("loras", "says"),
+    [
+        ([{"name": "nope"}], "unknown LoRA adapter 'nope'. Adapters for " + MODEL + ": ink, glass"),
+        ([{"name": "elsewhere"}], "registered for another/model, not for " + MODEL),
+        ([{"name": "ink"}, {"name": "ink", "scale": 0.5}], "names the adapter 'ink' twice"),
+        ([{"name": "ink", "scale": 4.5}], "scale must be between -4 and 4; got 4.5"),
+        ([{"name": "ink", "scale": "strong"}], "scale must be a number between -4 and 4"),
+        ([{"name": "ink", "scale": True}], "scale must be a number"),
+        ([{"name": "ink"}] * 5, "at most 4 adapters; got 5"),
+        ([{"scale": 1}], "name must be the name of a registered adapter"),
+    ],
+)
+async def test_bad_adapters_are_400s_in_the_envelope(
+    lora_api: Api, loras: list[Any], says: str
+) -> None:
+    response = await lora_api.post("/api/v1/images", json=_body(loras=loras))
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == 400 and error["metadata"]["error_type"] == "invalid_request"
+    assert says in error["message"]
+
+
+async def test_a_variant_of_an_unknown_adapter_is_a_404(lora_api: Api) -> None:
+    response = await lora_api.post("/api/v1/images", json=_body(model=f"{MODEL}:nope"))
+    assert response.status_code == 404
+    assert f"Variants: {MODEL}:ink, {MODEL}:glass" in response.json()["error"]["message"]
+
+
+async def test_the_adapters_price_is_charged(lora_api: Api) -> None:
+    plain = await lora_api.post("/api/v1/images", json=_body())
+    assert plain.json()["usage"]["cost"] == 0.014
+    glass = await lora_api.post(
+        "/api/v1/images", json=_body(loras=[{"name": "glass", "scale": 1}], n=2)
+    )
+    assert glass.status_code == 200, glass.text
+    assert glass.json()["usage"]["cost"] == pytest.approx(0.04)  # 2 images at $0.02
+    # With another adapter that has no price of its own, the override still holds.
+    both = await lora_api.post(
+        "/api/v1/images", json=_body(loras=[{"name": "ink"}, {"name": "glass"}])
+    )
+    assert both.json()["usage"]["cost"] == pytest.approx(0.02)
+    generation = await lora_api.get(
+        f"/api/v1/generation?id={both.headers['x-generation-id']}", key=lora_api.admin_key
+    )
+    assert generation.json()["data"]["total_cost"] == pytest.approx(0.02)
