@@ -232,3 +232,17 @@ def test_options_under_the_models_author_reach_every_provider_and_the_slug_wins(
     # Another author's options do not apply to this model.
     other = request(options=(("openai", (("steps", 9),)),))
     assert router.attempt_request(other, MODEL, a).steps is None
+
+
+def test_a_request_with_adapters_goes_only_where_they_are_held() -> None:
+    """A provider applies LoRA adapters only if it says it holds them (`unsupported_reason`);
+    one that cannot is never planned for such a request, so it never makes (and bills) an
+    image without the adapter."""
+    from pixelrouter.types import LoraChoice
+
+    plain = StandIn("plain")
+    router = make_router([plain])
+    styled = dataclasses.replace(request(), loras=(LoraChoice("ink", 0.8),))
+    assert plain.unsupported_reason(styled) == "it does not hold the LoRA adapter(s) ink"
+    assert router.plan(styled, MODEL) == []
+    assert slugs(router.plan(request(), MODEL)) == ["plain"]

@@ -120,6 +120,9 @@ class ProviderBase(ABC):
         return self.unsupported_reason(request) is None
 
     def unsupported_reason(self, request: ImageRequest) -> str | None:
+        if request.loras:  # a provider applies adapters only if it says it holds them
+            names = ", ".join(choice.name for choice in request.loras)
+            return f"it does not hold the LoRA adapter(s) {names}"
         return None
 
     @abstractmethod

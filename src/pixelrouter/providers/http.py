@@ -150,7 +150,7 @@ class HTTPProvider(ProviderBase):
     def unsupported_reason(self, request: ImageRequest) -> str | None:
         if len(request.references) > self.max_references:
             return f"it takes at most {self.max_references} reference images"
-        return None
+        return super().unsupported_reason(request)
 
     async def generate(
         self,

@@ -54,6 +54,18 @@ class LocalProvider(ProviderBase):
         if start:
             engine.start()
 
+    def unsupported_reason(self, request: ImageRequest) -> str | None:
+        """This engine applies the adapters registered with it and accepted at registration."""
+        registry = self.engine.cfg.loras
+        missing = [
+            choice.name
+            for choice in request.loras
+            if (check := registry.check_of(choice.name)) is None or not check.ok
+        ]
+        if missing:
+            return f"it does not hold the LoRA adapter(s) {', '.join(missing)}"
+        return None
+
     @property
     def info(self) -> ProviderInfo:  # a property: the display name is known once loaded
         return ProviderInfo(
