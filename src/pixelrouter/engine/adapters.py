@@ -29,7 +29,7 @@ WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what diffusers' save_lora_we
 PREFIX = "transformer."  # diffusers' format: every key under the pipeline's transformer
 
 
-class AdapterRefused(Exception):
+class _AdapterRefused(Exception):
     """The adapter cannot be used with this pipeline; the message says why."""
 
 
@@ -67,7 +67,7 @@ class Adapters:
         try:
             state_dict, metadata = self._read(spec)
             check = self._inspect(state_dict)
-        except AdapterRefused as exc:
+        except _AdapterRefused as exc:
             return LoraCheck(ok=False, reason=str(exc))
         self._checked[spec.name] = _Checked(state_dict, metadata)
         try:
@@ -90,24 +90,24 @@ class Adapters:
     def _read(self, spec: LoraSpec) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
         path = spec.path
         if not os.path.exists(path):
-            raise AdapterRefused(f"no file or directory at {path}")
+            raise _AdapterRefused(f"no file or directory at {path}")
         if os.path.isdir(path) and not os.path.isfile(os.path.join(path, WEIGHT_NAME)):
-            raise AdapterRefused(
+            raise _AdapterRefused(
                 f"the directory {path} holds no {WEIGHT_NAME} (diffusers' save_lora_weights "
                 "writes that name); name the .safetensors file itself in 'path'"
             )
         if os.path.isfile(path) and not path.endswith(".safetensors"):
-            raise AdapterRefused(f"{path} is not a .safetensors file")
+            raise _AdapterRefused(f"{path} is not a .safetensors file")
         try:
             state_dict, metadata = self.pipe.lora_state_dict(
                 path, return_lora_metadata=True, local_files_only=True
             )
         except Exception as exc:
-            raise AdapterRefused(
+            raise _AdapterRefused(
                 f"{path} is not a readable LoRA safetensors file ({describe_error(exc, 160)})"
             ) from exc
         if not state_dict:
-            raise AdapterRefused(f"{path} holds no tensors")
+            raise _AdapterRefused(f"{path} holds no tensors")
         return state_dict, metadata
 
     def _inspect(self, state_dict: dict[str, torch.Tensor]) -> LoraCheck:
@@ -117,7 +117,7 @@ class Adapters:
         transformer = self.pipe.transformer
         others = [k for k in state_dict if not k.startswith(PREFIX)]
         if others:
-            raise AdapterRefused(
+            raise _AdapterRefused(
                 f"it holds weights for something other than the transformer ({others[0]}); "
                 "only transformer LoRA adapters in diffusers format are served"
             )
@@ -126,44 +126,44 @@ class Adapters:
             module, _, factor = key[len(PREFIX) :].rpartition(".lora_")
             kind = factor.split(".")[0]
             if not module or kind not in ("A", "B"):
-                raise AdapterRefused(
+                raise _AdapterRefused(
                     f"{key} is not a LoRA factor (lora_A / lora_B); LoKr, DoRA and full "
                     "weights are not served"
                 )
             if not factor.endswith("weight"):
-                raise AdapterRefused(f"{key}: LoRA biases are not served")
+                raise _AdapterRefused(f"{key}: LoRA biases are not served")
             factors.setdefault(module, {})[kind] = tensor
         ranks: set[int] = set()
         dtypes: set[str] = set()
         parameters = 0
         for module, pair in sorted(factors.items()):
             if set(pair) != {"A", "B"}:
-                raise AdapterRefused(f"{module} has lora_{''.join(pair)} without its partner")
+                raise _AdapterRefused(f"{module} has lora_{''.join(pair)} without its partner")
             try:
                 layer = transformer.get_submodule(module)
             except AttributeError:
-                raise AdapterRefused(
+                raise _AdapterRefused(
                     f"it targets {module}, which this transformer does not have: an adapter "
                     "for another model"
                 ) from None
             # A layer that holds adapters already is PEFT's wrapper around the linear one.
             layer = getattr(layer, "base_layer", layer)
             if not isinstance(layer, torch.nn.Linear):
-                raise AdapterRefused(f"it targets {module}, which is not a linear layer here")
+                raise _AdapterRefused(f"it targets {module}, which is not a linear layer here")
             a, b = pair["A"], pair["B"]
             if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
-                raise AdapterRefused(
+                raise _AdapterRefused(
                     f"{module}: lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)} do not "
                     "make a low-rank pair"
                 )
             if a.shape[1] != layer.in_features or b.shape[0] != layer.out_features:
-                raise AdapterRefused(
+                raise _AdapterRefused(
                     f"{module} is {layer.in_features}->{layer.out_features} in this "
                     f"transformer but the adapter's is {a.shape[1]}->{b.shape[0]}: an adapter "
                     "for another model"
                 )
             if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-                raise AdapterRefused(f"{module} holds NaN or infinite weights")
+                raise _AdapterRefused(f"{module} holds NaN or infinite weights")
             ranks.add(int(a.shape[0]))
             dtypes.update(str(t.dtype).removeprefix("torch.") for t in (a, b))
             parameters += a.numel() + b.numel()
@@ -189,7 +189,7 @@ class Adapters:
         names = [choice.name for choice in choices]
         missing = [name for name in names if name not in self._checked]
         if missing:
-            raise AdapterRefused(f"adapter(s) not registered with this engine: {missing}")
+            raise _AdapterRefused(f"adapter(s) not registered with this engine: {missing}")
         for name in names:
             if name in self._loaded:
                 self._loaded.move_to_end(name)
