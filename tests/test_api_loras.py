@@ -159,3 +159,32 @@ async def test_the_adapters_price_is_charged(lora_api: Api) -> None:
         f"/api/v1/generation?id={both.headers['x-generation-id']}", key=lora_api.admin_key
     )
     assert generation.json()["data"]["total_cost"] == pytest.approx(0.02)
+
+
+async def test_each_accepted_adapter_is_listed_as_a_model_variant(lora_api: Api) -> None:
+    models = (await lora_api.get("/api/v1/models")).json()
+    ids = [m["id"] for m in models["data"]]
+    assert ids[ids.index(MODEL) + 1 : ids.index(MODEL) + 3] == [f"{MODEL}:ink", f"{MODEL}:glass"]
+    assert f"{MODEL}:elsewhere" not in ids and models["total_count"] == len(ids)
+    by_id = {m["id"]: m for m in models["data"]}
+    base, ink, glass = by_id[MODEL], by_id[f"{MODEL}:ink"], by_id[f"{MODEL}:glass"]
+    assert glass["description"] == "stained glass"
+    assert "'ink' at scale 0.9" in ink["description"]
+    assert ink["pricing"] == base["pricing"]  # no price of its own: the model's
+    assert glass["pricing"]["image_output"] != base["pricing"]["image_output"]
+    assert glass["links"]["details"] == base["links"]["details"]  # the model's endpoints
+    count = await lora_api.get("/api/v1/models/count")
+    assert count.json()["data"]["count"] == len(ids)
+    assert [m["id"] for m in (await lora_api.get("/api/v1/models?q=glass")).json()["data"]] == [
+        f"{MODEL}:glass"
+    ]
+
+    images = {m["id"]: m for m in (await lora_api.get("/api/v1/images/models")).json()["data"]}
+    assert images[f"{MODEL}:glass"]["pricing"][0]["cost_usd"] == pytest.approx(0.02)
+    assert images[f"{MODEL}:glass"]["pricing"][1]["cost_usd"] == pytest.approx(0.002)
+    assert images[f"{MODEL}:ink"]["pricing"] == images[MODEL]["pricing"]
+    assert images[f"{MODEL}:ink"]["description"] == ink["description"]
+
+    one = await lora_api.get(f"/api/v1/model/{MODEL}:glass")
+    assert one.status_code == 200 and one.json()["data"]["description"] == "stained glass"
+    assert (await lora_api.get(f"/api/v1/model/{MODEL}:elsewhere")).status_code == 404

@@ -7,6 +7,7 @@ outcome in the registry (`LoraCheck`); the edges resolve a request's `loras` wit
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import threading
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pixelrouter.catalog import KLEIN_4B, Catalog, Price, usd_to_micro
+from pixelrouter.catalog import KLEIN_4B, Catalog, ModelEntry, Price, usd_to_micro
 from pixelrouter.errors import ConfigError, InvalidRequest, NotFound
 from pixelrouter.types import LoraChoice
 
@@ -106,6 +107,23 @@ class LoraRegistry:
                 and (self._checks.get(spec.name) is None or self._checks[spec.name].ok)
             ]
 
+    def accepted(self, model: str) -> list[LoraSpec]:
+        """Adapters for `model` the engine checked and accepted: those a request can be served
+        with, so those listed as model variants."""
+        with self._lock:
+            return [
+                spec
+                for spec in self._specs.values()
+                if model in spec.models
+                and (check := self._checks.get(spec.name)) is not None
+                and check.ok
+            ]
+
+    def variants(self, entry: ModelEntry) -> list[ModelEntry]:
+        """The model variants `<model id>:<adapter>` of a catalogue model, one per accepted
+        adapter, for the catalogue's listings."""
+        return [variant_entry(entry, spec) for spec in self.accepted(entry.id)]
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._specs)
@@ -184,6 +202,22 @@ class LoraRegistry:
                 metadata={"reason": "model_not_found"},
             )
         return entry.id, spec
+
+
+def variant_entry(entry: ModelEntry, spec: LoraSpec) -> ModelEntry:
+    """The model variant `<model id>:<adapter>`: the base model with the adapter's description
+    and price (the adapter's override, else the model's)."""
+    return dataclasses.replace(
+        entry,
+        id=f"{entry.id}:{spec.name}",
+        canonical_slug=f"{entry.canonical_slug}:{spec.name}",
+        name=f"{entry.name} + {spec.name}",
+        description=spec.description
+        or f"{entry.name} with the LoRA adapter {spec.name!r} at scale {spec.default_scale:g}.",
+        price=spec.price or entry.price,
+        aliases=(),
+        base_id=entry.id,
+    )
 
 
 def _scale(value: Any, where: str) -> float:
