@@ -159,6 +159,15 @@ async def test_the_adapters_price_is_charged(lora_api: Api) -> None:
         f"/api/v1/generation?id={both.headers['x-generation-id']}", key=lora_api.admin_key
     )
     assert generation.json()["data"]["total_cost"] == pytest.approx(0.02)
+    # The record lists the adapters and their scales, in the request's order.
+    assert generation.json()["data"]["loras"] == [
+        {"name": "ink", "scale": 0.9},
+        {"name": "glass", "scale": 1.0},
+    ]
+    plain_record = await lora_api.get(
+        f"/api/v1/generation?id={plain.headers['x-generation-id']}", key=lora_api.admin_key
+    )
+    assert plain_record.json()["data"]["loras"] == []
 
 
 async def test_each_accepted_adapter_is_listed_as_a_model_variant(lora_api: Api) -> None:
