@@ -197,3 +197,28 @@ async def test_each_accepted_adapter_is_listed_as_a_model_variant(lora_api: Api)
     one = await lora_api.get(f"/api/v1/model/{MODEL}:glass")
     assert one.status_code == 200 and one.json()["data"]["description"] == "stained glass"
     assert (await lora_api.get(f"/api/v1/model/{MODEL}:elsewhere")).status_code == 404
+
+
+async def test_get_loras_lists_every_adapter_with_its_check(lora_api: Api) -> None:
+    response = await lora_api.get("/api/v1/loras")  # an inference key is enough
+    assert response.status_code == 200, response.text
+    by_name = {row["name"]: row for row in response.json()["data"]}
+    assert list(by_name) == ["ink", "glass", "elsewhere"]
+    ink, glass = by_name["ink"], by_name["glass"]
+    assert ink["models"] == [MODEL] and ink["default_scale"] == 0.9 and ink["price"] is None
+    assert ink["status"] == "ready" and ink["rank"] == 4 and ink["dtype"] and ink["reason"] is None
+    assert glass["price"] == {"first_mp": 0.02, "extra_mp": 0.002}
+    assert glass["description"] == "stained glass"
+    assert by_name["elsewhere"]["models"] == [OTHER_MODEL]
+    assert set(ink) == {
+        "name",
+        "models",
+        "default_scale",
+        "price",
+        "description",
+        "rank",
+        "dtype",
+        "status",
+        "reason",
+    }
+    assert (await lora_api.client.get("/api/v1/loras")).status_code == 401

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pixelrouter.catalog import KLEIN_4B, Catalog, ModelEntry, Price, usd_to_micro
+from pixelrouter.catalog import KLEIN_4B, Catalog, ModelEntry, Price, micro_to_usd, usd_to_micro
 from pixelrouter.errors import ConfigError, InvalidRequest, NotFound
 from pixelrouter.types import LoraChoice
 
@@ -124,6 +124,12 @@ class LoraRegistry:
         adapter, for the catalogue's listings."""
         return [variant_entry(entry, spec) for spec in self.accepted(entry.id)]
 
+    def describe(self) -> list[dict[str, Any]]:
+        """Every registered adapter with what checking it found (`GET /api/v1/loras`,
+        `pixelrouter loras list`)."""
+        with self._lock:
+            return [lora_json(spec, self._checks.get(spec.name)) for spec in self._specs.values()]
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._specs)
@@ -202,6 +208,30 @@ class LoraRegistry:
                 metadata={"reason": "model_not_found"},
             )
         return entry.id, spec
+
+
+def lora_json(spec: LoraSpec, check: LoraCheck | None) -> dict[str, Any]:
+    """An adapter as listed: what the operator registered, and `status` ready (checked and
+    accepted: `rank` and `dtype` known), refused (with the `reason`) or unchecked (no engine
+    here has checked it, or it has not yet)."""
+    status = "unchecked" if check is None else ("ready" if check.ok else "refused")
+    ready = check if check is not None and check.ok else None
+    return {
+        "name": spec.name,
+        "models": list(spec.models),
+        "default_scale": spec.default_scale,
+        "price": None
+        if spec.price is None
+        else {
+            "first_mp": micro_to_usd(spec.price.first_mp),
+            "extra_mp": micro_to_usd(spec.price.extra_mp),
+        },
+        "description": spec.description,
+        "rank": ready.rank if ready else None,
+        "dtype": ready.dtype if ready else None,
+        "status": status,
+        "reason": check.reason if check is not None and not check.ok else None,
+    }
 
 
 def variant_entry(entry: ModelEntry, spec: LoraSpec) -> ModelEntry:

@@ -27,6 +27,7 @@ from ..responses import OrjsonResponse
 from ..schemas import (
     ImageModelEndpoints,
     ImageModelsList,
+    LorasList,
     ModelEndpoints,
     ModelResponse,
     ModelsCount,
@@ -166,6 +167,13 @@ async def retrieve_model(author: str, slug: str, request: Request) -> OrjsonResp
     (the SDK sends the id's slash as %2F, which arrives decoded)."""
     entry = _model(app_state(request), f"{author}/{slug}")
     return OrjsonResponse(model_json(entry))
+
+
+@router.get("/loras", summary="List LoRA adapters", responses=ok(LorasList))
+async def list_loras(request: Request) -> OrjsonResponse:
+    """The registered LoRA adapters (docs/loras.md), with what checking each one found: those
+    `ready` may be named in a request's `loras` or as a model variant `<model>:<name>`."""
+    return OrjsonResponse({"data": app_state(request).settings.loras.describe()})
 
 
 @router.get("/providers", summary="List providers", responses=ok(ProvidersList))
