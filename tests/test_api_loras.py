@@ -159,3 +159,66 @@ async def test_the_adapters_price_is_charged(lora_api: Api) -> None:
         f"/api/v1/generation?id={both.headers['x-generation-id']}", key=lora_api.admin_key
     )
     assert generation.json()["data"]["total_cost"] == pytest.approx(0.02)
+    # The record lists the adapters and their scales, in the request's order.
+    assert generation.json()["data"]["loras"] == [
+        {"name": "ink", "scale": 0.9},
+        {"name": "glass", "scale": 1.0},
+    ]
+    plain_record = await lora_api.get(
+        f"/api/v1/generation?id={plain.headers['x-generation-id']}", key=lora_api.admin_key
+    )
+    assert plain_record.json()["data"]["loras"] == []
+
+
+async def test_each_accepted_adapter_is_listed_as_a_model_variant(lora_api: Api) -> None:
+    models = (await lora_api.get("/api/v1/models")).json()
+    ids = [m["id"] for m in models["data"]]
+    assert ids[ids.index(MODEL) + 1 : ids.index(MODEL) + 3] == [f"{MODEL}:ink", f"{MODEL}:glass"]
+    assert f"{MODEL}:elsewhere" not in ids and models["total_count"] == len(ids)
+    by_id = {m["id"]: m for m in models["data"]}
+    base, ink, glass = by_id[MODEL], by_id[f"{MODEL}:ink"], by_id[f"{MODEL}:glass"]
+    assert glass["description"] == "stained glass"
+    assert "'ink' at scale 0.9" in ink["description"]
+    assert ink["pricing"] == base["pricing"]  # no price of its own: the model's
+    assert glass["pricing"]["image_output"] != base["pricing"]["image_output"]
+    assert glass["links"]["details"] == base["links"]["details"]  # the model's endpoints
+    count = await lora_api.get("/api/v1/models/count")
+    assert count.json()["data"]["count"] == len(ids)
+    assert [m["id"] for m in (await lora_api.get("/api/v1/models?q=glass")).json()["data"]] == [
+        f"{MODEL}:glass"
+    ]
+
+    images = {m["id"]: m for m in (await lora_api.get("/api/v1/images/models")).json()["data"]}
+    assert images[f"{MODEL}:glass"]["pricing"][0]["cost_usd"] == pytest.approx(0.02)
+    assert images[f"{MODEL}:glass"]["pricing"][1]["cost_usd"] == pytest.approx(0.002)
+    assert images[f"{MODEL}:ink"]["pricing"] == images[MODEL]["pricing"]
+    assert images[f"{MODEL}:ink"]["description"] == ink["description"]
+
+    one = await lora_api.get(f"/api/v1/model/{MODEL}:glass")
+    assert one.status_code == 200 and one.json()["data"]["description"] == "stained glass"
+    assert (await lora_api.get(f"/api/v1/model/{MODEL}:elsewhere")).status_code == 404
+
+
+async def test_get_loras_lists_every_adapter_with_its_check(lora_api: Api) -> None:
+    response = await lora_api.get("/api/v1/loras")  # an inference key is enough
+    assert response.status_code == 200, response.text
+    by_name = {row["name"]: row for row in response.json()["data"]}
+    assert list(by_name) == ["ink", "glass", "elsewhere"]
+    ink, glass = by_name["ink"], by_name["glass"]
+    assert ink["models"] == [MODEL] and ink["default_scale"] == 0.9 and ink["price"] is None
+    assert ink["status"] == "ready" and ink["rank"] == 4 and ink["dtype"] and ink["reason"] is None
+    assert glass["price"] == {"first_mp": 0.02, "extra_mp": 0.002}
+    assert glass["description"] == "stained glass"
+    assert by_name["elsewhere"]["models"] == [OTHER_MODEL]
+    assert set(ink) == {
+        "name",
+        "models",
+        "default_scale",
+        "price",
+        "description",
+        "rank",
+        "dtype",
+        "status",
+        "reason",
+    }
+    assert (await lora_api.client.get("/api/v1/loras")).status_code == 401

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from pixelrouter.cli import app
@@ -71,3 +72,51 @@ def test_config_file_values_and_unknown_settings(tmp_path: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(app, ["keys", "list", "--config", str(config)])
     assert result.exit_code != 0
+
+
+def test_loras_list_shows_the_adapters_of_the_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "pixelrouter.toml"
+    config.write_text(
+        '[[loras]]\nname = "ink-wash"\npath = "adapters/ink"\ndefault_scale = 0.8\n'
+        'price = { first_mp = 0.02, extra_mp = 0.002 }\ndescription = "Ink wash painting"\n'
+        '[[loras]]\nname = "plain"\npath = "adapters/plain.safetensors"\n'
+    )
+    listed = CliRunner().invoke(app, ["loras", "list", "--config", str(config)])
+    assert listed.exit_code == 0, listed.output
+    lines = listed.stdout.splitlines()
+    ink = next(line for line in lines if "ink-wash" in line)
+    for shown in ("0.8", "$0.02 + $0.002/extra MP", "unchecked", "Ink wash painting"):
+        assert shown in ink
+    assert any("plain" in line and "unchecked" in line for line in lines)
+    none = tmp_path / "empty.toml"
+    none.write_text("[server]\n")
+    empty = CliRunner().invoke(app, ["loras", "list", "--config", str(none)])
+    assert empty.exit_code == 0 and "no LoRA adapters registered" in empty.output
+
+
+def test_loras_list_asks_a_running_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    import httpx
+
+    row = {
+        "name": "bad",
+        "models": ["black-forest-labs/flux.2-klein-4b"],
+        "default_scale": 1.0,
+        "price": None,
+        "description": "",
+        "rank": None,
+        "dtype": None,
+        "status": "refused",
+        "reason": "corrupt file",
+    }
+
+    def get(url: str, headers: dict[str, str], timeout: float) -> httpx.Response:
+        assert url == "http://gw:8000/api/v1/loras"
+        assert headers == {"Authorization": "Bearer sk-test"}
+        return httpx.Response(200, json={"data": [row]}, request=httpx.Request("GET", url))
+
+    monkeypatch.setattr(httpx, "get", get)
+    listed = CliRunner().invoke(
+        app, ["loras", "list", "--server", "http://gw:8000", "--api-key", "sk-test"]
+    )
+    assert listed.exit_code == 0, listed.output
+    assert "refused: corrupt file" in listed.stdout

@@ -10,6 +10,7 @@ import pytest
 from pixelrouter.catalog import Price
 from pixelrouter.config import Settings
 from pixelrouter.errors import ConfigError
+from pixelrouter.loras import LoraRegistry, LoraSpec
 
 GOOD = """
 [server]
@@ -80,3 +81,25 @@ def test_a_name_twice_and_a_bad_loaded_count_are_refused(tmp_path: Path) -> None
         _load(tmp_path, twice)
     with pytest.raises(ConfigError, match="max_loaded_loras .* at least 1"):
         _load(tmp_path, "[server]\nmax_loaded_loras = 0\n")
+
+
+def test_only_adapters_accepted_at_registration_become_model_variants() -> None:
+    from pixelrouter.catalog import KLEIN_4B
+    from pixelrouter.loras import LoraCheck
+
+    registry = LoraRegistry(
+        [
+            LoraSpec("ok", "a", description="fine"),
+            LoraSpec("bad", "b"),
+            LoraSpec("unchecked", "c"),
+            LoraSpec("priced", "d", price=Price(first_mp=1, extra_mp=2)),
+        ]
+    )
+    registry.record("ok", LoraCheck(ok=True))
+    registry.record("bad", LoraCheck(ok=False, reason="corrupt"))
+    registry.record("priced", LoraCheck(ok=True))
+    variants = registry.variants(KLEIN_4B)
+    assert [v.id for v in variants] == [f"{KLEIN_4B.id}:ok", f"{KLEIN_4B.id}:priced"]
+    assert variants[0].description == "fine" and variants[0].price == KLEIN_4B.price
+    assert variants[1].price == Price(first_mp=1, extra_mp=2)
+    assert all(v.base_id == KLEIN_4B.id and not v.aliases for v in variants)

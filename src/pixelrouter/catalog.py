@@ -102,6 +102,9 @@ class ModelEntry:
         "output_compression",
         "input_references",
     )
+    # A model variant (`<base id>:<adapter>`, docs/loras.md): the base model's id; None for a
+    # catalogue model.
+    base_id: str | None = None
 
     @property
     def modality(self) -> str:

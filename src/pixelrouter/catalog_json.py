@@ -73,8 +73,9 @@ def architecture(entry: ModelEntry) -> dict[str, Any]:
 
 
 def endpoints_url(entry: ModelEntry, images_api: bool = False) -> str:
+    """A variant's endpoints are its base model's (the providers that serve the model)."""
     prefix = "/api/v1/images/models" if images_api else "/api/v1/models"
-    return f"{prefix}/{entry.id}/endpoints"
+    return f"{prefix}/{entry.base_id or entry.id}/endpoints"
 
 
 def model_json(entry: ModelEntry) -> dict[str, Any]:

@@ -7,6 +7,7 @@ outcome in the registry (`LoraCheck`); the edges resolve a request's `loras` wit
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import threading
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pixelrouter.catalog import KLEIN_4B, Catalog, Price, usd_to_micro
+from pixelrouter.catalog import KLEIN_4B, Catalog, ModelEntry, Price, micro_to_usd, usd_to_micro
 from pixelrouter.errors import ConfigError, InvalidRequest, NotFound
 from pixelrouter.types import LoraChoice
 
@@ -106,6 +107,29 @@ class LoraRegistry:
                 and (self._checks.get(spec.name) is None or self._checks[spec.name].ok)
             ]
 
+    def accepted(self, model: str) -> list[LoraSpec]:
+        """Adapters for `model` the engine checked and accepted: those a request can be served
+        with, so those listed as model variants."""
+        with self._lock:
+            return [
+                spec
+                for spec in self._specs.values()
+                if model in spec.models
+                and (check := self._checks.get(spec.name)) is not None
+                and check.ok
+            ]
+
+    def variants(self, entry: ModelEntry) -> list[ModelEntry]:
+        """The model variants `<model id>:<adapter>` of a catalogue model, one per accepted
+        adapter, for the catalogue's listings."""
+        return [variant_entry(entry, spec) for spec in self.accepted(entry.id)]
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Every registered adapter with what checking it found (`GET /api/v1/loras`,
+        `pixelrouter loras list`)."""
+        with self._lock:
+            return [lora_json(spec, self._checks.get(spec.name)) for spec in self._specs.values()]
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._specs)
@@ -184,6 +208,46 @@ class LoraRegistry:
                 metadata={"reason": "model_not_found"},
             )
         return entry.id, spec
+
+
+def lora_json(spec: LoraSpec, check: LoraCheck | None) -> dict[str, Any]:
+    """An adapter as listed: what the operator registered, and `status` ready (checked and
+    accepted: `rank` and `dtype` known), refused (with the `reason`) or unchecked (no engine
+    here has checked it, or it has not yet)."""
+    status = "unchecked" if check is None else ("ready" if check.ok else "refused")
+    ready = check if check is not None and check.ok else None
+    return {
+        "name": spec.name,
+        "models": list(spec.models),
+        "default_scale": spec.default_scale,
+        "price": None
+        if spec.price is None
+        else {
+            "first_mp": micro_to_usd(spec.price.first_mp),
+            "extra_mp": micro_to_usd(spec.price.extra_mp),
+        },
+        "description": spec.description,
+        "rank": ready.rank if ready else None,
+        "dtype": ready.dtype if ready else None,
+        "status": status,
+        "reason": check.reason if check is not None and not check.ok else None,
+    }
+
+
+def variant_entry(entry: ModelEntry, spec: LoraSpec) -> ModelEntry:
+    """The model variant `<model id>:<adapter>`: the base model with the adapter's description
+    and price (the adapter's override, else the model's)."""
+    return dataclasses.replace(
+        entry,
+        id=f"{entry.id}:{spec.name}",
+        canonical_slug=f"{entry.canonical_slug}:{spec.name}",
+        name=f"{entry.name} + {spec.name}",
+        description=spec.description
+        or f"{entry.name} with the LoRA adapter {spec.name!r} at scale {spec.default_scale:g}.",
+        price=spec.price or entry.price,
+        aliases=(),
+        base_id=entry.id,
+    )
 
 
 def _scale(value: Any, where: str) -> float:

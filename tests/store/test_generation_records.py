@@ -235,3 +235,21 @@ def test_nul_means_the_same_on_both_backends(store: Store) -> None:
     # Looking an id up with a NUL in it is a miss, not an error.
     assert store.get_generation("gen\x00nul") is None
     assert store.find_key("abc\x00") is None
+
+
+def test_the_adapters_and_scales_are_recorded_in_order(store: Store) -> None:
+    from sqlalchemy import select
+
+    from pixelrouter.store.tables import generations
+
+    loras = ({"name": "ink", "scale": 0.8}, {"name": "glass", "scale": -1.25})
+    started = store.start_generation(_new("gen-lora", loras=loras))
+    store.start_generation(_new("gen-base"))
+    store.finish_generation("gen-lora", state="succeeded", total_cost_micro=20_000)
+    got = store.get_generation("gen-lora")
+    assert got is not None and got.loras == started.loras == loras
+    base = store.get_generation("gen-base")
+    assert base is not None and base.loras == ()
+    with store.engine.connect() as conn:  # no adapters: SQL NULL, not JSON null, on both
+        rows = conn.execute(select(generations.c.id).where(generations.c.loras.is_(None))).scalars()
+        assert list(rows) == ["gen-base"]

@@ -350,6 +350,27 @@ class ModelsList(_Shape):
     total_count: int
 
 
+class LoraPrice(_Shape):
+    first_mp: float = Field(description="USD for an image's first megapixel")
+    extra_mp: float = Field(description="USD for each further megapixel")
+
+
+class Lora(_Shape):
+    name: str
+    models: list[str]
+    default_scale: float
+    price: LoraPrice | None = Field(description="null: the serving provider's price")
+    description: str
+    rank: int | None = Field(description="null unless status is ready")
+    dtype: str | None = Field(description="null unless status is ready")
+    status: str = Field(description="ready, refused or unchecked")
+    reason: str | None = Field(description="why it was refused; null otherwise")
+
+
+class LorasList(_Shape):
+    data: list[Lora]
+
+
 class ModelsCountData(_Shape):
     count: int
 

@@ -444,4 +444,5 @@ def _new_record(request: ImageRequest, api: GenerationApi, streamed: bool) -> Ne
         trace=request.attribution.trace,
         metadata=request.attribution.metadata,
         adjustments=request.adjustments,
+        loras=tuple({"name": c.name, "scale": c.scale} for c in request.loras),
     )

@@ -70,6 +70,8 @@ class GenerationRecords:
             "adjustments": list(rec.adjustments) or None,
         }
         row.update((name, value) for name, value in optional.items() if value is not None)
+        if rec.loras:  # migration 0005; NULL without adapters
+            row["loras"] = [dict(item) for item in rec.loras]
         try:
             with write_transaction(self.engine, tx) as conn:
                 conn.execute(insert(generations), row)
@@ -247,4 +249,5 @@ def _generation_record(m: Mapping[Any, Any]) -> GenerationRecord:
         metadata=m.get("request_metadata"),
         adjustments=tuple(m.get("adjustments") or ()),
         undelivered_images=int(m.get("undelivered_images") or 0),
+        loras=tuple(m.get("loras") or ()),
     )

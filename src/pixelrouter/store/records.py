@@ -88,6 +88,8 @@ class NewGeneration:
     trace: Mapping[str, Any] | None = None
     metadata: Mapping[str, str] | None = None
     adjustments: tuple[str, ...] = ()
+    # The LoRA adapters applied, in the request's order: `{"name": str, "scale": float}`.
+    loras: tuple[Mapping[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,7 @@ class GenerationRecord:
     metadata: Mapping[str, str] | None = None
     adjustments: tuple[str, ...] = ()
     undelivered_images: int = 0
+    loras: tuple[Mapping[str, Any], ...] = ()  # `{"name", "scale"}`, in the request's order
 
     @property
     def finished(self) -> bool:

@@ -189,6 +189,9 @@ generations = Table(
     # Images made but never handed whole to the client (it left): the operator's cost, not
     # charged (migration 0004).
     Column("undelivered_images", Integer, nullable=False, server_default=text("0")),
+    # The LoRA adapters applied, `[{"name", "scale"}]` in the request's order; NULL: none
+    # (migration 0005).
+    Column("loras", SafeJSON(none_as_null=True), nullable=True),
     CheckConstraint("state IN ('pending', 'succeeded', 'failed', 'cancelled')", name="state"),
     CheckConstraint("api IN ('chat', 'images', 'openai_images')", name="api"),
     CheckConstraint("total_cost_micro >= 0", name="total_cost_micro"),

@@ -27,6 +27,7 @@ from ..responses import OrjsonResponse
 from ..schemas import (
     ImageModelEndpoints,
     ImageModelsList,
+    LorasList,
     ModelEndpoints,
     ModelResponse,
     ModelsCount,
@@ -53,12 +54,28 @@ async def endpoint_stats(px: AppState, entry: ModelEntry) -> dict[str, ProviderS
         return {}
 
 
+def with_variants(px: AppState, models: list[ModelEntry]) -> list[ModelEntry]:
+    """Each catalogue model followed by its variants, one per accepted LoRA adapter."""
+    return [m for entry in models for m in (entry, *px.settings.loras.variants(entry))]
+
+
+def _model(px: AppState, model_id: str) -> ModelEntry:
+    """A catalogue model, or one of its listed variants (`<model id>:<adapter>`)."""
+    base, sep, name = model_id.rpartition(":")
+    if sep and "/" in base:
+        entry = px.catalog.get(base)
+        for variant in px.settings.loras.variants(entry):
+            if variant.id.lower() == f"{entry.id}:{name}".lower():
+                return variant
+    return px.catalog.get(model_id)
+
+
 async def _query_models(px: AppState, query: ModelQuery) -> list[ModelEntry]:
     now = utcnow()
     entries = [
         entry
-        for entry in px.catalog.models
-        if matches(entry, query, [p.info for p in px.router.serves(entry.id)], now)
+        for entry in with_variants(px, list(px.catalog.models))
+        if matches(entry, query, [p.info for p in px.router.serves(entry.base_id or entry.id)], now)
     ]
     figures: dict[str, ModelFigures] = {}
     if (query.sort or "").strip().lower() in NEEDS_FIGURES and entries:
@@ -136,7 +153,7 @@ async def count_models(
 @router.get("/model/{author}/{slug}", summary="Get a model", responses=ok(ModelResponse))
 async def get_model(author: str, slug: str, request: Request) -> OrjsonResponse:
     """One model by id, its Hugging Face id or its canonical slug (aliases resolve to it)."""
-    entry = app_state(request).catalog.get(f"{author}/{slug}")
+    entry = _model(app_state(request), f"{author}/{slug}")
     return OrjsonResponse({"data": model_json(entry)})
 
 
@@ -148,8 +165,15 @@ async def get_model(author: str, slug: str, request: Request) -> OrjsonResponse:
 async def retrieve_model(author: str, slug: str, request: Request) -> OrjsonResponse:
     """The OpenAI SDK's `models.retrieve(id)`: the model object itself, not wrapped in `data`
     (the SDK sends the id's slash as %2F, which arrives decoded)."""
-    entry = app_state(request).catalog.get(f"{author}/{slug}")
+    entry = _model(app_state(request), f"{author}/{slug}")
     return OrjsonResponse(model_json(entry))
+
+
+@router.get("/loras", summary="List LoRA adapters", responses=ok(LorasList))
+async def list_loras(request: Request) -> OrjsonResponse:
+    """The registered LoRA adapters (docs/loras.md), with what checking each one found: those
+    `ready` may be named in a request's `loras` or as a model variant `<model>:<name>`."""
+    return OrjsonResponse({"data": app_state(request).settings.loras.describe()})
 
 
 @router.get("/providers", summary="List providers", responses=ok(ProvidersList))
@@ -182,7 +206,7 @@ async def list_endpoints(author: str, slug: str, request: Request) -> OrjsonResp
 )
 async def list_image_models(request: Request) -> OrjsonResponse:
     px = app_state(request)
-    models = [m for m in px.catalog.models if "image" in m.output_modalities]
+    models = with_variants(px, [m for m in px.catalog.models if "image" in m.output_modalities])
     return OrjsonResponse({"data": [image_model_json(m) for m in models]})
 
 

@@ -74,6 +74,7 @@ def generation_json(record: GenerationRecord) -> dict[str, Any]:
         "seed": record.seed,
         "ignored_parameters": list(record.ignored_parameters),
         "adjustments": list(record.adjustments),
+        "loras": [{"name": r.get("name"), "scale": r.get("scale")} for r in record.loras],
         "session_id": record.session_id,
         "trace": record.trace,
         "metadata": record.metadata,
