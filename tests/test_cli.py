@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from pixelrouter.cli import app
@@ -92,31 +91,3 @@ def test_loras_list_shows_the_adapters_of_the_config_file(tmp_path: Path) -> Non
     none.write_text("[server]\n")
     empty = CliRunner().invoke(app, ["loras", "list", "--config", str(none)])
     assert empty.exit_code == 0 and "no LoRA adapters registered" in empty.output
-
-
-def test_loras_list_asks_a_running_server(monkeypatch: pytest.MonkeyPatch) -> None:
-    import httpx
-
-    row = {
-        "name": "bad",
-        "models": ["black-forest-labs/flux.2-klein-4b"],
-        "default_scale": 1.0,
-        "price": None,
-        "description": "",
-        "rank": None,
-        "dtype": None,
-        "status": "refused",
-        "reason": "corrupt file",
-    }
-
-    def get(url: str, headers: dict[str, str], timeout: float) -> httpx.Response:
-        assert url == "http://gw:8000/api/v1/loras"
-        assert headers == {"Authorization": "Bearer sk-test"}
-        return httpx.Response(200, json={"data": [row]}, request=httpx.Request("GET", url))
-
-    monkeypatch.setattr(httpx, "get", get)
-    listed = CliRunner().invoke(
-        app, ["loras", "list", "--server", "http://gw:8000", "--api-key", "sk-test"]
-    )
-    assert listed.exit_code == 0, listed.output
-    assert "refused: corrupt file" in listed.stdout

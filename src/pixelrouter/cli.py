@@ -533,7 +533,8 @@ def loras_list(
             row.get("description") or "",
         )
     if not rows:
-        console.print("no LoRA adapters registered ([[loras]] in pixelrouter.toml)")
+        print("no LoRA adapters registered ([[loras]] in pixelrouter.toml)")
+        return
     Console(width=200).print(table)
 
 

@@ -83,3 +83,18 @@ def test_generate_reports_a_server_error(server: Server, tmp_path: Path) -> None
     assert result.returncode == 1
     assert "992x992" in result.stderr
     assert not (tmp_path / "never.png").exists()
+
+
+def test_loras_list_asks_the_running_server(server: Server, tmp_path: Path) -> None:
+    """`pixelrouter loras list --server` reads GET /api/v1/loras of a real server (the demo
+    registers none)."""
+    listed = subprocess.run(
+        [*server.cli, "loras", "list", "--server", server.url, "--api-key", server.key],
+        cwd=tmp_path,
+        env=cli_env(tmp_path / "data"),
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
+    )
+    _check(listed)
+    assert "no LoRA adapters registered" in listed.stdout
