@@ -128,6 +128,12 @@ class DiscoveredWorkers(ProviderBase):
         return self._template.info
 
     def unsupported_reason(self, request: ImageRequest) -> str | None:
+        """What every worker can express; a request with LoRA adapters needs a worker that
+        holds them all (each instance's `GET /loras`)."""
+        if request.loras and any(
+            instance.unsupported_reason(request) is None for instance in self.instances.values()
+        ):
+            return None
         return self._template.unsupported_reason(request)
 
     async def generate(
@@ -142,6 +148,8 @@ class DiscoveredWorkers(ProviderBase):
             instance = self.instances.get(address)
             if instance is None:
                 continue
+            if request.loras and instance.unsupported_reason(request) is not None:
+                continue  # it does not hold the adapters: it would refuse the request
             tried.append(address)
             try:
                 return await instance.generate(request, on_progress)
@@ -160,6 +168,12 @@ class DiscoveredWorkers(ProviderBase):
                 last = exc
         if last is not None:
             raise last
+        if request.loras and self.instances:
+            names = ", ".join(choice.name for choice in request.loras)
+            raise ProviderUnavailable(
+                f"{self.info.display_name} has no worker that holds the LoRA adapter(s) {names}",
+                metadata={"provider": self.info.display_name},
+            )
         raise ProviderUnavailable(
             f"{self.info.display_name} has no worker: {self._unresolved_reason()}",
             metadata={"provider": self.info.display_name},

@@ -1,16 +1,18 @@
 """The `pixelrouter` provider: another pixelrouter instance (a GPU worker), spoken to through
 its OpenRouter Image API (`POST {url}/images`), with its queue read from
-`GET {url}/engine/status`.
+`GET {url}/engine/status` and the LoRA adapters it holds from `GET {url}/loras`.
 
 The request is forwarded whole (size, n, seed, references, steps, guidance, output format), so
 the worker's images are the ones this process would have made; the client's `provider`
 preferences are not forwarded (routing happened here), except `batching: false`, sent as the
-worker's `provider.options.local` so exact-bytes requests stay exact.
+worker's `provider.options.local` so exact-bytes requests stay exact. A request's LoRA adapters
+are sent as `loras: [{name, scale}]`, and only to a worker that lists them `ready`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from typing import Any, ClassVar
 
@@ -38,11 +40,33 @@ class PixelrouterProvider(HTTPProvider):
         self._upstream: dict[str, Any] = {}
         self._polled_at: float | None = None
         self._poll_error: str | None = None
+        # The adapters the worker reported `ready` (name -> its models), from the last good
+        # answer of `GET {url}/loras`; None until one came.
+        self._loras: dict[str, frozenset[str]] | None = None
+        self._loras_error: str | None = None
 
     @property
     def service_url(self) -> str:
         """The worker's root (where `/ready` lives): `url` without its `/api/v1`."""
         return self.url.removesuffix(API_SUFFIX)
+
+    def unsupported_reason(self, request: ImageRequest) -> str | None:
+        """The worker applies the adapters its `GET /loras` listed `ready` for the model."""
+        if not request.loras:
+            return super().unsupported_reason(request)
+        model = self.upstream_model(request)
+        held = self._loras or {}
+        if all(
+            choice.name in held and (not held[choice.name] or model in held[choice.name])
+            for choice in request.loras
+        ):
+            return super().unsupported_reason(dataclasses.replace(request, loras=()))
+        return super().unsupported_reason(request)
+
+    @property
+    def loras(self) -> dict[str, frozenset[str]]:
+        """The adapters the worker last reported `ready`, each with its models."""
+        return dict(self._loras or {})
 
     async def _deliver(self, request: ImageRequest) -> Delivered:
         body: dict[str, Any] = {
@@ -64,6 +88,8 @@ class PixelrouterProvider(HTTPProvider):
                 {"type": "image_url", "image_url": {"url": png_data_url(png)}}
                 for png in await reference_pngs(request)
             ]
+        if request.loras:
+            body["loras"] = [{"name": c.name, "scale": c.scale} for c in request.loras]
         if not request.batching:
             body["provider"] = {"options": {"local": {"batching": False}}}
         payload = await self.post_json(f"{self.url}/images", body, what="image request")
@@ -85,8 +111,38 @@ class PixelrouterProvider(HTTPProvider):
     # ------------------------------------------------------------------ queue and health
 
     async def refresh_status(self) -> ProviderStatus:
-        """Poll `GET {url}/engine/status` (bounded by connect + first-byte timeouts) and
-        return `status()`. Never raises: a failed poll is recorded and shown in `status()`."""
+        """Poll `GET {url}/engine/status` and `GET {url}/loras` together (each bounded by
+        connect + first-byte timeouts) and return `status()`. Never raises: a failed status
+        poll is recorded and shown in `status()`; a failed adapter poll keeps the last good
+        list."""
+        await asyncio.gather(self._poll_status(), self._poll_loras())
+        return self.status()
+
+    async def _poll_loras(self) -> None:
+        t = self.config.timeouts
+        what = "LoRA adapter poll"
+        try:
+            async with asyncio.timeout(t.connect_s + t.first_byte_s):
+                response = await self.send("GET", f"{self.url}/loras", what=what)
+            self.check_status(response, what=what)
+            rows = self.parse_json(response, what=what).get("data")
+            if not isinstance(rows, list):
+                raise self.error(f"sent a {what} answer without a 'data' list.")
+        except TimeoutError:
+            self._loras_error = "the LoRA adapter poll timed out"
+        except PixelrouterError as exc:
+            self._loras_error = exc.message
+        else:
+            self._loras = {
+                row["name"]: frozenset(m for m in row.get("models") or () if isinstance(m, str))
+                for row in rows
+                if isinstance(row, dict)
+                and isinstance(row.get("name"), str)
+                and row.get("status") == "ready"
+            }
+            self._loras_error = None
+
+    async def _poll_status(self) -> None:
         t = self.config.timeouts
         what = "engine status poll"
         try:
@@ -105,7 +161,6 @@ class PixelrouterProvider(HTTPProvider):
             self._upstream = data
             self._poll_error = None
         self._polled_at = time.time()
-        return self.status()
 
     def status(self) -> ProviderStatus:
         upstream = self._upstream

@@ -333,6 +333,11 @@ class Router:
 
         for model in (request.model, *request.fallback_models):
             eligible = self.eligible(request, model)
+            if not eligible and request.loras:
+                # Which adapters a worker holds is learnt by polling it: poll those not yet
+                # (or not lately) asked before deciding that none holds them.
+                await self._prepare(self.serves(model))
+                eligible = self.eligible(request, model)
             if not eligible:
                 continue
             considered = True
@@ -437,6 +442,16 @@ class Router:
         it), 503 when nothing could take it now (no provider configured, all held back, all
         unavailable or rate limited), else 502."""
         if not considered:
+            if request.loras and not self._lora_holders(request):
+                names = ", ".join(choice.name for choice in request.loras)
+                return NotFound(
+                    f"No provider of {request.model} holds the LoRA adapter(s) {names}: "
+                    "none of this server's providers has them loaded and ready.",
+                    metadata={
+                        "reason": "no_endpoints_found",
+                        "loras": [choice.name for choice in request.loras],
+                    },
+                )
             if any(self.serves(m) for m in (request.model, *request.fallback_models)):
                 return _no_endpoint(request)
             return ServiceUnavailable(f"No provider serves {request.model} on this server.")
@@ -455,6 +470,17 @@ class Router:
             metadata={"provider_errors": errors},
             headers=headers,
         )
+
+    def _lora_holders(self, request: ImageRequest) -> list[Provider]:
+        """The providers of the request's models that hold all its adapters, whatever the
+        request's preferences."""
+        holders = []
+        for model in (request.model, *request.fallback_models):
+            for provider in self.serves(model):
+                attempt = dataclasses.replace(request, model=model, references=())
+                if self._can_express(provider, attempt):
+                    holders.append(provider)
+        return holders
 
     def _held_back(self, held_back: dict[str, Provider]) -> ServiceUnavailable:
         """Every allowed provider is behind an open circuit or its own Retry-After."""
