@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.pool import QueuePool
 
@@ -27,6 +28,14 @@ WRITE_OPTION = "pixelrouter_write"
 # lets 64 threads each hold one; behind PgBouncer the server sees only PgBouncer's pool.
 POSTGRES_POOL_SIZE = 16
 POSTGRES_POOL_OVERFLOW = 48
+# A pooled PostgreSQL connection idle this long is pinged (`SELECT 1`) before it is lent out;
+# one used more recently is lent as it is. SQLAlchemy's pool_pre_ping pinged on every
+# checkout: a round trip that was about 30 % of the client's CPU per reserve+settle pair.
+# A connection that died since its last use (a restart within this second) fails its
+# statement instead: an OperationalError, which the callers already meet when the server
+# goes away mid-transaction (a 503 with Retry-After, the close's retry), and which makes the
+# pool drop every connection older than the failure (see `note_disconnect`).
+POSTGRES_PING_IDLE_S = 1.0
 
 # One writer at a time per SQLite file inside a process: a thread that would write waits for
 # this lock (a queue, in arrival order as the OS gives it) instead of in SQLite's busy
@@ -88,7 +97,6 @@ def create_db_engine(url: str = DEFAULT_DATABASE_URL, **kwargs: Any) -> Engine:
     if backend == "sqlite":
         return _sqlite_engine(sa_url.render_as_string(hide_password=False), sa_url.database)
     if backend == "postgresql":
-        kwargs.setdefault("pool_pre_ping", True)
         kwargs.setdefault("pool_size", POSTGRES_POOL_SIZE)
         kwargs.setdefault("max_overflow", POSTGRES_POOL_OVERFLOW)
         kwargs.setdefault("pool_timeout", 60)
@@ -97,10 +105,53 @@ def create_db_engine(url: str = DEFAULT_DATABASE_URL, **kwargs: Any) -> Engine:
         # pooler in transaction mode (PgBouncer) hands the next transaction another server
         # connection, where the name is unknown or already taken. Measured: no slower here.
         connect_args.setdefault("prepare_threshold", None)
-        return create_engine(sa_url, **kwargs)
+        engine = create_engine(sa_url, **kwargs)
+        if not kwargs.get("pool_pre_ping"):
+            _ping_when_idle(engine)
+        return engine
     raise ValueError(
         f"unsupported database URL scheme {sa_url.drivername!r}: use sqlite or postgresql"
     )
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Ping a connection at checkout only when it sat idle in the pool for
+    POSTGRES_PING_IDLE_S or was opened before the last dropped connection this engine saw."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(_dbapi_connection: Any, record: Any) -> None:
+        record.info["pixelrouter_opened"] = time.monotonic()
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        if record is not None:
+            record.info["pixelrouter_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        info = record.info
+        now = time.monotonic()
+        if info.get("pixelrouter_opened", now) < _DISCONNECTED.get(engine, 0.0):
+            raise DisconnectionError("opened before a dropped connection")
+        idle_since = info.get("pixelrouter_idle_since")
+        if idle_since is None or now - idle_since < POSTGRES_PING_IDLE_S:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:  # the pool opens a fresh one instead (up to three tries)
+            note_disconnect(engine)
+            raise DisconnectionError(f"idle connection is gone: {type(exc).__name__}") from exc
+
+
+# When each PostgreSQL engine last saw a dropped connection (monotonic): every connection it
+# opened earlier is discarded at its next checkout, as SQLAlchemy does for its own statements.
+_DISCONNECTED: weakref.WeakKeyDictionary[Engine, float] = weakref.WeakKeyDictionary()
+
+
+def note_disconnect(engine: Engine) -> None:
+    """A connection of `engine` was found dropped (the server restarted, or a pooler): its
+    pooled siblings, opened before now, are likely gone too and are not lent out again."""
+    _DISCONNECTED[engine] = time.monotonic()
 
 
 def _sqlite_engine(url: str, database: str | None) -> Engine:
