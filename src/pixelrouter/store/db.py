@@ -30,7 +30,7 @@ POSTGRES_POOL_SIZE = 16
 POSTGRES_POOL_OVERFLOW = 48
 # A pooled PostgreSQL connection idle this long is pinged (`SELECT 1`) before it is lent out;
 # one used more recently is lent as it is. SQLAlchemy's pool_pre_ping pinged on every
-# checkout: a round trip that was about 30 % of the client's CPU per reserve+settle pair.
+# checkout: two extra round trips per reserve+settle pair and 20-30 % of its client CPU.
 # A connection that died since its last use (a restart within this second) fails its
 # statement instead: an OperationalError, which the callers already meet when the server
 # goes away mid-transaction (a 503 with Retry-After, the close's retry), and which makes the
@@ -38,9 +38,9 @@ POSTGRES_POOL_OVERFLOW = 48
 POSTGRES_PING_IDLE_S = 1.0
 
 # One writer at a time per SQLite file inside a process: a thread that would write waits for
-# this lock (a queue, in arrival order as the OS gives it) instead of in SQLite's busy
+# this lock (woken as soon as it is free) instead of in SQLite's busy
 # handler, which sleeps and retries and so gave p99s of 1-2 s at 8 and 64 threads (a lucky
-# late thread takes the lock before one that has slept for a second). Other processes on the
+# late thread can take the lock ahead of one that is sleeping). Other processes on the
 # same file still meet the busy handler. Reentrant: a nested write transaction in the same
 # thread reaches SQLite as before. Keyed by the resolved file, so two Stores on one file
 # share it; an in-memory database has a single connection and needs none.
@@ -138,7 +138,7 @@ def _ping_when_idle(engine: Engine) -> None:
             return
         try:
             engine.dialect.do_ping(dbapi_connection)
-        except Exception as exc:  # the pool opens a fresh one instead (up to three tries)
+        except Exception as exc:  # the pool reconnects this record instead
             note_disconnect(engine)
             raise DisconnectionError(f"idle connection is gone: {type(exc).__name__}") from exc
 
