@@ -41,7 +41,7 @@ from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 
 from pixelrouter.keys import LIMIT_RESETS, period_end, period_start
 from pixelrouter.periods import check_aware, check_micro, limit_period_start
-from pixelrouter.store.db import utcnow, write_transaction
+from pixelrouter.store.db import note_disconnect, utcnow, write_transaction
 from pixelrouter.store.records import KeyBalance, LedgerEntry, Reservation
 from pixelrouter.store.tables import (
     UTCDateTime,
@@ -501,6 +501,7 @@ def _pg_alone(engine: Engine, sql: str, params: dict[str, Any]) -> tuple[Any, ..
                 driver.autocommit = False
     except (psycopg_errors.OperationalError, psycopg_errors.InterfaceError) as exc:
         fairy.invalidate(exc)
+        note_disconnect(engine)
         error = (
             OperationalError if isinstance(exc, psycopg_errors.OperationalError) else InterfaceError
         )

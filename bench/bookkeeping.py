@@ -1,0 +1,243 @@
+"""A whole request's bookkeeping (admission, close, outcomes) through `Bookkeeping` on a real
+Store, at N concurrent requests (see --help)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import random  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+from datetime import UTC, datetime  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from benchdb import database  # noqa: E402
+
+from pixelrouter.billing.bookkeeping import Bookkeeping  # noqa: E402
+from pixelrouter.billing.costs import Delivery  # noqa: E402
+from pixelrouter.store import Store  # noqa: E402
+from pixelrouter.types import GeneratedImage, ImageRequest, ImageResult, ProviderAttempt  # noqa: E402
+
+USAGE = """\
+Run: OMP_NUM_THREADS=1 .venv/bin/python bench/bookkeeping.py [--backends postgresql]
+     [--concurrency 1,8,64] [--seconds 4] [--threads 0] [--json out.json]
+
+What one image request writes, as GenerationService drives `Bookkeeping`, with no HTTP, no
+engine and no provider: admission (reserve the maximum cost and record the generation
+`pending`, one transaction, in a worker thread), then the close once answered (finish the
+record, settle the reservation, count the provider outcome: one transaction), awaited to
+the end (`Bookkeeping.closed`). Each of N concurrent requests loops on a random key of 1,000
+with a monthly limit. The prices are a fixed 14,000 µ$ (the in-memory cost model is not what
+is measured); the Store, its database and its transactions are the real ones.
+
+Worker threads: asyncio's default executor, min(32, CPUs + 4) threads as in the server
+(--threads N: N instead). Prints one JSON object, then a table; exit status 1 when a call
+failed or the ledger does not add up (ledger total = requests × price = the keys' counters,
+nothing open, nothing reserved, none of the newest 1,000 records pending).
+"""
+
+AMOUNT_MICRO = 14_000
+KEYS = 1000
+LIMIT_MICRO = 10**15  # checked on every reserve, never reached
+MODEL = "black-forest-labs/flux.2-klein-4b"
+
+
+class FixedCosts:
+    """The two calls `Bookkeeping` makes of `Costs`, at one fixed price."""
+
+    def max_cost(self, request: ImageRequest) -> int:
+        return AMOUNT_MICRO * request.n
+
+    def payment_required(self, request: ImageRequest, amount_micro: int) -> Exception:
+        return RuntimeError(f"limit reached for {request.id}: {amount_micro}")
+
+
+def percentile_ms(samples: list[float], q: float) -> float | None:
+    if not samples:
+        return None
+    ordered = sorted(samples)
+    return round(ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))] * 1e3, 3)
+
+
+def _delivery(request: ImageRequest) -> Delivery:
+    image = GeneratedImage(b"\x89PNG", "image/png", 64, 64, 0, 0)
+    attempt = ProviderAttempt("Bench", 200, 5, provider_slug="bench", model=MODEL)
+    result = ImageResult(
+        request_id=request.id,
+        model=MODEL,
+        images=(image,),
+        generation_time_ms=5,
+        prompt_tokens=3,
+        provider_slug="bench",
+        provider_name="Bench",
+        attempts=(attempt,),
+    )
+    return Delivery(request, result, AMOUNT_MICRO, 3, 1024, 6)
+
+
+async def run_requests(
+    books: Bookkeeping, keys: list[str], concurrency: int, seconds: float, warmup: float
+) -> tuple[dict[str, list[float]], int, list[str]]:
+    samples: dict[str, list[float]] = {"admission": [], "close": [], "request": []}
+    errors: list[str] = []
+    done = 0
+    start = time.perf_counter()
+    warm_until, deadline = start + warmup, start + warmup + seconds
+
+    async def client(index: int) -> None:
+        nonlocal done
+        rng = random.Random(index)
+        while (t0 := time.perf_counter()) < deadline:
+            key_hash = rng.choice(keys)
+            request = ImageRequest(
+                id=f"gen-{uuid.uuid4().hex}",
+                model=MODEL,
+                prompt="bookkeeping",
+                width=64,
+                height=64,
+                key_hash=key_hash,
+            )
+            try:
+                admission = await books.admit(request, api="images")
+                t1 = time.perf_counter()
+                admission.ran = True
+                books.close_after_answer(admission, _delivery(request))
+                await books.closed(key_hash)
+            except Exception as exc:
+                errors.append(f"{type(exc).__name__}: {exc}"[:300])
+                continue
+            t2 = time.perf_counter()
+            done += 1
+            if warm_until <= t2 <= deadline:
+                samples["admission"].append(t1 - t0)
+                samples["close"].append(t2 - t1)
+                samples["request"].append(t2 - t0)
+
+    await asyncio.gather(*(client(i) for i in range(concurrency)))
+    return samples, done, errors
+
+
+def bench_backend(
+    backend: str, concurrency: list[int], seconds: float, threads: int
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    warmup = round(min(1.0, 0.2 * seconds), 3)
+    cells: list[dict[str, Any]] = []
+    with database(backend, "bookkeeping.db") as url, Store(url) as store:
+        store.migrate()
+        keys = [
+            store.create_key(f"k{i}", limit_micro=LIMIT_MICRO, limit_reset="monthly")[0].hash
+            for i in range(KEYS)
+        ]
+        books = Bookkeeping(store, FixedCosts())  # type: ignore[arg-type]
+        total = 0
+        for n in concurrency:
+            print(f"... {backend}: {n} concurrent request(s)", file=sys.stderr, flush=True)
+
+            async def cell(n: int = n) -> tuple[dict[str, list[float]], int, list[str]]:
+                if threads:
+                    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(threads))
+                return await run_requests(books, keys, n, seconds, warmup)
+
+            cpu = time.process_time()
+            samples, done, errors = asyncio.run(cell())
+            cpu = time.process_time() - cpu
+            total += done
+            row: dict[str, Any] = {
+                "backend": backend,
+                "concurrency": n,
+                "seconds": seconds,
+                "requests": len(samples["request"]),
+                "requests_per_s": round(len(samples["request"]) / seconds, 1),
+                # this process's CPU (every thread) per request, warm-up included
+                "cpu_ms_per_request": round(cpu / max(done, 1) * 1e3, 3),
+            }
+            for name, values in samples.items():
+                row[f"{name}_p50_ms"] = percentile_ms(values, 0.50)
+                row[f"{name}_p99_ms"] = percentile_ms(values, 0.99)
+            row["errors"] = len(errors)
+            row["first_errors"] = errors[:3]
+            cells.append(row)
+        ledger = store.ledger_total()
+        counters = sum(store.key_balance(k).total_used for k in keys)
+        reserved = sum(store.key_balance(k).reserved for k in keys)
+        pending = [g for g in store.list_generations(limit=1000) if g.state == "pending"]
+        invariants = {
+            "backend": backend,
+            "requests": total,
+            "ledger_total_micro": ledger,
+            "expected_micro": total * AMOUNT_MICRO,
+            "counters_total_used_micro": counters,
+            "open_reservations": len(store.open_reservations()),
+            "reserved_micro": reserved,
+            "pending_records": len(pending),
+        }
+        invariants["ok"] = (
+            ledger == total * AMOUNT_MICRO == counters
+            and invariants["open_reservations"] == 0
+            and reserved == 0
+            and not pending
+        )
+    return cells, invariants
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--backends", default="postgresql")
+    parser.add_argument("--concurrency", default="1,8,64")
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--threads", type=int, default=0, help="worker threads (0: asyncio's)")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    result: dict[str, Any] = {
+        "benchmark": "bookkeeping",
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpus": os.cpu_count(),
+        "threads": args.threads or min(32, (os.cpu_count() or 1) + 4),
+        "cells": [],
+        "invariants": [],
+    }
+    for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
+        cells, invariants = bench_backend(backend, concurrency, args.seconds, args.threads)
+        result["cells"] += cells
+        result["invariants"].append(invariants)
+    errors = sum(c["errors"] for c in result["cells"])
+    result["ok"] = errors == 0 and all(i["ok"] for i in result["invariants"])
+    text = json.dumps(result)
+    print(text)
+    if args.json is not None:
+        args.json.write_text(text + "\n")
+    print(f"\nwhole request's bookkeeping; worker threads: {result['threads']}")
+    print(
+        f"{'backend':<11} {'concurrent':>10} {'req/s':>7} {'admission p50/p99':>18} "
+        f"{'close p50/p99':>16} {'request p50/p99 ms':>19} {'CPU ms':>6} {'errors':>6}"
+    )
+    for c in result["cells"]:
+        print(
+            f"{c['backend']:<11} {c['concurrency']:>10} {c['requests_per_s']:>7.1f} "
+            f"{str(c['admission_p50_ms']) + ' / ' + str(c['admission_p99_ms']):>18} "
+            f"{str(c['close_p50_ms']) + ' / ' + str(c['close_p99_ms']):>16} "
+            f"{str(c['request_p50_ms']) + ' / ' + str(c['request_p99_ms']):>19} "
+            f"{c['cpu_ms_per_request']:>6.2f} {c['errors']:>6}"
+        )
+    for inv in result["invariants"]:
+        print(f"invariants {inv['backend']}: {'OK' if inv['ok'] else 'BROKEN'} {inv}")
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
