@@ -97,8 +97,8 @@ class Soak:
     def _auth(self, key: str | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {key or self.key}"}
 
-    async def one(self, client: httpx.AsyncClient, n: int) -> None:
-        roll = self.rng.random()
+    async def one(self, client: httpx.AsyncClient, n: int, roll: float | None = None) -> None:
+        roll = self.rng.random() if roll is None else roll
         size = self.rng.choice(("64x64", "128x128"))
         started = time.perf_counter()
         kind = "?"
@@ -283,6 +283,15 @@ def _start_server(tmp: Path, admin_key: str) -> tuple[subprocess.Popen[bytes], s
     raise SystemExit("the server did not become ready in 180 s")
 
 
+KIND_ROLLS = (0.1, 0.4, 0.6, 0.75, 0.85, 0.92, 0.97)  # one roll inside each kind's share
+
+
+async def _every_kind_once(soak: Soak) -> None:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(300, connect=10)) as client:
+        for n, roll in enumerate(KIND_ROLLS):
+            await soak.one(client, -1 - n, roll)
+
+
 async def _drive(soak: Soak, seconds: float, rate: float) -> float:
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
     async with httpx.AsyncClient(timeout=httpx.Timeout(300, connect=10), limits=limits) as client:
@@ -393,7 +402,10 @@ def run(
             made.raise_for_status()
             key, key_hash = made.json()["key"], made.json()["data"]["hash"]
             soak = Soak(f"{url}/api/v1", key, random.Random(seed), _reference_png())
-            # Warm-up: every kind once, so the memory baseline includes what is loaded lazily.
+            # Warm-up: every kind once (the 1024x1024 one included: its buffers are the
+            # largest), then a few seconds of the mix, so the memory baseline includes what is
+            # loaded or grown lazily.
+            asyncio.run(_every_kind_once(soak))
             asyncio.run(_drive(soak, 5, 2))
             warm_up = len(soak.outcomes)  # in the books, not in the figures
             sampler = _RssSampler(process.pid, rss_every)
