@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import httpx
 from e2e.conftest import _free_port, _stop, _tail, _wait_ready
 from e2e.support import cli_command, cli_env
 from pixelrouter.keys import generate_key
+from pixelrouter.store import GenerationRecord, Store
 
 
 @dataclass
@@ -130,3 +132,17 @@ class Launcher:
             f"{s.log_path} ----\n{_tail(s.log_path)}"
             for s in self.started
         )
+
+
+def closed_records(store: Store, deadline_s: float = 60.0) -> dict[str, GenerationRecord]:
+    """Every generation record by id, once none is pending and no reservation is open (the
+    server closes what a restart interrupted in its own time); fails after `deadline_s`."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        records = {g.id: g for g in store.list_generations(limit=1000)}
+        open_ = store.open_reservations()
+        pending = [g for g in records.values() if g.state == "pending"]
+        if not open_ and not pending:
+            return records
+        assert time.monotonic() < deadline, (open_, pending)
+        time.sleep(0.25)

@@ -6,7 +6,6 @@ without a restart of its own."""
 from __future__ import annotations
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -15,7 +14,7 @@ import pytest
 from pgcluster import private_postgres
 from pixelrouter.store import Store
 
-from .servers import Launcher
+from .servers import Launcher, closed_records
 
 pytestmark = pytest.mark.e2e
 
@@ -75,15 +74,7 @@ def test_a_postgresql_restart_under_load_loses_nothing(launcher: Launcher) -> No
         ]
 
         with Store(cluster.url) as store:
-            deadline = time.monotonic() + 60
-            while True:
-                records = {g.id: g for g in store.list_generations(limit=1000)}
-                open_ = store.open_reservations()
-                pending = [g for g in records.values() if g.state == "pending"]
-                if not open_ and not pending:
-                    break
-                assert time.monotonic() < deadline, (open_, pending)
-                time.sleep(0.25)
+            records = closed_records(store)
             for generation_id in delivered:
                 record = records.get(generation_id)
                 assert record is not None, f"{generation_id} was answered and has no record"

@@ -18,7 +18,7 @@ from pgbouncer import pgbouncer
 from pgcluster import private_postgres
 from pixelrouter.store import Store
 
-from .servers import Launcher
+from .servers import Launcher, closed_records
 
 pytestmark = pytest.mark.e2e
 
@@ -95,15 +95,7 @@ def test_pgbouncer_killed_and_postgresql_restarted_under_load(launcher: Launcher
         ]
 
         with Store(cluster.url) as store:
-            deadline = time.monotonic() + 60
-            while True:
-                records = {g.id: g for g in store.list_generations(limit=1000)}
-                open_ = store.open_reservations()
-                pending = [g for g in records.values() if g.state == "pending"]
-                if not open_ and not pending:
-                    break
-                assert time.monotonic() < deadline, (open_, pending)
-                time.sleep(0.25)
+            records = closed_records(store)
             for generation_id in delivered:
                 record = records.get(generation_id)
                 assert record is not None, f"{generation_id} was answered and has no record"
