@@ -82,6 +82,23 @@ def provider_table(name: str, kind: str, url: str, **fields: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
+def worker_tables(workers: list[tuple[str, str, str, Any]]) -> list[str]:
+    """`pixelrouter` provider tables for demo workers `(slug, display name, key variable,
+    ServerProcess)`, at one price (so equal workers share the load) and one set of timeouts."""
+    return [
+        provider_table(
+            slug,
+            "pixelrouter",
+            worker.api,
+            display_name=name,
+            api_key=f"env:{variable}",
+            price={"first_mp": 0.014, "extra_mp": 0.001},
+            timeouts={"connect_s": 2, "first_byte_s": 30, "total_s": 60},
+        )
+        for slug, name, variable, worker in workers
+    ]
+
+
 def write_config(path: Path, tables: list[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(tables), encoding="utf-8")

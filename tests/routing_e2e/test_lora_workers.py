@@ -20,7 +20,7 @@ import pytest
 from engine.loras_helpers import make_adapter
 from processes.servers import Launcher, ServerProcess
 
-from .support import Gateway, error_of, provider_table, start_gateway, write_config
+from .support import Gateway, error_of, start_gateway, worker_tables, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -53,25 +53,11 @@ def cluster(launcher: Launcher) -> Iterator[Cluster]:
         launcher.wait_ready(worker)
     key_a, _ = a.create_key(name="gateway")
     key_b, _ = b.create_key(name="gateway")
-    price = {"first_mp": 0.014, "extra_mp": 0.001}  # equal: the load is shared
-    timeouts = {"connect_s": 2, "first_byte_s": 30, "total_s": 60}
     config = write_config(
         launcher.root / "gateway.toml",
         [
-            *(
-                provider_table(
-                    slug,
-                    "pixelrouter",
-                    worker.api,
-                    display_name=name,
-                    api_key=f"env:{variable}",
-                    price=price,
-                    timeouts=timeouts,
-                )
-                for slug, name, variable, worker in (
-                    ("worker-a", A, "WORKER_A_KEY", a),
-                    ("worker-b", B, "WORKER_B_KEY", b),
-                )
+            *worker_tables(
+                [("worker-a", A, "WORKER_A_KEY", a), ("worker-b", B, "WORKER_B_KEY", b)]
             ),
             # The gateway has no engine: it reads no adapter file, but names the adapters a
             # request may ask for ('nowhere' is held by no worker).

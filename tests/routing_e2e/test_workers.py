@@ -27,7 +27,7 @@ from e2e.support import poll
 from pixelrouter.store import Store
 from processes.servers import Launcher, ServerProcess
 
-from .support import MODEL, PRICE_1MP, TIMEOUT, Gateway, provider_table, start_gateway, write_config
+from .support import MODEL, PRICE_1MP, TIMEOUT, Gateway, start_gateway, worker_tables, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -57,25 +57,9 @@ def cluster(launcher: Launcher) -> Iterator[Cluster]:
     a, b = workers
     key_a, _ = a.create_key(name="gateway")
     key_b, _ = b.create_key(name="gateway")
-    price = {"first_mp": 0.014, "extra_mp": 0.001}  # equal: the load is shared
-    timeouts = {"connect_s": 2, "first_byte_s": 30, "total_s": 60}
-    config = write_config(
+    config = write_config(  # equal prices: the load is shared
         launcher.root / "gateway.toml",
-        [
-            provider_table(
-                slug,
-                "pixelrouter",
-                worker.api,
-                display_name=name,
-                api_key=f"env:{variable}",
-                price=price,
-                timeouts=timeouts,
-            )
-            for slug, name, variable, worker in (
-                ("worker-a", A, "WORKER_A_KEY", a),
-                ("worker-b", B, "WORKER_B_KEY", b),
-            )
-        ],
+        worker_tables([("worker-a", A, "WORKER_A_KEY", a), ("worker-b", B, "WORKER_B_KEY", b)]),
     )
     env = {
         "WORKER_A_KEY": key_a,
