@@ -53,6 +53,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "black-forest-labs/flux.2-klein-4b"
 KEY_LIMIT_USD = 1000.0
+LEAVING_RCVBUF = 64 * 1024  # the leaving client's receive buffer (the kernel doubles it)
 
 
 def _free_port() -> int:
@@ -162,7 +163,7 @@ class Soak:
                 kind = "left-mid-answer"
                 body = {"model": MODEL, "prompt": f"soak leave {n}", "size": "1024x1024",
                         "stream": True}  # fmt: skip
-                await self._leave_mid_answer(client, body, started)
+                await self._leave_mid_answer(body, started)
             else:
                 kind = "cancelled"
                 body = {"model": MODEL, "prompt": f"soak cancel {n}", "size": "128x128"}
@@ -192,13 +193,23 @@ class Soak:
             )
         )
 
-    async def _leave_mid_answer(
-        self, client: httpx.AsyncClient, body: dict[str, Any], started: float
-    ) -> None:
-        """Read 4 KB into the image's event, then leave: nothing may be charged for it."""
-        async with client.stream(
-            "POST", f"{self.api}/images", json=body, headers=self._auth()
-        ) as r:
+    async def _leave_mid_answer(self, body: dict[str, Any], started: float) -> None:
+        """Read 4 KB into the image's event, then leave: nothing may be charged for it.
+
+        On its own connection with a fixed 64 KiB receive buffer: left to autotuning (up to
+        `tcp_rmem`'s 32 MiB here), a client descheduled between two reads lets its kernel take
+        and acknowledge the whole 3 MB event before it leaves, and an image the client's TCP
+        acknowledged whole was handed over (docs/billing.md): the client would not have left
+        mid-answer at all, as far as anyone on the wire can tell."""
+        small_buffer = httpx.AsyncHTTPTransport(
+            socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, LEAVING_RCVBUF)]
+        )
+        async with (
+            httpx.AsyncClient(
+                transport=small_buffer, timeout=httpx.Timeout(300, connect=10)
+            ) as own,
+            own.stream("POST", f"{self.api}/images", json=body, headers=self._auth()) as r,
+        ):
             generation_id = r.headers.get("x-generation-id")
             seen = b""
             async for chunk in r.aiter_raw():
