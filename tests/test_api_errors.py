@@ -123,8 +123,15 @@ async def test_too_many_references(api) -> None:
 
 
 async def test_openai_specific_errors(api) -> None:
-    r = await api.post("/api/v1/images/generations", json={"prompt": "x", "response_format": "url"})
-    assert_error(r, 400, "invalid_request", "image store")
+    r = await api.post(
+        "/api/v1/images/generations",
+        json={"prompt": "x", "response_format": "url", "stream": True},
+    )
+    assert_error(r, 400, "invalid_request", "b64_json")
+    r = await api.post(
+        "/api/v1/images/generations", json={"prompt": "x", "response_format": "gif-url"}
+    )
+    assert_error(r, 400, "invalid_request", "'b64_json' or 'url'")
     r = await api.post("/api/v1/images/edits", data={"prompt": "x"}, files={"other": b"123"})
     assert_error(r, 400, "invalid_request", "at least one 'image'")
     r = await api.post("/api/v1/images/edits", json={"prompt": "x"})

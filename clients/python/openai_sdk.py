@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import typing
 
+import httpx
 import openai
 from common import (
     MODEL,
@@ -82,13 +83,14 @@ def _() -> str:
     return check_images([d.b64_json for d in result.data], [(256, 256)])
 
 
-@m.case("images.generate response_format=url (no image store: a 400)")
+@m.case("images.generate response_format=url (a signed URL from the image store)")
 def _() -> str:
-    try:
-        generate(response_format="url")
-    except openai.BadRequestError as exc:
-        return f"BadRequestError: {exc.message}"
-    raise AssertionError("response_format=url without an image store did not answer 400")
+    result = generate(response_format="url")
+    url = result.data[0].url
+    assert url and result.data[0].b64_json is None, result.data[0]
+    fetched = httpx.get(url, timeout=60)  # no key: the signature is the credential
+    assert fetched.status_code == 200 and fetched.content.startswith(b"\x89PNG"), fetched.text
+    return f"{len(fetched.content)} bytes from {url.split('?')[0].rsplit('/', 1)[-1]}"
 
 
 @m.case("images.generate stream=True n=2")

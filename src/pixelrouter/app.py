@@ -23,6 +23,7 @@ from pixelrouter.api.responses import OrjsonResponse
 from pixelrouter.api.routes import (
     catalog,
     chat,
+    files,
     health,
     images,
     keys,
@@ -35,6 +36,7 @@ from pixelrouter.billing.sweeper import sweep_forever
 from pixelrouter.catalog import Catalog
 from pixelrouter.config import Settings
 from pixelrouter.generations import GenerationService
+from pixelrouter.imagestore import sweep_forever as sweep_images_forever
 from pixelrouter.logs import guard_logs
 from pixelrouter.providers.base import Provider
 from pixelrouter.routing.health import HealthConfig
@@ -110,6 +112,9 @@ def create_app(
                 flush=True,
             )
         sweeper = asyncio.create_task(sweep_forever(store_, settings))
+        image_sweeper = asyncio.create_task(
+            sweep_images_forever(px.images_in_use, settings.storage_retention_s)
+        )
         for provider in providers_:
             await provider.start()  # background upkeep, e.g. workers found by DNS
         try:
@@ -121,6 +126,7 @@ def create_app(
             await lifecycle.drain()
             await px.service.drain(CANCEL_GRACE_S)  # bookkeeping that outlives its response
             sweeper.cancel()
+            image_sweeper.cancel()
             if owned:
                 for provider in providers_:
                     await provider.aclose()
@@ -146,6 +152,7 @@ def create_app(
     app.include_router(catalog.router, prefix="/api/v1", dependencies=authed)
     app.include_router(stats.router, prefix="/api/v1", dependencies=authed)
     app.include_router(records.router, prefix="/api/v1")
+    app.include_router(files.router, prefix="/api/v1")
     app.include_router(keys.router, prefix="/api/v1")
     app.include_router(health.engine_router, prefix="/api/v1")
     app.include_router(health.router)

@@ -106,6 +106,14 @@ class Settings:
     public_url: str | None = None
     # Whether the public web pages show dollars (the fleet's daily spend); off by default.
     public_usage_dollars: bool = False
+    # The image store ([storage]; docs/image-store.md): where images asked for by URL are
+    # kept (None: <data_dir>/images), how long a signed URL lasts, how long an image is kept,
+    # the URL's signing secret (None: one generated into the data dir) and the store's options.
+    storage_url: str | None = None
+    storage_url_ttl_s: int = 3600
+    storage_retention_s: int = 7 * 24 * 3600
+    storage_secret: str | None = field(default=None, repr=False)
+    storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -134,6 +142,10 @@ class Settings:
             allow_private_image_urls=_env_bool("PIXELROUTER_ALLOW_PRIVATE_IMAGE_URLS", False),
             public_url=(os.environ.get("PIXELROUTER_PUBLIC_URL") or "").rstrip("/") or None,
             public_usage_dollars=_env_bool("PIXELROUTER_PUBLIC_USAGE_DOLLARS", False),
+            storage_url=os.environ.get("PIXELROUTER_STORAGE_URL") or None,
+            storage_url_ttl_s=_env_int("PIXELROUTER_STORAGE_URL_TTL_S", 3600),
+            storage_retention_s=_env_int("PIXELROUTER_STORAGE_RETENTION_S", 7 * 24 * 3600),
+            storage_secret=os.environ.get("PIXELROUTER_STORAGE_SECRET") or None,
         )
         for name, value in overrides.items():
             if value is not None:
@@ -168,6 +180,10 @@ class Settings:
     @property
     def reservation_ttl_s(self) -> float:
         return self.request_timeout_s + self.reservation_grace_s
+
+    @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or str(self.data_dir / "images")
 
     @property
     def resolved_database_url(self) -> str:
@@ -207,8 +223,43 @@ def read_config_file(path: Path | None) -> dict[str, Any]:
             f"[server] max_loaded_loras in {path} must be a whole number of at least 1 "
             f"(adapters kept loaded at once); got {max_loaded!r}."
         )
+    server.update(_storage(data.get("storage"), path))
     if providers:
         server["providers"] = providers
     if loras:
         server["loras"] = LoraRegistry(loras)
     return server
+
+
+# The `[storage]` keys of pixelrouter.toml, as the settings they set.
+STORAGE_KEYS = {
+    "url": "storage_url",
+    "url_ttl_s": "storage_url_ttl_s",
+    "retention_s": "storage_retention_s",
+    "options": "storage_options",
+}
+
+
+def _storage(table: Any, path: Path) -> dict[str, Any]:
+    """The `[storage]` table as settings (its secret comes from the environment only)."""
+    if table is None:
+        return {}
+    if not isinstance(table, dict):
+        raise ConfigError(f"[storage] in {path} must be a table")
+    unknown = set(table) - set(STORAGE_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"unknown [storage] settings in {path}: {', '.join(sorted(unknown))} (the signing "
+            "secret is read from PIXELROUTER_STORAGE_SECRET only)"
+        )
+    for name in ("url_ttl_s", "retention_s"):
+        value = table.get(name)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise ConfigError(f"[storage] {name} in {path} must be a whole number of seconds >= 1")
+    if "url" in table and not isinstance(table["url"], str):
+        raise ConfigError(f"[storage] url in {path} must be a string")
+    if "options" in table and not isinstance(table["options"], dict):
+        raise ConfigError(f"[storage] options in {path} must be a table")
+    return {STORAGE_KEYS[k]: v for k, v in table.items()}

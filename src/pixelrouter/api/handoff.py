@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 TCP_INFO_BYTES_ACKED = 120  # offset of `tcpi_bytes_acked` (u64) in Linux's struct tcp_info
 ACK_POLL_S = (0.002, 0.05)  # first and longest pause while waiting for the client's ACKs
+WITHHELD = -1  # the "end" of an image left out of the answer
 
 
 class ConnectionProbe:
@@ -152,6 +153,11 @@ class Handoff:
         """A whole-body answer (JSON): its images are handed over when the body is."""
         self.image_ends.extend([None] * count)
 
+    def images_withheld(self, count: int) -> None:
+        """Images made but not put in the answer (they could not be stored): never handed
+        over, whatever the answer that goes out instead."""
+        self.image_ends.extend([WITHHELD] * count)
+
     def images_in_next_chunk(self, count: int, chunk_bytes: int) -> None:
         """A stream: the chunk about to be sent holds `count` images, whose bytes end with it."""
         self.image_ends.extend([self.sent + chunk_bytes] * count)
@@ -164,7 +170,8 @@ class Handoff:
         return sum(
             1
             for end in self.image_ends
-            if (self.complete if end is None else self.complete or end <= self.confirmed)
+            if end != WITHHELD
+            and (self.complete if end is None else self.complete or end <= self.confirmed)
         )
 
     def close(self) -> None:

@@ -159,11 +159,18 @@ def images_response(delivery: Delivery) -> dict[str, Any]:
     }
 
 
-def openai_images_response(delivery: Delivery) -> dict[str, Any]:
+def openai_images_response(delivery: Delivery, urls: list[str] | None = None) -> dict[str, Any]:
+    """The OpenAI Images answer: each image as `b64_json`, or as the `url` it is stored at."""
     request = delivery.request
+    images = delivery.result.images
+    data = (
+        [{"url": url, "revised_prompt": None} for url in urls]
+        if urls is not None
+        else [{"b64_json": b64(im), "revised_prompt": None} for im in images]
+    )
     return {
         "created": int(time.time()),
-        "data": [{"b64_json": b64(im), "revised_prompt": None} for im in delivery.result.images],
+        "data": data,
         "output_format": request.output_format,
         "size": f"{request.width}x{request.height}",
         "background": "opaque",

@@ -320,7 +320,11 @@ class ImagesResponse(_Shape):
 
 
 class OpenAIImageData(_Shape):
-    b64_json: str
+    """One image: `b64_json`, or with `response_format: "url"` the signed `url` it is stored
+    at (docs/image-store.md)."""
+
+    b64_json: str | None = None
+    url: str | None = None
 
 
 class OpenAIImagesResponse(_Shape):

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from pixelrouter.catalog import Catalog
 from pixelrouter.config import Settings
 from pixelrouter.generations import GenerationService
+from pixelrouter.imagestore import ImageStore, load_secret
 from pixelrouter.providers.base import Provider
 from pixelrouter.refimages import FetchPolicy
 from pixelrouter.routing.router import Router
@@ -56,6 +57,30 @@ class AppState:
     demo: bool = False
     accepting: bool = True
     recent_keys: RecentKeys = field(default_factory=RecentKeys)
+    _images: ImageStore | None = None
+
+    @property
+    def images(self) -> ImageStore:
+        """The image store (docs/image-store.md), opened at first use: a server that never
+        stores an image makes no directory for it."""
+        if self._images is None:
+            s = self.settings
+            self._images = ImageStore.open(
+                s.resolved_storage_url,
+                load_secret(s.storage_secret, s.data_dir),
+                url_ttl_s=s.storage_url_ttl_s,
+                retention_s=s.storage_retention_s,
+                options=s.storage_options,
+            )
+        return self._images
+
+    def images_in_use(self) -> ImageStore | None:
+        """The image store if this server has one in use: opened already, configured, or its
+        default directory exists (images stored by an earlier run); None otherwise."""
+        s = self.settings
+        if self._images is None and not s.storage_url and not (s.data_dir / "images").exists():
+            return None
+        return self.images
 
     @property
     def fetch_policy(self) -> FetchPolicy:

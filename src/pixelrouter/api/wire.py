@@ -473,12 +473,12 @@ def _openai_common(body: OpenAIImagesRequest, edge: Edge):
     entry = models.entry
     _check_prompt(body.prompt, entry)
     _check_background(body.background)
-    if body.response_format == "url":
+    if body.response_format == "url" and body.stream:
         raise InvalidRequest(
-            "response_format 'url' needs an image store, and none is configured on this "
-            "server: use response_format 'b64_json'."
+            "A stream carries its images as b64_json: response_format 'url' is for answers "
+            "that are not streamed."
         )
-    if body.response_format not in (None, "b64_json"):
+    if body.response_format not in (None, "b64_json", "url"):
         raise InvalidRequest("response_format must be 'b64_json' or 'url'.")
     ignored = _ignored(body)
     for name in ("moderation", "style", "partial_images"):

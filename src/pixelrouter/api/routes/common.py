@@ -12,7 +12,7 @@ from starlette.background import BackgroundTask
 
 from pixelrouter.billing.bookkeeping import Admission
 from pixelrouter.billing.costs import Delivery
-from pixelrouter.errors import PixelrouterError
+from pixelrouter.errors import PixelrouterError, ServiceUnavailable
 from pixelrouter.store import GenerationApi, KeyRecord
 from pixelrouter.types import ImageRequest
 
@@ -50,6 +50,24 @@ def handoff_of(request: Request) -> Handoff | None:
 async def deliver(request: Request, image_request: ImageRequest, api: GenerationApi) -> Delivery:
     """Generate without streaming; a client that goes away cancels its queued work. Its images
     are charged once the whole body was handed to the client's connection."""
+    delivery, _ = await _deliver(request, image_request, api, as_urls=False)
+    return delivery
+
+
+async def deliver_urls(
+    request: Request, image_request: ImageRequest, api: GenerationApi
+) -> tuple[Delivery, list[str]]:
+    """`deliver`, with the images put in the image store first: their signed URLs, which the
+    answer carries instead of the bytes. Images that cannot be stored are never charged, and
+    the answer is a 503."""
+    delivery, urls = await _deliver(request, image_request, api, as_urls=True)
+    assert urls is not None
+    return delivery, urls
+
+
+async def _deliver(
+    request: Request, image_request: ImageRequest, api: GenerationApi, *, as_urls: bool
+) -> tuple[Delivery, list[str] | None]:
     px = app_state(request)
     key: KeyRecord | None = getattr(request.state, "api_key", None)
     handoff = handoff_of(request)
@@ -57,9 +75,34 @@ async def deliver(request: Request, image_request: ImageRequest, api: Generation
         request,
         px.service.generate(image_request, api=api, key=key, edge_reports=handoff is not None),
     )
+    urls = None
+    if as_urls:
+        try:
+            urls = await store_images(request, delivery)
+        except Exception as exc:
+            if handoff is not None:
+                handoff.images_withheld(len(delivery.result.images))
+            log.exception("%s: the images could not be stored", image_request.id)
+            raise ServiceUnavailable(
+                "The images were made but could not be stored, so none is charged; try again "
+                "or ask for response_format 'b64_json'."
+            ) from exc
     if handoff is not None:
         handoff.images_in_body(len(delivery.result.images))
-    return delivery
+    return delivery, urls
+
+
+async def store_images(request: Request, delivery: Delivery) -> list[str]:
+    """Each image of `delivery` in the image store, byte for byte: their signed URLs, on the
+    address clients reach this server at (`public_url`, else the one this request used)."""
+    px = app_state(request)
+    base = px.settings.public_url or str(request.base_url).rstrip("/")
+    urls = []
+    for image in delivery.result.images:
+        stored = await px.images.put(image.data, image.media_type)
+        path, _ = px.images.signed_path(stored.key)
+        urls.append(base + path)
+    return urls
 
 
 async def admit_stream(

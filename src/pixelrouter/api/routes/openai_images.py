@@ -28,6 +28,7 @@ from ..streaming import Tick
 from .common import (
     admit_stream,
     deliver,
+    deliver_urls,
     delivery_events,
     edge,
     handoff_of,
@@ -54,7 +55,7 @@ async def create_generation(
 ) -> Response:
     px = app_state(request)
     image_request = wire.from_openai(body, edge(request, key))
-    return await _respond(request, px, image_request)
+    return await _respond(request, px, image_request, as_urls=body.response_format == "url")
 
 
 @router.post(
@@ -135,7 +136,9 @@ async def create_edit(request: Request, key: KeyRecord = Depends(inference_key))
         image_request = dataclasses.replace(
             image_request, ignored_parameters=(*image_request.ignored_parameters, "mask")
         )
-    return await _respond(request, px, image_request, edit=True)
+    return await _respond(
+        request, px, image_request, edit=True, as_urls=body.response_format == "url"
+    )
 
 
 def _form_int(name: str, value: Any) -> int:
@@ -146,12 +149,20 @@ def _form_int(name: str, value: Any) -> int:
 
 
 async def _respond(
-    request: Request, px: AppState, image_request: ImageRequest, *, edit: bool = False
+    request: Request,
+    px: AppState,
+    image_request: ImageRequest,
+    *,
+    edit: bool = False,
+    as_urls: bool = False,
 ) -> Response:
     if image_request.stream:
         admission = await admit_stream(request, image_request, "openai_images")
         stream = _openai_stream(px, admission, handoff_of(request), edit=edit)
         return sse_response(px, admission, stream)
+    if as_urls:
+        delivery, urls = await deliver_urls(request, image_request, "openai_images")
+        return OrjsonResponse(render.openai_images_response(delivery, urls))
     delivery = await deliver(request, image_request, "openai_images")
     return OrjsonResponse(render.openai_images_response(delivery))
 
