@@ -107,11 +107,12 @@ class ImageStore:
         return f"{FILES_PATH}{key}?{query}", expires
 
     def signature(self, key: str, expires: int) -> str:
-        message = f"{key}\n{expires}".encode()
+        message = f"{key}\n{expires}".encode("utf-8", "replace")
         return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
 
     def signed(self, key: str, expires: int, signature: str) -> bool:
-        return hmac.compare_digest(self.signature(key, expires), signature)
+        given = signature.encode("utf-8", "replace")  # any text a URL may carry
+        return hmac.compare_digest(self.signature(key, expires).encode(), given)
 
     async def get(self, key: str) -> Fetched | None:
         """The stored image, or None when there is none (never stored, deleted or swept)."""
