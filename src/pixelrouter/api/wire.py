@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import math
 import secrets
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any
 
 import orjson
 from pydantic import BaseModel
@@ -17,7 +16,6 @@ from pixelrouter.catalog import (
     ModelEntry,
     choose_size,
     normalize_output_format,
-    usd_to_micro,
 )
 from pixelrouter.errors import InvalidRequest
 from pixelrouter.loras import LoraRegistry
@@ -26,27 +24,26 @@ from pixelrouter.types import (
     Attribution,
     ImageRequest,
     LoraChoice,
-    ProviderPrefs,
     ReferenceImage,
 )
 
+from .preferences import (
+    check_guidance,
+    check_steps,
+    printable,
+    provider_prefs,
+    require_parameters,
+    with_ignored_provider_fields,
+)
 from .schemas import (
-    MAX_GUIDANCE,
     MAX_SEED,
     MAX_SESSION_ID,
-    MAX_STEPS,
     ChatCompletionRequest,
     ImagesRequest,
     LoraRef,
     OpenAIImagesRequest,
-    PercentileCutoffs,
-    ProviderPreferences,
 )
 
-SortBy = Literal["price", "throughput", "latency"]
-SORTS = ("price", "throughput", "latency", "exacto")
-# `provider.options` values the providers act on; other keys are dropped, as OpenRouter does.
-PASSTHROUGH_OPTIONS = ("steps", "guidance", "batching")
 MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY = 64
 MAX_METADATA_VALUE = 512
@@ -124,114 +121,12 @@ def _resolve_seed(seed: int | None) -> tuple[int, bool]:
     return seed, True
 
 
-def _check_steps(steps: int | None) -> int | None:
-    if steps is not None and not 1 <= steps <= MAX_STEPS:
-        raise InvalidRequest(f"steps must be between 1 and {MAX_STEPS}; got {steps}.")
-    return steps
-
-
-def _check_guidance(guidance: float | None) -> float | None:
-    if guidance is not None and not 0.0 <= guidance <= MAX_GUIDANCE:
-        raise InvalidRequest(f"guidance must be between 0 and {MAX_GUIDANCE}; got {guidance}.")
-    return guidance
-
-
 def _output_compression(value: int | None, fmt: str) -> int | None:
     if value is None:
         return None
     if not 0 <= value <= 100:
         raise InvalidRequest(f"output_compression must be between 0 and 100; got {value}.")
     return value
-
-
-def _usd_to_micro(value: float | str | None, name: str) -> int | None:
-    if value is None:
-        return None
-    try:
-        usd = float(value)
-    except (TypeError, ValueError) as exc:
-        raise InvalidRequest(f"provider.max_price.{name} must be a number of USD.") from exc
-    if not 0 <= usd < 1e9:
-        raise InvalidRequest(f"provider.max_price.{name} must be between 0 and 1e9 USD.")
-    return usd_to_micro(usd)
-
-
-def provider_prefs(p: ProviderPreferences | None) -> ProviderPrefs:
-    if p is None:
-        return ProviderPrefs()
-    sort = p.sort.get("by") if isinstance(p.sort, dict) else p.sort
-    if sort not in (None, *SORTS):
-        raise InvalidRequest(f"provider.sort must be one of {', '.join(SORTS)}.")
-    options: list[tuple[str, tuple[tuple[str, Any], ...]]] = []
-    for slug, values in (p.options or {}).items():
-        if not isinstance(values, dict):
-            raise InvalidRequest(f"provider.options.{slug} must be an object.")
-        allowed: dict[str, Any] = {}
-        for key, value in values.items():
-            if key == "steps":
-                allowed[key] = _check_steps(_as_int(value, "steps"))
-            elif key == "guidance":
-                allowed[key] = _check_guidance(_as_float(value, "guidance"))
-            elif key == "batching":
-                allowed[key] = bool(value)
-        options.append((slug, tuple(sorted(allowed.items()))))
-    return ProviderPrefs(
-        order=tuple(p.order or ()),
-        allow_fallbacks=True if p.allow_fallbacks is None else p.allow_fallbacks,
-        require_parameters=bool(p.require_parameters),
-        only=tuple(p.only or ()),
-        ignore=tuple(p.ignore or ()),
-        # "exacto" ranks by tool-calling quality, which image providers do not have: the
-        # default order serves it (and the generation lists provider.sort as ignored).
-        sort=cast(SortBy | None, None if sort == "exacto" else sort),
-        max_price_image_micro=_usd_to_micro(p.max_price.image, "image") if p.max_price else None,
-        max_price_request_micro=(
-            _usd_to_micro(p.max_price.request, "request") if p.max_price else None
-        ),
-        data_collection=p.data_collection or "allow",
-        options=tuple(options),
-        quantizations=tuple(q.strip().lower() for q in p.quantizations or () if q.strip()),
-        zdr=bool(p.zdr),
-        preferred_max_latency_s=_cutoffs(p.preferred_max_latency, "preferred_max_latency"),
-        preferred_min_throughput=_cutoffs(p.preferred_min_throughput, "preferred_min_throughput"),
-    )
-
-
-def _cutoffs(value: float | PercentileCutoffs | None, name: str) -> tuple[tuple[str, float], ...]:
-    """A number (the p50 cut-off) or `{p50, p75, p90, p99}`, each a finite number >= 0."""
-    if value is None:
-        return ()
-    pairs = (
-        [("p50", value)]
-        if isinstance(value, int | float)
-        else [(k, v) for k, v in value.model_dump(include={"p50", "p75", "p90", "p99"}).items()]
-    )
-    cutoffs = []
-    for percentile, cutoff in pairs:
-        if cutoff is None:
-            continue
-        if not math.isfinite(cutoff) or cutoff < 0:
-            raise InvalidRequest(f"provider.{name}.{percentile} must be a number of at least 0.")
-        cutoffs.append((percentile, float(cutoff)))
-    return tuple(cutoffs)
-
-
-def ignored_provider_fields(p: ProviderPreferences | None) -> tuple[str, ...]:
-    """`provider` fields accepted but not acted on, for the generation record."""
-    if p is None:
-        return ()
-    names = [f"provider.{name}" for name in sorted(p.model_extra or {})]
-    sort = p.sort.get("by") if isinstance(p.sort, dict) else p.sort
-    if sort == "exacto":
-        names.append("provider.sort")
-    if isinstance(p.sort, dict) and p.sort.get("partition") not in (None, "model"):
-        names.append("provider.sort.partition")
-    for slug, values in (p.options or {}).items():
-        if isinstance(values, dict):
-            names += [
-                f"provider.options.{slug}.{k}" for k in values if k not in PASSTHROUGH_OPTIONS
-            ]
-    return tuple(names)
 
 
 def _attribution(edge: Edge, body: Any) -> Attribution:
@@ -269,43 +164,10 @@ def _metadata(value: dict[str, str] | None) -> dict[str, str] | None:
     return dict(value)
 
 
-def _as_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
-        raise InvalidRequest(f"{name} must be an integer.")
-    return int(value)
-
-
-def _as_float(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidRequest(f"{name} must be a number.")
-    return float(value)
-
-
 def _ignored(body: BaseModel, also: tuple[str, ...] = ()) -> tuple[str, ...]:
     # Names only, cut and made printable: they are stored on the generation record.
     names = sorted((body.model_extra or {}).keys()) + list(also)
-    return _printable(names)
-
-
-def _printable(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(name[:64].encode("utf-8", "replace").decode() for name in names[:32])
-
-
-def _with_ignored_provider_fields(
-    ignored: tuple[str, ...], p: ProviderPreferences | None
-) -> tuple[str, ...]:
-    """Routing preferences not acted on are listed too, but never refuse a request under
-    `require_parameters` (which is about the model's parameters)."""
-    return _printable([*ignored, *ignored_provider_fields(p)])
-
-
-def _require_parameters(prefs: ProviderPrefs, ignored: tuple[str, ...]) -> None:
-    if prefs.require_parameters and ignored:
-        raise InvalidRequest(
-            "No provider supports every parameter of this request "
-            f"(provider.require_parameters is true): {', '.join(ignored)}.",
-            metadata={"unsupported_parameters": list(ignored)},
-        )
+    return printable(names)
 
 
 def _check_prompt(prompt: str, entry: ModelEntry) -> str:
@@ -385,7 +247,7 @@ async def from_chat(body: ChatCompletionRequest, edge: Edge) -> ImageRequest:
     seed, seed_given = _resolve_seed(cfg.seed if cfg and cfg.seed is not None else body.seed)
     prefs = provider_prefs(body.provider)
     ignored = _ignored(body, tuple(sorted((cfg.model_extra or {}).keys())) if cfg else ())
-    _require_parameters(prefs, ignored)
+    require_parameters(prefs, ignored)
     return ImageRequest(
         id=edge.generation_id,
         model=entry.id,
@@ -396,8 +258,8 @@ async def from_chat(body: ChatCompletionRequest, edge: Edge) -> ImageRequest:
         n=_check_n(body.n, entry),
         seed=seed,
         seed_given=seed_given,
-        steps=_check_steps(cfg.steps if cfg else None),
-        guidance=_check_guidance(cfg.guidance if cfg else None),
+        steps=check_steps(cfg.steps if cfg else None),
+        guidance=check_guidance(cfg.guidance if cfg else None),
         references=references,
         batching=cfg.batching if cfg and cfg.batching is not None else True,
         stream=bool(body.stream),
@@ -405,7 +267,7 @@ async def from_chat(body: ChatCompletionRequest, edge: Edge) -> ImageRequest:
         loras=loras,
         prefs=prefs,
         attribution=_attribution(edge, body),
-        ignored_parameters=_with_ignored_provider_fields(ignored, body.provider),
+        ignored_parameters=with_ignored_provider_fields(ignored, body.provider),
         key_hash=edge.key_hash,
     )
 
@@ -439,7 +301,7 @@ async def from_images(body: ImagesRequest, edge: Edge) -> ImageRequest:
     seed, seed_given = _resolve_seed(body.seed)
     prefs = provider_prefs(body.provider)
     ignored = _ignored(body)
-    _require_parameters(prefs, ignored)
+    require_parameters(prefs, ignored)
     return ImageRequest(
         id=edge.generation_id,
         model=entry.id,
@@ -450,8 +312,8 @@ async def from_images(body: ImagesRequest, edge: Edge) -> ImageRequest:
         n=_check_n(body.n, entry),
         seed=seed,
         seed_given=seed_given,
-        steps=_check_steps(body.steps),
-        guidance=_check_guidance(body.guidance),
+        steps=check_steps(body.steps),
+        guidance=check_guidance(body.guidance),
         references=references,
         output_format=fmt,  # type: ignore[arg-type]
         output_compression=_output_compression(body.output_compression, fmt),
@@ -460,7 +322,7 @@ async def from_images(body: ImagesRequest, edge: Edge) -> ImageRequest:
         loras=loras,
         prefs=prefs,
         attribution=_attribution(edge, body),
-        ignored_parameters=_with_ignored_provider_fields(ignored, body.provider),
+        ignored_parameters=with_ignored_provider_fields(ignored, body.provider),
         key_hash=edge.key_hash,
     )
 
@@ -497,7 +359,7 @@ def from_openai(
     fmt = normalize_output_format(body.output_format)
     seed, seed_given = _resolve_seed(body.seed)
     prefs = provider_prefs(body.provider)
-    _require_parameters(prefs, ignored)
+    require_parameters(prefs, ignored)
     return ImageRequest(
         id=edge.generation_id,
         model=entry.id,
@@ -515,7 +377,7 @@ def from_openai(
         loras=loras,
         prefs=prefs,
         attribution=_attribution(edge, body),
-        ignored_parameters=_with_ignored_provider_fields(ignored, body.provider),
+        ignored_parameters=with_ignored_provider_fields(ignored, body.provider),
         key_hash=edge.key_hash,
     )
 
