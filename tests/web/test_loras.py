@@ -120,7 +120,7 @@ def test_the_overview_lists_the_accepted_adapters_escaped(
 
     # The example request names the first adapter at its default scale, and runs as shown:
     # the image it writes was charged the adapter's price ($0.02 for 1 MP), not the model's.
-    example = page.get_by_test_id("lora-example").text_content()
+    example = page.get_by_test_id("example-lora").text_content()
     assert example and f"{site.api}/images" in example
     assert '"loras": [{"name": "ink-wash", "scale": 0.8}]' in example
     if which("curl") is not None:
