@@ -189,11 +189,12 @@ def _outcome(
 
 @dataclass
 class Site:
-    """The demo gateway the pages are opened on, with an inference key."""
+    """The demo gateway the pages are opened on, with an inference key (and the failing
+    upstream it routes to, for the shared gateway of conftest.py)."""
 
     server: ServerProcess
     key: str
-    upstream: FailingUpstream
+    upstream: FailingUpstream | None = None
     generations: list[str] = field(default_factory=list)
 
     @property
@@ -251,7 +252,7 @@ def serve_traffic(site: Site) -> None:
     attempts = [(a["provider_name"], a["status"]) for a in record["provider_responses"]]
     assert attempts[0][0] == "Flaky Cloud" and attempts[0][1] >= 500, attempts
     assert attempts[-1] == ("Local (demo weights)", 200), attempts
-    assert site.upstream.calls >= 1
+    assert site.upstream is not None and site.upstream.calls >= 1
     for referer, title, count in APPS:
         for i in range(count):
             site.generate({"HTTP-Referer": referer, "X-Title": title}, n=2 if i == 0 else 1)

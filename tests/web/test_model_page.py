@@ -99,6 +99,7 @@ def test_every_tab_renders(page: Any, site: Site) -> None:
     assert page.get_by_test_id("context-length").inner_text() == "67,344"
     assert page.get_by_test_id("created").inner_text() == "January 14, 2026"
     assert page.get_by_test_id("price-rule").inner_text() == "$0.014 + $0.001 × (MP − 1)"
+    assert page.get_by_test_id("loras").count() == 0  # this server registers no adapter
     for tab in TABS:
         panel = open_tab(page, tab)
         for other in TABS:

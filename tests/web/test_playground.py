@@ -71,6 +71,7 @@ def test_playground_generates_with_progress_and_shows_the_cost(
 def test_playground_shows_the_servers_error(page: Any, site: Site, problems: Any) -> None:
     problems.allow("status of 400")  # the browser logs the refused request
     page.goto("/playground")
+    assert page.get_by_test_id("pg-loras").is_hidden()  # a model without adapters: no picker
     page.fill("#pg-key", site.key)
     page.select_option("#pg-size-mode", "size")
     page.fill("#pg-width", "100")

@@ -6,7 +6,9 @@ curl and Python ones against a real server.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Any
 
 from pixelrouter.catalog import ModelEntry
 
@@ -100,3 +102,20 @@ console.log(result.usage);
             typescript,
         ),
     ]
+
+
+def lora_example(entry: ModelEntry, api_base: str, lora: dict[str, Any]) -> str:
+    """The curl sample with one of the model's LoRA adapters at its default scale (the Overview
+    tab's adapters section); `lora` is a row of `views.loras_view`."""
+    chosen = json.dumps([{"name": lora["name"], "scale": lora["default_scale"]}])
+    return f"""\
+curl -s {api_base}/images \\
+  -H "Authorization: Bearer $PIXELROUTER_API_KEY" \\
+  -H "Content-Type: application/json" \\
+  -d '{{"model": "{entry.id}", "prompt": "{PROMPT}", "size": "1024x768",
+       "loras": {chosen}}}' \\
+  | python3 -c 'import sys, json, base64
+r = json.load(sys.stdin)
+open("lighthouse.png", "wb").write(base64.b64decode(r["data"][0]["b64_json"]))
+print(r["usage"])'
+"""

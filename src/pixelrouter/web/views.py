@@ -28,6 +28,7 @@ from pixelrouter.catalog import (
 )
 from pixelrouter.catalog_json import endpoint_json, live_status, model_json
 from pixelrouter.config import Settings
+from pixelrouter.loras import MAX_LORAS_PER_REQUEST, MAX_SCALE
 from pixelrouter.providers.base import Provider
 from pixelrouter.routing.router import Router
 from pixelrouter.sse import PROGRESS
@@ -42,7 +43,7 @@ from pixelrouter.stats.windows import HOURLY_HOURS, providers_stats
 from pixelrouter.store import Store
 
 from . import display
-from .examples import examples
+from .examples import examples, lora_example
 
 ACTIVITY_DAYS = 30  # as GET /activity and the stats endpoint
 APPS_SHOWN = 20
@@ -120,6 +121,7 @@ def model_view(px: Site, entry: ModelEntry, now: datetime, base_url: str) -> dic
             ProviderFigures(provider, stats, hourly, live_status(px.router, provider, stats))
         )
     api_base = f"{base_url}/api/v1"
+    loras = loras_view(px, entry)
     data = {
         "model": model_json(entry),
         "pricing": pricing_view(entry),
@@ -138,8 +140,35 @@ def model_view(px: Site, entry: ModelEntry, now: datetime, base_url: str) -> dic
         "context_length_text": display.count_text(entry.context_length),
         "api_base": api_base,
         "examples": examples(entry, api_base),
+        "loras": loras,
+        "lora_example": lora_example(entry, api_base, loras[0]) if loras else "",
         "data": data,
     }
+
+
+def loras_view(px: Site, entry: ModelEntry) -> list[dict[str, Any]]:
+    """The LoRA adapters a request for this model may name: those the engine checked and
+    accepted, the same ones `/models` lists as the variants `<model>:<name>`."""
+    registry = px.settings.loras
+    rows = []
+    for spec in registry.accepted(entry.id):
+        check = registry.check_of(spec.name)
+        price = spec.price
+        rows.append(
+            {
+                "name": spec.name,
+                "description": spec.description,
+                "default_scale": spec.default_scale,
+                "default_scale_text": f"{spec.default_scale:g}",
+                "price_text": None
+                if price is None
+                else f"{display.usd_text(price.first_mp)} + "
+                f"{display.usd_text(price.extra_mp)} × (MP − 1)",
+                "rank": check.rank if check is not None else None,
+                "variant": f"{entry.id}:{spec.name}",
+            }
+        )
+    return rows
 
 
 def provider_row(entry: ModelEntry, figures: ProviderFigures) -> dict[str, Any]:
@@ -326,6 +355,20 @@ def playground_view(px: Site) -> dict[str, Any]:
     entry = px.catalog.default
     return {
         "models": [{"id": m.id, "name": m.name} for m in px.catalog.models],
+        # each model's adapters for the picker, embedded as JSON (`tojson` escapes markup)
+        "loras": {
+            m.id: [
+                {
+                    "name": row["name"],
+                    "description": row["description"],
+                    "default_scale": row["default_scale"],
+                }
+                for row in loras_view(px, m)
+            ]
+            for m in px.catalog.models
+        },
+        "max_loras": MAX_LORAS_PER_REQUEST,
+        "max_scale": MAX_SCALE,
         "ratios": [
             {"ratio": ratio, "size": "{}x{}".format(*size_for_ratio(a, b, "1K"))}
             for ratio, (a, b) in ASPECT_RATIOS.items()

@@ -1,10 +1,12 @@
 // The playground: POST /api/v1/images with stream: true, read the SSE body from a
 // ReadableStream, show the denoising progress (": <prefix> k/N" comments; the page carries the
 // prefix, from pixelrouter/sse.py), the images, the cost (usage.cost) and the provider
-// (GET /api/v1/generation).
+// (GET /api/v1/generation). The selected model's LoRA adapters (embedded in the page as JSON)
+// may be picked, each at a scale, and are sent as `loras`.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+const PAGE = JSON.parse($("pg-data").textContent);
 const APP_TITLE = "pixelrouter playground";
 
 function usdText(cost) {
@@ -40,6 +42,8 @@ async function requestBody() {
   }
   const seed = $("pg-seed").value.trim();
   if (seed !== "") body.seed = parseInt(seed, 10);
+  const loras = chosenLoras();
+  if (loras.length) body.loras = loras;
   const files = Array.from($("pg-refs").files || []);
   if (files.length) {
     body.input_references = [];
@@ -232,6 +236,66 @@ function setupModel() {
   if (wanted) {
     for (const option of $("pg-model").options) if (option.value === wanted) option.selected = true;
   }
+  // Another model has other adapters: the picker starts again, with nothing chosen.
+  $("pg-model").addEventListener("change", renderLoras);
+  renderLoras();
+}
+
+/** The picker of the selected model's adapters: a checkbox and a scale (its default) for each;
+ * hidden when the model has none. Names and descriptions are operators' text: textContent only. */
+function renderLoras() {
+  const adapters = PAGE.loras[$("pg-model").value] || [];
+  const rows = adapters.map((lora) => {
+    const row = document.createElement("div");
+    row.className = "lora";
+    row.dataset.lora = lora.name;
+    const pick = document.createElement("label");
+    const box = document.createElement("input");
+    box.type = "checkbox";
+    box.value = lora.name;
+    box.addEventListener("change", limitLoras);
+    const name = document.createElement("span");
+    name.className = "mono";
+    name.textContent = lora.name;
+    pick.append(box, name);
+    const scale = document.createElement("input");
+    scale.type = "number";
+    scale.step = "0.05";
+    scale.min = String(-PAGE.max_scale);
+    scale.max = String(PAGE.max_scale);
+    scale.value = String(lora.default_scale);
+    scale.setAttribute("aria-label", `Scale of ${lora.name}`);
+    row.append(pick, scale);
+    if (lora.description) {
+      const description = document.createElement("div");
+      description.className = "muted";
+      description.textContent = lora.description;
+      row.append(description);
+    }
+    return row;
+  });
+  $("pg-lora-list").replaceChildren(...rows);
+  $("pg-loras").hidden = rows.length === 0;
+  limitLoras();
+}
+
+/** At most max_loras adapters: once that many are chosen, the others cannot be. */
+function limitLoras() {
+  const boxes = Array.from($("pg-lora-list").querySelectorAll('input[type="checkbox"]'));
+  const full = boxes.filter((box) => box.checked).length >= PAGE.max_loras;
+  for (const box of boxes) box.disabled = full && !box.checked;
+}
+
+/** The chosen adapters as `loras`: [{name, scale}], in the list's order; an empty scale
+ * leaves it to the server (the adapter's default). The server checks the scale's range. */
+function chosenLoras() {
+  const chosen = [];
+  for (const row of $("pg-lora-list").children) {
+    if (!row.querySelector('input[type="checkbox"]').checked) continue;
+    const scale = row.querySelector('input[type="number"]').value.trim();
+    chosen.push(scale === "" ? { name: row.dataset.lora } : { name: row.dataset.lora, scale: Number(scale) });
+  }
+  return chosen;
 }
 
 // The key is kept for this tab only (sessionStorage), never sent anywhere but this server.
