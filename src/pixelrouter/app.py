@@ -4,6 +4,7 @@ one FastAPI app. It sits above `api/` and `web/`, which know nothing of each oth
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,6 +27,7 @@ from pixelrouter.api.routes import (
     health,
     images,
     keys,
+    loras,
     openai_images,
     records,
     stats,
@@ -34,14 +36,19 @@ from pixelrouter.api.state import AppState
 from pixelrouter.billing.sweeper import sweep_forever
 from pixelrouter.catalog import Catalog
 from pixelrouter.config import Settings
+from pixelrouter.errors import ConfigError, PixelrouterError
 from pixelrouter.generations import GenerationService
 from pixelrouter.logs import guard_logs
+from pixelrouter.lora_files import LoraUploads
+from pixelrouter.loras import LoraRegistry
 from pixelrouter.providers.base import Provider
 from pixelrouter.routing.health import HealthConfig
 from pixelrouter.routing.router import Router
 from pixelrouter.store import Store
 from pixelrouter.web import STATIC_DIR as WEB_STATIC_DIR
 from pixelrouter.web import router as web_router
+
+log = logging.getLogger(__name__)
 
 DESCRIPTION = """\
 FLUX.2 [klein] 4B behind an OpenRouter-compatible API. Every `/api/v1` call takes
@@ -61,6 +68,39 @@ def default_providers(settings: Settings) -> list[Provider]:
     return [local_provider(settings)] if settings.engine else []
 
 
+def restore_uploads(uploads: LoraUploads, registry: LoraRegistry) -> None:
+    """The adapters uploaded before a restart, registered like the config file's tables (a name
+    in both stops the server: it would be two adapters under one name)."""
+    for spec in uploads.specs():
+        if registry.get(spec.name) is not None:
+            raise ConfigError(
+                f"The LoRA adapter {spec.name!r} is both in [[loras]] and uploaded to "
+                f"{uploads.directory}: remove one of them."
+            )
+        registry.add(spec)
+
+
+async def check_unchecked_loras(px: AppState) -> None:
+    """Once the local engine is ready, check each adapter it has not checked yet (an engine
+    started before this app restored its uploads); an engine started by this app checks them
+    all itself before it is ready."""
+    engine = loras.local_engine(px)
+    if engine is None:
+        return
+    while engine.state == "loading" or engine.state == "not_started":
+        await asyncio.sleep(0.2)
+    if engine.state != "ready":
+        return
+    registry = px.settings.loras
+    for spec in registry.specs():
+        if registry.check_of(spec.name) is None:
+            try:
+                await engine.register_lora(spec)
+            except PixelrouterError as exc:  # the engine stopped meanwhile
+                log.warning("LoRA adapter %s was not checked: %s", spec.name, exc.message)
+                return
+
+
 def create_app(
     settings: Settings,
     *,
@@ -68,6 +108,8 @@ def create_app(
     store: Store | None = None,
 ) -> FastAPI:
     catalog_ = Catalog()
+    uploads = LoraUploads(settings.resolved_lora_dir, catalog_)
+    restore_uploads(uploads, settings.loras)  # before the engine starts: it checks them all
     store_ = store or Store(settings.resolved_database_url)
     # The app closes the providers it builds; injected ones belong to their creator.
     owned = providers is None
@@ -87,6 +129,7 @@ def create_app(
             store_, router_, catalog_, reservation_ttl_s=settings.reservation_ttl_s
         ),
         demo=settings.demo,
+        lora_uploads=uploads,
     )
 
     def record_finished(generation_id: str) -> bool:
@@ -110,6 +153,7 @@ def create_app(
                 flush=True,
             )
         sweeper = asyncio.create_task(sweep_forever(store_, settings))
+        checking = asyncio.create_task(check_unchecked_loras(px))
         for provider in providers_:
             await provider.start()  # background upkeep, e.g. workers found by DNS
         try:
@@ -121,6 +165,7 @@ def create_app(
             await lifecycle.drain()
             await px.service.drain(CANCEL_GRACE_S)  # bookkeeping that outlives its response
             sweeper.cancel()
+            checking.cancel()
             if owned:
                 for provider in providers_:
                     await provider.aclose()
@@ -144,6 +189,7 @@ def create_app(
     app.include_router(images.router, prefix="/api/v1")
     app.include_router(openai_images.router, prefix="/api/v1")
     app.include_router(catalog.router, prefix="/api/v1", dependencies=authed)
+    app.include_router(loras.router, prefix="/api/v1")
     app.include_router(stats.router, prefix="/api/v1", dependencies=authed)
     app.include_router(records.router, prefix="/api/v1")
     app.include_router(keys.router, prefix="/api/v1")
@@ -162,6 +208,7 @@ def create_app(
         demo=settings.demo,
         on_answered=px.service.answered,
         authenticate=key_before_body,
+        uploads={loras.UPLOAD_PATH: settings.max_lora_upload_mb * 1024 * 1024},
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # sees every response
     app.add_middleware(ConnectionMiddleware)  # outermost: the server's own transport

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 
@@ -10,6 +11,7 @@ from starlette.requests import Request
 from pixelrouter.catalog import Catalog
 from pixelrouter.config import Settings
 from pixelrouter.generations import GenerationService
+from pixelrouter.lora_files import LoraUploads
 from pixelrouter.providers.base import Provider
 from pixelrouter.refimages import FetchPolicy
 from pixelrouter.routing.router import Router
@@ -56,6 +58,9 @@ class AppState:
     demo: bool = False
     accepting: bool = True
     recent_keys: RecentKeys = field(default_factory=RecentKeys)
+    lora_uploads: LoraUploads | None = None  # None: uploads are not kept (no lora_dir)
+    # One adapter upload or removal at a time: a name is checked, stored and registered whole.
+    lora_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def fetch_policy(self) -> FetchPolicy:
