@@ -404,3 +404,72 @@ async def test_uploads_are_kept_across_a_restart(
             assert after.json()["usage"]["cost"] == pytest.approx(0.05)
     finally:
         provider.engine.shutdown()
+
+
+def _hf_cache(root: Path, repo: str, files: dict[str, bytes]) -> Path:
+    """A Hugging Face cache as huggingface_hub lays it out: refs/main naming a snapshot that
+    holds the repository's files."""
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    folder = root / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(sha)
+    for name, content in files.items():
+        path = folder / "snapshots" / sha / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    return folder / "snapshots" / sha
+
+
+async def test_hugging_face_references_are_read_from_the_cache(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    upload_provider: Any,
+    adapter_files: dict[str, bytes],
+) -> None:
+    """hf://owner/repo (diffusers' weight name) and hf://owner/repo/file.safetensors, resolved
+    offline from a cache laid out as huggingface_hub does; one not in the cache is refused at
+    registration, saying so."""
+    from pixelrouter.errors import NotFound
+    from pixelrouter.lora_files import local_path
+
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"  # conftest: no test reaches the hub
+    cache = tmp_path / "hub"
+    snapshot = _hf_cache(
+        cache,
+        "someone/ink-lora",
+        {WEIGHTS: adapter_files["ink"], "v2/glass.safetensors": adapter_files["glass"]},
+    )
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    assert Path(local_path("hf://someone/ink-lora")).read_bytes() == adapter_files["ink"]
+    resolved = local_path("hf://someone/ink-lora/v2/glass.safetensors")
+    assert Path(resolved) == snapshot / "v2" / "glass.safetensors"
+    with pytest.raises(NotFound, match="is not in the Hugging Face cache and the hub cannot be"):
+        local_path("hf://someone/other-lora")
+
+    engine = upload_provider.engine
+    try:
+        accepted = await engine.register_lora(
+            LoraSpec("hub-glass", "hf://someone/ink-lora/v2/glass.safetensors")
+        )
+        assert accepted.ok and accepted.rank == 4, accepted.reason
+        refused = await engine.register_lora(LoraSpec("hub-missing", "hf://someone/other-lora"))
+        assert (
+            not refused.ok
+            and "pytorch_lora_weights.safetensors of someone/other-lora is not in" in refused.reason
+        )
+        assert engine.cfg.loras.get("hub-missing") is None
+    finally:
+        await asyncio.wrap_future(engine.unregister_lora("hub-glass"))
+
+
+@pytest.mark.parametrize(
+    "path", ["hf://someone", "hf://someone/repo/weights.bin", "hf://someone/repo/../x.safetensors"]
+)
+def test_a_malformed_hugging_face_reference_stops_the_config(tmp_path: Path, path: str) -> None:
+    from pixelrouter.errors import ConfigError
+    from pixelrouter.loras import parse_lora_tables
+
+    with pytest.raises(ConfigError, match="a Hugging Face reference is hf://owner/repo"):
+        parse_lora_tables([{"name": "x", "path": path}], tmp_path)
+    (spec,) = parse_lora_tables([{"name": "x", "path": "hf://someone/repo"}], tmp_path)
+    assert spec.path == "hf://someone/repo"  # kept as it is, not made relative to the file

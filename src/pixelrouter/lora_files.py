@@ -182,7 +182,8 @@ def local_path(path: str) -> str:
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        return hf_hub_download(repo_id, filename)
+        # HF_HUB_CACHE read now, not when huggingface_hub was imported (else HF_HOME/hub).
+        return hf_hub_download(repo_id, filename, cache_dir=os.environ.get("HF_HUB_CACHE") or None)
     except LocalEntryNotFoundError:
         raise NotFound(
             f"{path}: {filename} of {repo_id} is not in the Hugging Face cache and the hub "
