@@ -473,3 +473,14 @@ def test_a_malformed_hugging_face_reference_stops_the_config(tmp_path: Path, pat
         parse_lora_tables([{"name": "x", "path": path}], tmp_path)
     (spec,) = parse_lora_tables([{"name": "x", "path": "hf://someone/repo"}], tmp_path)
     assert spec.path == "hf://someone/repo"  # kept as it is, not made relative to the file
+
+
+async def test_the_openapi_document_describes_uploads(uapi: Api) -> None:
+    paths = (await uapi.client.get("/openapi.json")).json()["paths"]
+    upload = paths["/api/v1/loras"]["post"]
+    assert upload["summary"].startswith("Upload a LoRA adapter")
+    form = upload["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert form["required"] == ["file", "name"]
+    assert set(upload["responses"]) >= {"201", "400", "401", "403", "409", "413"}
+    assert "get" in paths["/api/v1/loras"]
+    assert paths["/api/v1/loras/{name}"]["delete"]["summary"].startswith("Remove an uploaded")
