@@ -212,6 +212,9 @@ async def test_a_corrupt_or_foreign_file_is_refused_and_leaves_nothing(
         ("s", {"models": "nope/model"}, "model 'nope/model' is not in the catalogue"),
         ("s", {"price_extra_mp": "0.1"}, "price needs first_mp"),
         ("s", {"price_first_mp": "-1"}, "price.first_mp must be a non-negative number"),
+        ("s", {"price_first_mp": "nan"}, "price.first_mp must be a non-negative number"),
+        ("s", {"price_first_mp": "0.01", "price_extra_mp": "inf"}, "price.extra_mp must be"),
+        ("s", {"default_scale": "nan"}, "'default_scale' must be between -4 and 4; got nan"),
         ("s", {"path": "/etc/passwd"}, "Unknown field 'path'"),
     ],
 )

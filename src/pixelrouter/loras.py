@@ -395,7 +395,12 @@ def _price(value: Any, where: str) -> Price | None:
     amounts = {}
     for key in ("first_mp", "extra_mp"):
         amount = value.get(key, 0)
-        if isinstance(amount, bool) or not isinstance(amount, int | float) or amount < 0:
+        if (
+            isinstance(amount, bool)
+            or not isinstance(amount, int | float)
+            or not math.isfinite(amount)
+            or amount < 0
+        ):
             raise ConfigError(
                 f"{where}: price.{key} must be a non-negative number of USD (such as 0.02); "
                 f"got {amount!r}."
