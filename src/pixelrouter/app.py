@@ -36,11 +36,10 @@ from pixelrouter.api.state import AppState
 from pixelrouter.billing.sweeper import sweep_forever
 from pixelrouter.catalog import Catalog
 from pixelrouter.config import Settings
-from pixelrouter.errors import ConfigError, PixelrouterError
+from pixelrouter.errors import PixelrouterError
 from pixelrouter.generations import GenerationService
 from pixelrouter.logs import guard_logs
-from pixelrouter.lora_files import LoraUploads
-from pixelrouter.loras import LoraRegistry
+from pixelrouter.lora_files import LoraUploads, restore_uploads
 from pixelrouter.providers.base import Provider
 from pixelrouter.routing.health import HealthConfig
 from pixelrouter.routing.router import Router
@@ -66,18 +65,6 @@ def default_providers(settings: Settings) -> list[Provider]:
         configs = [c for c in settings.providers if settings.engine or c.type != "local"]
         return build_providers(configs, settings)
     return [local_provider(settings)] if settings.engine else []
-
-
-def restore_uploads(uploads: LoraUploads, registry: LoraRegistry) -> None:
-    """The adapters uploaded before a restart, registered like the config file's tables (a name
-    in both stops the server: it would be two adapters under one name)."""
-    for spec in uploads.specs():
-        if registry.get(spec.name) is not None:
-            raise ConfigError(
-                f"The LoRA adapter {spec.name!r} is both in [[loras]] and uploaded to "
-                f"{uploads.directory}: remove one of them."
-            )
-        registry.add(spec)
 
 
 async def check_unchecked_loras(px: AppState) -> None:

@@ -18,7 +18,13 @@ from typing import Any, BinaryIO
 
 from pixelrouter.catalog import Catalog, micro_to_usd
 from pixelrouter.errors import ConfigError, InvalidRequest, NotFound
-from pixelrouter.loras import HF_REFERENCE, HF_SCHEME, LoraSpec, parse_lora_tables
+from pixelrouter.loras import (
+    HF_REFERENCE,
+    HF_SCHEME,
+    LoraRegistry,
+    LoraSpec,
+    parse_lora_tables,
+)
 
 MANIFEST = "uploads.json"  # in lora_dir: the uploaded adapters, as [[loras]] tables
 HEADER_LIMIT = 100 * 1024 * 1024  # what the safetensors library itself accepts for a header
@@ -166,6 +172,18 @@ class LoraUploads:
         partial = self.manifest.with_suffix(".json.part")
         partial.write_text(json.dumps({"loras": tables}, indent=2) + "\n")
         os.replace(partial, self.manifest)
+
+
+def restore_uploads(uploads: LoraUploads, registry: LoraRegistry) -> None:
+    """The adapters uploaded before a restart, registered like the config file's tables (a name
+    in both stops the server: it would be two adapters under one name)."""
+    for spec in uploads.specs():
+        if registry.get(spec.name) is not None:
+            raise ConfigError(
+                f"The LoRA adapter {spec.name!r} is both in [[loras]] and uploaded to "
+                f"{uploads.directory}: remove one of them."
+            )
+        registry.add(spec)
 
 
 def local_path(path: str) -> str:

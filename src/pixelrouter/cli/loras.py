@@ -38,13 +38,21 @@ def loras_list(
     ] = None,
 ) -> None:
     """List the LoRA adapters: those a running server holds and what checking each found
-    (--server), or those registered in the config file (not checked: the engine checks them
-    when it starts)."""
+    (--server), or those of the config file and the uploads kept in its lora_dir (not
+    checked: the engine checks them when it starts)."""
     if server is not None:
         response = _call("GET", server, api_key, "loras")
         rows: list[dict[str, Any]] = response.json()["data"]
     else:
-        rows = settings_from(config).loras.describe()
+        from pixelrouter.errors import ConfigError
+        from pixelrouter.lora_files import LoraUploads, restore_uploads
+
+        settings = settings_from(config)
+        try:  # the uploads kept in lora_dir too, as the server reads them at start
+            restore_uploads(LoraUploads(settings.resolved_lora_dir), settings.loras)
+        except ConfigError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+        rows = settings.loras.describe()
     if not rows:
         print("no LoRA adapters registered ([[loras]] in pixelrouter.toml)")
         return

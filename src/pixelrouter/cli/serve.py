@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from pixelrouter.config import DEFAULT_MODEL
+from pixelrouter.errors import ConfigError
 
 from .common import ConfigOption, DbOption, app, console, settings_from
 
@@ -92,7 +93,10 @@ def serve(
             "weights, for load tests; the images are noise."
         )
     console.print(f"pixelrouter on http://{settings.host}:{settings.port}  (API: /api/v1)")
-    api = create_app(settings)
+    try:
+        api = create_app(settings)
+    except ConfigError as exc:  # the uploaded adapters' list (lora_dir) is broken or clashes
+        raise typer.BadParameter(str(exc)) from exc
     lifecycle.serve(
         api,
         api.state.lifecycle,
