@@ -487,3 +487,25 @@ async def test_the_openapi_document_describes_uploads(uapi: Api) -> None:
     assert set(upload["responses"]) >= {"201", "400", "401", "403", "409", "413"}
     assert "get" in paths["/api/v1/loras"]
     assert paths["/api/v1/loras/{name}"]["delete"]["summary"].startswith("Remove an uploaded")
+
+
+async def test_an_upload_that_stalls_is_a_408(tmp_path: Path, upload_provider: Any) -> None:
+    """The upload's body streams to the route, so the edge's deadline is per part: a client
+    that stops sending gets a 408 and holds nothing."""
+    registry = upload_provider.engine.cfg.loras
+    db = f"sqlite:///{tmp_path / 'px.db'}"
+    async for api in make_api(tmp_path, db, [upload_provider], loras=registry, body_timeout_s=0.3):
+
+        async def stalls() -> AsyncIterator[bytes]:
+            yield b'--b\r\nContent-Disposition: form-data; name="name"\r\n\r\nslow\r\n'
+            await asyncio.sleep(2)
+            yield b"--b--\r\n"
+
+        response = await api.client.post(
+            "/api/v1/loras",
+            content=stalls(),
+            headers={**api.auth(api.admin_key), "Content-Type": "multipart/form-data; boundary=b"},
+        )
+        assert response.status_code == 408, response.text
+        assert response.json()["error"]["metadata"]["error_type"] == "timeout"
+        assert "slow" not in await _listed(api) and _stored(tmp_path) == []
