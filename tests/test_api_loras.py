@@ -12,6 +12,7 @@ import pytest
 
 from conftest import Api, make_api
 from engine.loras_helpers import make_adapter
+from helpers import tiny_png
 from pixelrouter.catalog import Price
 from pixelrouter.loras import LoraRegistry, LoraSpec
 
@@ -222,3 +223,66 @@ async def test_get_loras_lists_every_adapter_with_its_check(lora_api: Api) -> No
         "reason",
     }
     assert (await lora_api.client.get("/api/v1/loras")).status_code == 401
+
+
+async def _edit(api: Api, data: dict[str, Any], key: str | None = None) -> Any:
+    fields = {"prompt": "a lantern", "model": MODEL, "size": "128x128", "seed": "5"}
+    return await api.post(
+        "/api/v1/images/edits",
+        key=key,
+        data={**fields, **data},  # a list value: the field repeated
+        files={"image": ("a.png", tiny_png(128, 128), "image/png")},
+    )
+
+
+async def test_multipart_edits_take_a_loras_field(lora_api: Api) -> None:
+    import openai
+
+    plain = _image(await _edit(lora_api, {}))
+    as_json = _image(await _edit(lora_api, {"loras": '[{"name": "ink", "scale": 0.8}]'}))
+    assert as_json != plain
+    # What the OpenAI SDK sends for extra_body={"loras": [...]} on images.edit: one field per
+    # key, grouped by name (loras[][name]=..., then loras[][scale]=...).
+    client = openai.AsyncOpenAI(
+        api_key=lora_api.key, base_url="http://pixelrouter.test/api/v1", http_client=lora_api.client
+    )
+    edited = await client.images.edit(
+        model=MODEL,
+        image=("a.png", tiny_png(128, 128), "image/png"),
+        prompt="a lantern",
+        size="128x128",  # type: ignore[arg-type]
+        extra_body={"seed": 5, "loras": [{"name": "ink", "scale": 0.8}]},
+    )
+    assert edited.data and base64.b64decode(edited.data[0].b64_json or "") == as_json
+    two = {"loras[][name]": ["ink", "glass"]}
+    scaled = {**two, "loras[][scale]": ["0.8", "1"]}
+    both = await _edit(lora_api, scaled)
+    same = await _edit(
+        lora_api, {"loras": '[{"name": "ink", "scale": 0.8}, {"name": "glass", "scale": 1}]'}
+    )
+    assert _image(both) == _image(same) != as_json
+    defaults = _image(await _edit(lora_api, two))  # no scales: each adapter's default
+    assert defaults == _image(
+        await _edit(lora_api, {"loras": '[{"name": "ink"}, {"name": "glass"}]'})
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        ({"loras": "ink"}, "loras must be a JSON array"),
+        ({"loras": '[{"name": "nope"}]'}, "unknown LoRA adapter 'nope'"),
+        ({"loras": '[{"name": "ink", "scale": 9}]'}, "scale must be between -4 and 4"),
+        ({"loras[][name]": "ink", "loras[][scale]": "strong"}, "scale must be a number"),
+        (
+            {"loras[][name]": ["ink", "glass"], "loras[][scale]": "1"},
+            "give every adapter a scale or none",
+        ),
+        ({"loras": '[{"name": "ink"}]', "loras[][name]": "glass"}, "not both"),
+    ],
+)
+async def test_a_bad_loras_field_on_an_edit_is_a_400(lora_api: Api, data: Any, says: str) -> None:
+    response = await _edit(lora_api, data)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["metadata"]["error_type"] == "invalid_request"
+    assert says in response.json()["error"]["message"]

@@ -91,3 +91,24 @@ def test_loras_list_shows_the_adapters_of_the_config_file(tmp_path: Path) -> Non
     none.write_text("[server]\n")
     empty = CliRunner().invoke(app, ["loras", "list", "--config", str(none)])
     assert empty.exit_code == 0 and "no LoRA adapters registered" in empty.output
+
+
+def test_loras_list_shows_the_uploads_kept_in_lora_dir(tmp_path: Path) -> None:
+    from pixelrouter.lora_files import LoraUploads
+    from pixelrouter.loras import LoraSpec
+
+    kept = tmp_path / "kept"
+    LoraUploads(kept).add(LoraSpec("uploaded-one", str(kept / "uploaded-one-1a2b.safetensors")))
+    config = tmp_path / "pixelrouter.toml"
+    config.write_text('[server]\nlora_dir = "kept"\n[[loras]]\nname = "ink"\npath = "ink"\n')
+    listed = CliRunner().invoke(app, ["loras", "list", "--config", str(config)])
+    assert listed.exit_code == 0, listed.output
+    assert any(
+        "uploaded-one" in line and "unchecked" in line for line in listed.stdout.splitlines()
+    )
+    assert "ink" in listed.stdout
+    # A name both in the file and uploaded is the error the server would stop on.
+    config.write_text('[server]\nlora_dir = "kept"\n[[loras]]\nname = "uploaded-one"\npath = "x"\n')
+    clash = CliRunner().invoke(app, ["loras", "list", "--config", str(config)])
+    said = " ".join(clash.output.replace("│", " ").split())
+    assert clash.exit_code != 0 and "both in [[loras]] and uploaded" in said

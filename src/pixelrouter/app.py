@@ -4,6 +4,7 @@ one FastAPI app. It sits above `api/` and `web/`, which know nothing of each oth
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,6 +28,7 @@ from pixelrouter.api.routes import (
     health,
     images,
     keys,
+    loras,
     openai_images,
     records,
     stats,
@@ -35,15 +37,19 @@ from pixelrouter.api.state import AppState
 from pixelrouter.billing.sweeper import sweep_forever
 from pixelrouter.catalog import Catalog
 from pixelrouter.config import Settings
+from pixelrouter.errors import PixelrouterError
 from pixelrouter.generations import GenerationService
 from pixelrouter.imagestore import sweep_forever as sweep_images_forever
 from pixelrouter.logs import guard_logs
+from pixelrouter.lora_files import LoraUploads, restore_uploads
 from pixelrouter.providers.base import Provider
 from pixelrouter.routing.health import HealthConfig
 from pixelrouter.routing.router import Router
 from pixelrouter.store import Store
 from pixelrouter.web import STATIC_DIR as WEB_STATIC_DIR
 from pixelrouter.web import router as web_router
+
+log = logging.getLogger(__name__)
 
 DESCRIPTION = """\
 FLUX.2 [klein] 4B behind an OpenRouter-compatible API. Every `/api/v1` call takes
@@ -63,6 +69,27 @@ def default_providers(settings: Settings) -> list[Provider]:
     return [local_provider(settings)] if settings.engine else []
 
 
+async def check_unchecked_loras(px: AppState) -> None:
+    """Once the local engine is ready, check each adapter it has not checked yet (an engine
+    started before this app restored its uploads); an engine started by this app checks them
+    all itself before it is ready."""
+    engine = loras.local_engine(px)
+    if engine is None:
+        return
+    while engine.state == "loading" or engine.state == "not_started":
+        await asyncio.sleep(0.2)
+    if engine.state != "ready":
+        return
+    registry = px.settings.loras
+    for spec in registry.specs():
+        if registry.check_of(spec.name) is None:
+            try:
+                await engine.register_lora(spec)
+            except PixelrouterError as exc:  # the engine stopped meanwhile
+                log.warning("LoRA adapter %s was not checked: %s", spec.name, exc.message)
+                return
+
+
 def create_app(
     settings: Settings,
     *,
@@ -70,6 +97,8 @@ def create_app(
     store: Store | None = None,
 ) -> FastAPI:
     catalog_ = Catalog()
+    uploads = LoraUploads(settings.resolved_lora_dir, catalog_)
+    restore_uploads(uploads, settings.loras)  # before the engine starts: it checks them all
     store_ = store or Store(settings.resolved_database_url)
     # The app closes the providers it builds; injected ones belong to their creator.
     owned = providers is None
@@ -89,6 +118,7 @@ def create_app(
             store_, router_, catalog_, reservation_ttl_s=settings.reservation_ttl_s
         ),
         demo=settings.demo,
+        lora_uploads=uploads,
     )
 
     def record_finished(generation_id: str) -> bool:
@@ -115,6 +145,7 @@ def create_app(
         image_sweeper = asyncio.create_task(
             sweep_images_forever(px.images_in_use, settings.storage_retention_s)
         )
+        checking = asyncio.create_task(check_unchecked_loras(px))
         for provider in providers_:
             await provider.start()  # background upkeep, e.g. workers found by DNS
         try:
@@ -127,6 +158,7 @@ def create_app(
             await px.service.drain(CANCEL_GRACE_S)  # bookkeeping that outlives its response
             sweeper.cancel()
             image_sweeper.cancel()
+            checking.cancel()
             if owned:
                 for provider in providers_:
                     await provider.aclose()
@@ -150,6 +182,7 @@ def create_app(
     app.include_router(images.router, prefix="/api/v1")
     app.include_router(openai_images.router, prefix="/api/v1")
     app.include_router(catalog.router, prefix="/api/v1", dependencies=authed)
+    app.include_router(loras.router, prefix="/api/v1")
     app.include_router(stats.router, prefix="/api/v1", dependencies=authed)
     app.include_router(records.router, prefix="/api/v1")
     app.include_router(files.router, prefix="/api/v1")
@@ -169,6 +202,7 @@ def create_app(
         demo=settings.demo,
         on_answered=px.service.answered,
         authenticate=key_before_body,
+        uploads={loras.UPLOAD_PATH: settings.max_lora_upload_mb * 1024 * 1024},
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # sees every response
     app.add_middleware(ConnectionMiddleware)  # outermost: the server's own transport

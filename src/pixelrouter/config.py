@@ -38,6 +38,8 @@ SERVER_KEYS = frozenset(
         "max_body_bytes",
         "request_timeout_s",
         "max_loaded_loras",
+        "lora_dir",
+        "max_lora_upload_mb",
     }
 )
 
@@ -79,6 +81,10 @@ class Settings:
     loras: LoraRegistry = field(default_factory=LoraRegistry)
     # adapters kept loaded in the pipeline at once (least recently used goes first)
     max_loaded_loras: int = 4
+    # where uploaded adapters (POST /api/v1/loras) and their list are kept; None: data_dir/loras
+    lora_dir: Path | None = None
+    # the largest adapter upload accepted, in MiB (the body as a whole; a 413 beyond it)
+    max_lora_upload_mb: int = 512
     # limits
     max_body_bytes: int = 64 * 1024 * 1024
     # the whole request body must arrive within this (a client that trickles it gets a 408)
@@ -129,6 +135,10 @@ class Settings:
             dtype=os.environ.get("PIXELROUTER_DTYPE") or None,
             max_batch_size=_env_int("PIXELROUTER_MAX_BATCH_SIZE", 4),
             max_loaded_loras=_env_int("PIXELROUTER_MAX_LOADED_LORAS", 4),
+            lora_dir=Path(os.environ["PIXELROUTER_LORA_DIR"])
+            if os.environ.get("PIXELROUTER_LORA_DIR")
+            else None,
+            max_lora_upload_mb=_env_int("PIXELROUTER_MAX_LORA_UPLOAD_MB", 512),
             random_weights=os.environ.get("PIXELROUTER_RANDOM_WEIGHTS", "").strip() or None,
             request_timeout_s=float(os.environ.get("PIXELROUTER_REQUEST_TIMEOUT_S") or 600),
             body_timeout_s=float(os.environ.get("PIXELROUTER_BODY_TIMEOUT_S") or 30),
@@ -186,6 +196,10 @@ class Settings:
         return self.storage_url or str(self.data_dir / "images")
 
     @property
+    def resolved_lora_dir(self) -> Path:
+        return self.lora_dir if self.lora_dir is not None else self.data_dir / "loras"
+
+    @property
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
@@ -224,6 +238,19 @@ def read_config_file(path: Path | None) -> dict[str, Any]:
             f"(adapters kept loaded at once); got {max_loaded!r}."
         )
     server.update(_storage(data.get("storage"), path))
+    upload_mb = server.get("max_lora_upload_mb")
+    if upload_mb is not None and (
+        isinstance(upload_mb, bool) or not isinstance(upload_mb, int) or upload_mb < 1
+    ):
+        raise ConfigError(
+            f"[server] max_lora_upload_mb in {path} must be a whole number of MiB of at least 1; "
+            f"got {upload_mb!r}."
+        )
+    if "lora_dir" in server:
+        lora_dir = server["lora_dir"]
+        if not isinstance(lora_dir, str) or not lora_dir:
+            raise ConfigError(f"[server] lora_dir in {path} must be a directory's path.")
+        server["lora_dir"] = path.parent / Path(lora_dir).expanduser()
     if providers:
         server["providers"] = providers
     if loras:

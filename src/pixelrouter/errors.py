@@ -122,6 +122,14 @@ class NotFound(PixelrouterError):
     error_type = "not_found"
 
 
+class Conflict(PixelrouterError):
+    """The request is valid but clashes with what exists (a name taken, a thing that cannot be
+    removed this way); `metadata.reason` says which."""
+
+    status = 409
+    error_type = "invalid_request"
+
+
 class RequestTimeout(PixelrouterError):
     status = 408
     error_type = "timeout"

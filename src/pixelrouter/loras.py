@@ -24,6 +24,9 @@ MAX_LORAS_PER_REQUEST = 4
 MAX_SCALE = 4.0
 # Also the model variant's suffix (`<model id>:<name>`) and diffusers' adapter name.
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+TABLES = "[[loras]]"
+HF_SCHEME = "hf://"  # a file of a Hugging Face repository: hf://owner/repo[/file.safetensors]
+HF_REFERENCE = re.compile(r"^hf://([A-Za-z0-9][\w.-]*/[\w.-]+)(?:/([\w./-]+\.safetensors))?$")
 LORA_KEYS = frozenset({"name", "path", "models", "default_scale", "price", "description"})
 
 
@@ -32,7 +35,9 @@ class LoraSpec:
     """One registered adapter, as the operator described it."""
 
     name: str
-    path: str  # a diffusers/PEFT .safetensors file, or a directory holding one
+    # a diffusers/PEFT .safetensors file, a directory holding one, or a Hugging Face reference
+    # `hf://owner/repo[/file.safetensors]` (`lora_files.local_path`)
+    path: str
     models: tuple[str, ...] = (KLEIN_4B.id,)
     default_scale: float = 1.0
     price: Price | None = None  # per image, per megapixel; None: the serving provider's price
@@ -79,6 +84,12 @@ class LoraRegistry:
             if spec.name in self._specs:
                 raise ConfigError(f"LoRA adapter {spec.name!r} is registered twice.")
             self._specs[spec.name] = spec
+
+    def remove(self, name: str) -> LoraSpec | None:
+        """Forget the adapter and its check (an upload deleted); None if it was not here."""
+        with self._lock:
+            self._checks.pop(name, None)
+            return self._specs.pop(name, None)
 
     def get(self, name: str) -> LoraSpec | None:
         with self._lock:
@@ -269,10 +280,12 @@ def _scale(value: Any, where: str) -> float:
 
 
 def parse_lora_tables(
-    tables: Any, base_dir: Path, catalog: Catalog | None = None
+    tables: Any, base_dir: Path, catalog: Catalog | None = None, *, source: str = TABLES
 ) -> list[LoraSpec]:
     """The `[[loras]]` tables of a config file, each checked as data (the engine checks the
-    weights); relative paths are relative to the file. Raises `ConfigError` naming the table."""
+    weights); relative paths are relative to the file, `hf://` references are kept as they are.
+    Raises `ConfigError` naming the table. An upload's fields go through the same checks as a
+    one-table list, with `source` naming it in the messages ("LoRA upload")."""
     if tables is None:
         return []
     if not isinstance(tables, list):
@@ -281,7 +294,7 @@ def parse_lora_tables(
     specs: list[LoraSpec] = []
     names: set[str] = set()
     for index, table in enumerate(tables):
-        where = f"[[loras]] #{index + 1}"
+        where = f"{source} #{index + 1}" if source == TABLES else source
         if not isinstance(table, dict):
             raise ConfigError(f"{where} must be a table.")
         name = table.get("name")
@@ -291,7 +304,7 @@ def parse_lora_tables(
                 f"starting with a letter or digit (it becomes the model variant "
                 f"'<model>:<name>'); got {name!r}."
             )
-        where = f"[[loras]] {name!r}"
+        where = f"{source} {name!r}"
         unknown = sorted(set(table) - LORA_KEYS)
         if unknown:
             raise ConfigError(
@@ -307,9 +320,17 @@ def parse_lora_tables(
                 f"{where}: 'path' must name a diffusers/PEFT .safetensors file or a directory "
                 "holding pytorch_lora_weights.safetensors."
             )
-        resolved = Path(path).expanduser()
-        if not resolved.is_absolute():
-            resolved = base_dir / resolved
+        if path.startswith(HF_SCHEME):
+            if not HF_REFERENCE.match(path) or ".." in path:
+                raise ConfigError(
+                    f"{where}: a Hugging Face reference is hf://owner/repo (its "
+                    "pytorch_lora_weights.safetensors) or hf://owner/repo/file.safetensors; "
+                    f"got {path!r}."
+                )
+            resolved = path
+        else:
+            local = Path(path).expanduser()
+            resolved = str(local if local.is_absolute() else base_dir / local)
         scale = table.get("default_scale", 1.0)
         if isinstance(scale, bool) or not isinstance(scale, int | float):
             raise ConfigError(f"{where}: 'default_scale' must be a number; got {scale!r}.")
@@ -324,7 +345,7 @@ def parse_lora_tables(
         specs.append(
             LoraSpec(
                 name=name,
-                path=str(resolved),
+                path=resolved,
                 models=_models(table.get("models"), where, catalog),
                 default_scale=float(scale),
                 price=_price(table.get("price"), where),
@@ -374,7 +395,12 @@ def _price(value: Any, where: str) -> Price | None:
     amounts = {}
     for key in ("first_mp", "extra_mp"):
         amount = value.get(key, 0)
-        if isinstance(amount, bool) or not isinstance(amount, int | float) or amount < 0:
+        if (
+            isinstance(amount, bool)
+            or not isinstance(amount, int | float)
+            or not math.isfinite(amount)
+            or amount < 0
+        ):
             raise ConfigError(
                 f"{where}: price.{key} must be a non-negative number of USD (such as 0.02); "
                 f"got {amount!r}."

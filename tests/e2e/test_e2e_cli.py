@@ -98,3 +98,59 @@ def test_loras_list_asks_the_running_server(server: Server, tmp_path: Path) -> N
     )
     _check(listed)
     assert "no LoRA adapters registered" in listed.stdout
+
+
+def test_loras_add_list_remove_on_the_running_server(server: Server, tmp_path: Path) -> None:
+    """`pixelrouter loras add` uploads an adapter made here to the real server, which checks and
+    serves it; `list` shows it ready; `remove` takes it away. An inference key may not add."""
+    import httpx
+
+    from engine.loras_helpers import make_adapter
+
+    adapter = make_adapter(tmp_path / "ink", seed=1)
+    env = cli_env(tmp_path / "data")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*server.cli, "loras", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=CLI_TIMEOUT_S,
+        )
+
+    where = ["--server", server.url, "--api-key", server.admin_key]
+    refused = cli(
+        "add", str(adapter), "--name", "cli-ink", "--server", server.url, "--api-key", server.key
+    )
+    assert refused.returncode == 1 and "error 403" in refused.stderr
+    added = cli(
+        "add",
+        str(adapter),
+        "--name",
+        "cli-ink",
+        "--scale",
+        "0.7",
+        "--price-first-mp",
+        "0.05",
+        *where,
+    )
+    _check(added)
+    assert "added cli-ink" in added.stderr and "ready" in added.stdout and "$0.05" in added.stdout
+    listed = cli("list", *where)
+    _check(listed)
+    assert "cli-ink" in listed.stdout and "ready" in listed.stdout
+
+    body = {"prompt": "a cat", "size": "128x128", "seed": 5, "loras": [{"name": "cli-ink"}]}
+    made = httpx.post(f"{server.api}/images", json=body, headers=server.auth(), timeout=120)
+    assert made.status_code == 200, made.text
+    assert made.json()["usage"]["cost"] == pytest.approx(0.05)
+
+    _check(removed := cli("remove", "cli-ink", *where))
+    assert "removed cli-ink" in removed.stderr
+    again = cli("remove", "cli-ink", *where)
+    assert again.returncode == 1 and "error 404" in again.stderr
+    assert "no LoRA adapters registered" in cli("list", *where).stdout
+    gone = httpx.post(f"{server.api}/images", json=body, headers=server.auth(), timeout=120)
+    assert gone.status_code == 400 and "unknown LoRA adapter 'cli-ink'" in gone.text

@@ -34,7 +34,7 @@ from pixelrouter.keys import generate_key
 
 CALL_TIMEOUT_S = 600
 # Operations only a management key may call; the others get the inference key.
-MANAGEMENT_PATHS = ("/api/v1/keys", "/api/v1/credits", "/api/v1/activity")
+MANAGEMENT_PATHS = ("/api/v1/keys", "/api/v1/credits", "/api/v1/activity", "/api/v1/loras")
 
 
 class EnvelopeViolation(AssertionError):

@@ -11,7 +11,7 @@ import logging
 import secrets
 import string
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -53,6 +53,7 @@ class EdgeMiddleware:
         authenticate: Callable[[Scope], Awaitable[PixelrouterError | None]] | None = None,
         body_timeout_s: float = 30.0,
         ack_timeout_s: float = 90.0,
+        uploads: Mapping[str, int] | None = None,
     ) -> None:
         self.app = app
         # How long the end of a tracked answer waits for the client's acknowledgements.
@@ -60,6 +61,9 @@ class EdgeMiddleware:
         # Checks a request's key from its headers before its body is read (None: no check).
         self.authenticate = authenticate
         self.max_body_bytes = max_body_bytes
+        # POST paths whose body the route reads as a stream (file uploads), each with its own
+        # limit: counted as it arrives, never held here whole.
+        self.uploads = dict(uploads or {})
         self.body_timeout_s = body_timeout_s
         self.demo = demo
         # Told, for each generation id, once its response is over: how many of its images were
@@ -101,9 +105,13 @@ class EdgeMiddleware:
                 InvalidRequest("The URL must not contain NUL characters (%00)."),
             )
             return
-        too_large = PayloadTooLarge(f"The request body is larger than {self.max_body_bytes} bytes.")
+        upload_limit = (
+            self.uploads.get(scope.get("path", "")) if scope["method"] == "POST" else None
+        )
+        limit = self.max_body_bytes if upload_limit is None else upload_limit
+        too_large = PayloadTooLarge(f"The request body is larger than {limit} bytes.")
         declared = _content_length(scope)
-        if declared is not None and declared > self.max_body_bytes:
+        if declared is not None and declared > limit:
             await _send_error(send_with_headers, too_large)
             return
         if _may_have_body(scope) and self.authenticate is not None:
@@ -115,7 +123,9 @@ class EdgeMiddleware:
                 refused.headers.setdefault("Connection", "close")  # the body stays unread
                 await _send_error(send_with_headers, refused)
                 return
-        if _may_have_body(scope):
+        if _may_have_body(scope) and upload_limit is not None:
+            receive = _counted(receive, upload_limit, self.body_timeout_s)
+        elif _may_have_body(scope):
             # Read the body here, within the size limit (a chunked one has no length to check
             # first) and the deadline (a client that trickles it, slow-loris, gets a 408 and
             # holds nothing longer), before the app parses anything.
@@ -241,6 +251,37 @@ async def _read_limited(receive: Receive, limit: int) -> bytes | None:
         if not message.get("more_body", False):
             break
     return b"".join(chunks)
+
+
+def _counted(receive: Receive, limit: int, idle_s: float) -> Receive:
+    """`receive` for a body the route streams: a 413 once more than `limit` bytes came (the
+    rest unread, the connection closed), a 408 when no part came for `idle_s` seconds."""
+    total = 0
+    done = False
+
+    async def receive_counted() -> Message:
+        nonlocal total, done
+        if done:
+            return await receive()  # after the body: the client's disconnect
+        try:
+            async with asyncio.timeout(idle_s):
+                message = await receive()
+        except TimeoutError:
+            raise RequestTimeout(
+                f"No part of the upload arrived for {idle_s:g} s.",
+                headers={"Connection": "close"},
+            ) from None
+        done = message["type"] != "http.request" or not message.get("more_body", False)
+        if message["type"] == "http.request":
+            total += len(message.get("body", b""))
+            if total > limit:
+                raise PayloadTooLarge(
+                    f"The request body is larger than {limit} bytes.",
+                    headers={"Connection": "close"},
+                )
+        return message
+
+    return receive_counted
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -375,6 +375,19 @@ class LorasList(_Shape):
     data: list[Lora]
 
 
+class LoraResponse(_Shape):
+    data: Lora
+
+
+class LoraName(_Shape):
+    name: str
+
+
+class LoraDeleted(_Shape):
+    deleted: bool
+    data: LoraName
+
+
 class ModelsCountData(_Shape):
     count: int
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 
@@ -11,6 +12,7 @@ from pixelrouter.catalog import Catalog
 from pixelrouter.config import Settings
 from pixelrouter.generations import GenerationService
 from pixelrouter.imagestore import ImageStore, load_secret
+from pixelrouter.lora_files import LoraUploads
 from pixelrouter.providers.base import Provider
 from pixelrouter.refimages import FetchPolicy
 from pixelrouter.routing.router import Router
@@ -81,6 +83,10 @@ class AppState:
         if self._images is None and not s.storage_url and not (s.data_dir / "images").exists():
             return None
         return self.images
+
+    lora_uploads: LoraUploads | None = None  # None: uploads are not kept (no lora_dir)
+    # One adapter upload or removal at a time: a name is checked, stored and registered whole.
+    lora_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def fetch_policy(self) -> FetchPolicy:

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 
 from pixelrouter.engine.pipeline import describe_error
+from pixelrouter.errors import PixelrouterError
+from pixelrouter.lora_files import local_path
 from pixelrouter.loras import LoraCheck, LoraSpec
 from pixelrouter.types import LoraChoice
 
@@ -88,7 +90,10 @@ class Adapters:
         self._checked.pop(name, None)
 
     def _read(self, spec: LoraSpec) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
-        path = spec.path
+        try:
+            path = local_path(spec.path)  # a Hugging Face reference: its file in the cache
+        except PixelrouterError as exc:
+            raise _AdapterRefused(exc.message) from None
         if not os.path.exists(path):
             raise _AdapterRefused(f"no file or directory at {path}")
         if os.path.isdir(path) and not os.path.isfile(os.path.join(path, WEIGHT_NAME)):

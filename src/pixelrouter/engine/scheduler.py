@@ -92,9 +92,12 @@ class Job:
 
 @dataclass(eq=False)
 class _Task:
-    """Work for the worker thread between batches (registering an adapter)."""
+    """Work for the worker thread between batches (registering or removing an adapter)."""
 
     run: Any  # () -> result
+    # () -> bool, asked under the lock between batches: False keeps the task (and those after
+    # it) waiting while batches run; None: run at the next gap
+    when: Any = None
     future: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
 
 
@@ -307,6 +310,30 @@ class Engine:
             self._cond.notify_all()
         return await asyncio.wrap_future(task.future)  # type: ignore[no-any-return]
 
+    def unregister_lora(self, name: str) -> concurrent.futures.Future[None]:
+        """Remove the adapter from the registry at once (a request naming it from now on is
+        refused) and unload it on the worker thread once no queued request uses it (those
+        queued before finish with it); the future is done when it is unloaded."""
+        with self._cond:
+            self.cfg.loras.remove(name)
+            if self._state not in ("loading", "ready") or self._stopping:
+                done: concurrent.futures.Future[None] = concurrent.futures.Future()
+                done.set_result(None)
+                return done
+            task = _Task(lambda: self._forget(name), when=lambda: not self._queued_with(name))
+            self._tasks.append(task)
+            self._cond.notify_all()
+        return task.future
+
+    def _queued_with(self, name: str) -> bool:
+        return any(choice.name == name for job in self._queue for choice in job.request.loras)
+
+    def _forget(self, name: str) -> None:
+        runner = self._runner
+        if runner is not None:
+            runner.adapters.forget(name)
+            logger.info("LoRA adapter %s removed", name)
+
     def _register(self, spec: LoraSpec) -> LoraCheck:
         runner = self._runner
         assert runner is not None
@@ -484,7 +511,7 @@ class Engine:
                     self._cond.wait()
                 if self._stopping:
                     return None
-                if self._tasks:
+                if self._tasks and (self._tasks[0].when is None or self._tasks[0].when()):
                     return self._tasks.popleft()
                 first = self._queue[0]
                 if first.request.batching and window > 0:

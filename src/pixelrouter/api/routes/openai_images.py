@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -79,6 +80,13 @@ async def create_generation(
                             "response_format": {"type": "string", "enum": ["b64_json", "url"]},
                             "output_format": {"type": "string", "enum": ["png", "jpeg", "webp"]},
                             "seed": {"type": "integer"},
+                            "loras": {
+                                "type": "string",
+                                "description": "LoRA adapters as one JSON array, "
+                                '[{"name": "ink", "scale": 0.8}]; or the fields '
+                                "loras[][name] and loras[][scale] the OpenAI SDK sends for "
+                                "extra_body={'loras': [...]} (docs/loras.md)",
+                            },
                         },
                     }
                 }
@@ -99,6 +107,7 @@ async def create_edit(request: Request, key: KeyRecord = Depends(inference_key))
         raise InvalidRequest("The multipart body could not be parsed.") from exc
     uploads: list[bytes] = []
     fields: dict[str, Any] = {}
+    lora_fields: dict[str, list[str]] = {LORA_NAMES: [], LORA_SCALES: []}
     try:
         for name, value in form.multi_items():
             if isinstance(value, UploadFile):
@@ -107,9 +116,17 @@ async def create_edit(request: Request, key: KeyRecord = Depends(inference_key))
                 elif name == "mask":
                     fields.setdefault("mask", "uploaded")
                 continue
+            if name in lora_fields:
+                lora_fields[name].append(value)
+                continue
             fields[name] = value
     finally:
         await form.close()
+    loras = _form_loras(
+        fields.pop("loras", None), lora_fields[LORA_NAMES], lora_fields[LORA_SCALES]
+    )
+    if loras is not None:
+        fields["loras"] = loras
     if not uploads:
         raise InvalidRequest("images/edits needs at least one 'image' file.")
     ignored_mask = fields.pop("mask", None) is not None
@@ -139,6 +156,51 @@ async def create_edit(request: Request, key: KeyRecord = Depends(inference_key))
     return await _respond(
         request, px, image_request, edit=True, as_urls=body.response_format == "url"
     )
+
+
+LORA_NAMES = "loras[][name]"  # what the OpenAI SDK makes of extra_body={"loras": [...]}
+LORA_SCALES = "loras[][scale]"
+
+
+def _form_loras(text: str | None, names: list[str], scales: list[str]) -> Any:
+    """The edit's adapters from its form: one `loras` field holding the JSON array, or the
+    `loras[][name]` / `loras[][scale]` fields the OpenAI SDK sends for a list in extra_body.
+    The SDK groups those by field name, so the n-th scale belongs to the n-th name: a scale
+    for every adapter or for none."""
+    if text is not None:
+        if names or scales:
+            raise InvalidRequest(
+                f"Send loras either as one JSON field or as {LORA_NAMES} fields, not both.",
+                metadata={"param": "loras"},
+            )
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise InvalidRequest(
+                'loras must be a JSON array such as [{"name": "ink", "scale": 0.8}]; '
+                f"got {text[:80]!r}.",
+                metadata={"param": "loras"},
+            ) from None
+    if not names and not scales:
+        return None
+    if scales and len(scales) != len(names):
+        raise InvalidRequest(
+            f"{len(names)} {LORA_NAMES} but {len(scales)} {LORA_SCALES} fields: multipart "
+            "forms do not keep which scale goes with which name, so give every adapter a "
+            "scale or none, or send loras as one JSON field.",
+            metadata={"param": "loras"},
+        )
+    return [
+        {"name": name, **({"scale": _form_number(scales[i])} if scales else {})}
+        for i, name in enumerate(names)
+    ]
+
+
+def _form_number(value: str) -> Any:
+    try:
+        return float(value)
+    except ValueError:
+        return value  # refused by the adapter checks, which quote it
 
 
 def _form_int(name: str, value: Any) -> int:

@@ -30,6 +30,7 @@ ERROR_DESCRIPTIONS = {
     403: "The wrong kind of key (a management key generating, an inference key managing)",
     404: "Unknown model, generation, key or path",
     408: "The request body did not arrive in time",
+    409: "A name already taken, or a thing that cannot be changed this way (`metadata.reason`)",
     413: "The request body is larger than the server's limit",
     429: "Rate limited (see `Retry-After`)",
     502: "Every provider failed (`metadata.provider_errors`)",

@@ -1,0 +1,5 @@
+"""`python -m pixelrouter.cli`."""
+
+from pixelrouter.cli import main
+
+main()
