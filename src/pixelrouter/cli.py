@@ -521,7 +521,8 @@ def loras_list(
     table = Table("name", "models", "scale", "price", "rank", "dtype", "status", "description")
     for row in rows:
         price = row.get("price")
-        status = row["status"] + (f": {row['reason']}" if row.get("reason") else "")
+        status = row["status"] + (" (fused)" if row.get("fused") else "")
+        status += f": {row['reason']}" if row.get("reason") else ""
         table.add_row(
             row["name"],
             ", ".join(row["models"]),

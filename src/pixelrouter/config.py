@@ -38,6 +38,7 @@ SERVER_KEYS = frozenset(
         "max_body_bytes",
         "request_timeout_s",
         "max_loaded_loras",
+        "fuse_lora",
     }
 )
 
@@ -79,6 +80,9 @@ class Settings:
     loras: LoraRegistry = field(default_factory=LoraRegistry)
     # adapters kept loaded in the pipeline at once (least recently used goes first)
     max_loaded_loras: int = 4
+    # a registered adapter fused into the model at start: then the only one served (a worker
+    # for one adapter, docs/loras.md "Fusing")
+    fuse_lora: str | None = None
     # limits
     max_body_bytes: int = 64 * 1024 * 1024
     # the whole request body must arrive within this (a client that trickles it gets a 408)
@@ -121,6 +125,7 @@ class Settings:
             dtype=os.environ.get("PIXELROUTER_DTYPE") or None,
             max_batch_size=_env_int("PIXELROUTER_MAX_BATCH_SIZE", 4),
             max_loaded_loras=_env_int("PIXELROUTER_MAX_LOADED_LORAS", 4),
+            fuse_lora=os.environ.get("PIXELROUTER_FUSE_LORA", "").strip() or None,
             random_weights=os.environ.get("PIXELROUTER_RANDOM_WEIGHTS", "").strip() or None,
             request_timeout_s=float(os.environ.get("PIXELROUTER_REQUEST_TIMEOUT_S") or 600),
             body_timeout_s=float(os.environ.get("PIXELROUTER_BODY_TIMEOUT_S") or 30),
@@ -147,7 +152,15 @@ class Settings:
         environment; the file's `[[providers]]` become `providers`, its `[[loras]]` `loras`."""
         values = read_config_file(config)
         values.update({k: v for k, v in flags.items() if v is not None})
-        return cls.from_env(**values)
+        settings = cls.from_env(**values)
+        fuse = settings.fuse_lora
+        if fuse is not None and settings.loras.get(fuse) is None:
+            names = ", ".join(spec.name for spec in settings.loras.specs()) or "none"
+            raise ConfigError(
+                f"fuse_lora names {fuse!r}, which is not a registered adapter: it must be the "
+                f"name of one of the [[loras]] tables (registered: {names})."
+            )
+        return settings
 
     def engine_config(self) -> EngineConfig:
         """The local engine's configuration: these settings over `EngineConfig`'s defaults
@@ -163,6 +176,7 @@ class Settings:
             max_batch_size=self.max_batch_size,
             loras=self.loras,
             max_loaded_loras=self.max_loaded_loras,
+            fuse_lora=self.fuse_lora,
         )
 
     @property
@@ -206,6 +220,11 @@ def read_config_file(path: Path | None) -> dict[str, Any]:
         raise ConfigError(
             f"[server] max_loaded_loras in {path} must be a whole number of at least 1 "
             f"(adapters kept loaded at once); got {max_loaded!r}."
+        )
+    fuse = server.get("fuse_lora")
+    if fuse is not None and not isinstance(fuse, str):
+        raise ConfigError(
+            f"[server] fuse_lora in {path} must be the name of one [[loras]] adapter; got {fuse!r}."
         )
     if providers:
         server["providers"] = providers
