@@ -13,10 +13,12 @@ from collections import Counter
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
 from e2e.conftest import _free_port
 from e2e.support import poll
 from engine.loras_helpers import make_adapter
+from pixelrouter.cli import app
 from processes.servers import Launcher
 
 from .dns import DNS
@@ -57,6 +59,10 @@ def test_base_requests_never_reach_the_fused_worker(launcher: Launcher) -> None:
     own = {"Authorization": f"Bearer {key_fused}"}
     rows = httpx.get(f"{fused.api}/loras", headers=own, timeout=30).json()["data"]
     assert [(r["name"], r["status"], r["fused"]) for r in rows] == [("ink", "ready", True)]
+    listed = CliRunner().invoke(
+        app, ["loras", "list", "--server", fused.url, "--api-key", key_fused]
+    )
+    assert listed.exit_code == 0 and "ready (fused)" in listed.output, listed.output
     body = {"model": MODEL, "prompt": "routing", "size": "64x64"}
     refused = httpx.post(f"{fused.api}/images", json=body, headers=own, timeout=60)
     assert refused.status_code == 400, refused.text
