@@ -128,6 +128,9 @@ def test_fuse_lora_of_no_registered_adapter_stops_the_start(
         _load(tmp_path, unknown)
     with pytest.raises(ConfigError, match="fuse_lora .* must be the name of one"):
         _load(tmp_path, GOOD.replace("max_loaded_loras = 2", "fuse_lora = 1"))
+    zero = GOOD.replace("max_loaded_loras = 2", 'fuse_lora = "ink-wash"')
+    with pytest.raises(ConfigError, match="default_scale is 0: fused at 0 it is the base model"):
+        _load(tmp_path, zero.replace("default_scale = 0.8", "default_scale = 0"))
     monkeypatch.setenv("PIXELROUTER_FUSE_LORA", "oil")
     with pytest.raises(ConfigError, match="fuse_lora names 'oil'"):
         _load(tmp_path, "[server]\nport = 9000\n")

@@ -154,11 +154,17 @@ class Settings:
         values.update({k: v for k, v in flags.items() if v is not None})
         settings = cls.from_env(**values)
         fuse = settings.fuse_lora
-        if fuse is not None and settings.loras.get(fuse) is None:
+        spec = settings.loras.get(fuse) if fuse is not None else None
+        if fuse is not None and spec is None:
             names = ", ".join(spec.name for spec in settings.loras.specs()) or "none"
             raise ConfigError(
                 f"fuse_lora names {fuse!r}, which is not a registered adapter: it must be the "
                 f"name of one of the [[loras]] tables (registered: {names})."
+            )
+        if spec is not None and spec.default_scale == 0:
+            raise ConfigError(
+                f"fuse_lora names {fuse!r}, whose default_scale is 0: fused at 0 it is the base "
+                "model. Give it the scale to fuse it at."
             )
         return settings
 
