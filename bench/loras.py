@@ -7,9 +7,11 @@ feed-forward projections (in diffusers' format), and times, per denoising step (
 between `callback_on_step_end` calls, the best of interleaved rounds): the base model (a twin
 pipeline that never held an adapter), the adapter active (PEFT's unfused
 layers, as the engine serves it), the adapter loaded but switched off (`disable_lora`, as a base
-batch runs beside loaded adapters), and the adapter fused into the weights (`fuse_lora`, one
-adapter served alone). Then the registration check (read, inspect, load) and the swap: loading
-an adapter from host memory into the pipeline after another was unloaded (`engine/adapters.py`).
+batch runs beside loaded adapters), and the adapter fused into the weights as a fused worker
+serves it (`[server] fuse_lora`: `Adapters.fuse`, diffusers' `fuse_lora` then
+`unload_lora_weights`, on a third twin pipeline), with each one's ratio to the base. Then the
+registration check (read, inspect, load) and the swap: loading an adapter from host memory into
+the pipeline after another was unloaded (`engine/adapters.py`).
 """
 
 from __future__ import annotations
@@ -33,26 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
 
-from pixelrouter.engine.adapters import Adapters  # noqa: E402
+from pixelrouter.engine.adapters import LORA_TARGETS, Adapters  # noqa: E402
 from pixelrouter.engine.pipeline import resolve_device, resolve_dtype  # noqa: E402
 from pixelrouter.loras import LoraSpec  # noqa: E402
 from pixelrouter.types import LoraChoice  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-
-TARGETS = [
-    "to_q",
-    "to_k",
-    "to_v",
-    "to_out.0",
-    "add_q_proj",
-    "add_k_proj",
-    "add_v_proj",
-    "to_add_out",
-    "to_qkv_mlp_proj",
-    "linear_in",
-    "linear_out",
-]
 
 
 def build(weights: str, device: torch.device, dtype: torch.dtype) -> Any:
@@ -72,7 +60,9 @@ def make_adapter(pipe: Any, directory: Path, rank: int, seed: int) -> Path:
     from peft import LoraConfig, get_peft_model_state_dict
 
     transformer = copy.deepcopy(pipe.transformer)
-    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=TARGETS, init_lora_weights=False)
+    config = LoraConfig(
+        r=rank, lora_alpha=rank, target_modules=list(LORA_TARGETS), init_lora_weights=False
+    )
     torch.manual_seed(seed)
     transformer.add_adapter(config, adapter_name="bench")
     layers = get_peft_model_state_dict(transformer, adapter_name="bench")
@@ -137,7 +127,8 @@ def main() -> None:
     dtype = resolve_dtype(args.dtype, device)
     pipe = build(args.weights, device, dtype)
     plain = build(args.weights, device, dtype)  # same seeds: the same weights
-    for each in (pipe, plain):
+    fused_pipe = build(args.weights, device, dtype)
+    for each in (pipe, plain, fused_pipe):
         each.set_progress_bar_config(disable=True)
     with torch.no_grad():
         embeds, _ = pipe.encode_prompt(prompt="a lighthouse at dusk", device=device)
@@ -158,15 +149,17 @@ def main() -> None:
             assert check.ok, check.reason
             adapters.activate(active)
 
-        def fused_state() -> None:
-            adapters.activate(active)
-            pipe.fuse_lora(adapter_names=["a0"], lora_scale=1.0)
+        # What a worker with `fuse_lora = "a0"` runs: the adapter in the weights, no PEFT layer.
+        fused_adapters = Adapters(fused_pipe, capacity=1)
+        assert fused_adapters.check(LoraSpec("a0", str(paths[0]))).ok
+        fused_adapters.fuse("a0", 1.0)
+        pipes = {"base": plain, "fused": fused_pipe}  # the others run on `pipe`
 
         conditions = {
-            "base": lambda: None,  # no adapter loaded yet: the plain model
+            "base": lambda: None,
             "unfused": lambda: register() if check is None else adapters.activate(active),
             "loaded_disabled": lambda: adapters.activate([]),
-            "fused": fused_state,
+            "fused": lambda: None,
         }
         # Rounds interleave the conditions; the least disturbed round of each counts (this
         # machine is shared, so a slow round is noise from elsewhere, never faster code).
@@ -175,10 +168,8 @@ def main() -> None:
             for name, enter in conditions.items():
                 enter()
                 # The base runs on a twin pipeline that never held an adapter.
-                seconds = step_seconds(plain if name == "base" else pipe, *timing)
+                seconds = step_seconds(pipes.get(name, pipe), *timing)
                 best[name] = min(best.get(name, seconds), seconds)
-                if name == "fused":
-                    pipe.unfuse_lora()
         base, unfused = best["base"], best["unfused"]
         disabled, fused = best["loaded_disabled"], best["fused"]
         swapper = Adapters(pipe, capacity=1)  # each activation loads one, unloads the other
@@ -205,6 +196,11 @@ def main() -> None:
             "fused": round(fused * 1000, 2),
         },
         "unfused_overhead_pct": round((unfused / base - 1) * 100, 1),
+        "ratio_to_base": {
+            "unfused": round(unfused / base, 3),
+            "loaded_disabled": round(disabled / base, 3),
+            "fused": round(fused / base, 3),
+        },
         "check_ms": round(check_s * 1000, 1),
         "swap_ms_median": round(statistics.median(swaps) * 1000, 1),
         "rounds": args.rounds,
@@ -212,8 +208,10 @@ def main() -> None:
     print(json.dumps(report))
     steps = report["step_ms"]
     print(f"\n{args.weights} weights, {args.size}x{args.size}, rank {args.rank}, {device} {dtype}")
+    ratios: Any = report["ratio_to_base"]
     for name, value in steps.items():  # type: ignore[union-attr]
-        print(f"  {name:>16}: {value:8.2f} ms/step")
+        ratio = f"  x{ratios[name]:.3f}" if name in ratios else ""
+        print(f"  {name:>16}: {value:8.2f} ms/step{ratio}")
     print(f"  unfused overhead: {report['unfused_overhead_pct']} %")
     print(f"  check {report['check_ms']} ms, swap (load + unload) {report['swap_ms_median']} ms")
     if args.json is not None:

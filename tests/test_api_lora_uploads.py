@@ -143,6 +143,7 @@ async def test_an_upload_is_checked_registered_priced_and_applied(
         "dtype": item["dtype"],
         "status": "ready",
         "reason": None,
+        "fused": False,
     }
     assert item["dtype"]
     assert (await _listed(uapi))["up-glass"] == item

@@ -221,7 +221,9 @@ async def test_get_loras_lists_every_adapter_with_its_check(lora_api: Api) -> No
         "dtype",
         "status",
         "reason",
+        "fused",
     }
+    assert ink["fused"] is False  # only a server with `[server] fuse_lora` fuses one
     assert (await lora_api.client.get("/api/v1/loras")).status_code == 401
 
 
@@ -286,3 +288,53 @@ async def test_a_bad_loras_field_on_an_edit_is_a_400(lora_api: Api, data: Any, s
     assert response.status_code == 400, response.text
     assert response.json()["error"]["metadata"]["error_type"] == "invalid_request"
     assert says in response.json()["error"]["message"]
+
+
+@pytest.fixture(scope="module")
+def fused_provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A demo engine that fused 'ink' at 0.7 (`[server] fuse_lora`); 'glass' registered too."""
+    from pixelrouter.engine.pipeline import EngineConfig
+    from pixelrouter.providers.local import LocalProvider
+
+    root = tmp_path_factory.mktemp("api-fused")
+    registry = LoraRegistry(
+        [
+            LoraSpec("ink", str(make_adapter(root / "ink", 1)), default_scale=0.7),
+            LoraSpec("glass", str(make_adapter(root / "glass", 2))),
+        ]
+    )
+    config = EngineConfig(demo=True, device="cpu", loras=registry, fuse_lora="ink")
+    provider = LocalProvider(config=config)
+    assert provider.engine.wait_ready(180), provider.readiness()
+    yield provider
+    provider.engine.shutdown()
+
+
+async def test_a_fused_server_says_so_and_serves_only_its_adapter(
+    tmp_path: Path, fused_provider: Any
+) -> None:
+    registry = fused_provider.engine.cfg.loras
+    db = f"sqlite:///{tmp_path / 'px.db'}"
+    async for api in make_api(tmp_path, db, [fused_provider], loras=registry):
+        rows = {row["name"]: row for row in (await api.get("/api/v1/loras")).json()["data"]}
+        assert rows["ink"]["fused"] is True and rows["ink"]["status"] == "ready"
+        assert rows["glass"]["status"] == "refused" and "fused" in rows["glass"]["reason"]
+        status = (await api.get("/api/v1/engine/status")).json()["data"]
+        assert status["loras"]["fused"] == {"name": "ink", "scale": 0.7}
+        variant = _image(await api.post("/api/v1/images", json=_body(model=f"{MODEL}:ink")))
+        named = _image(await api.post("/api/v1/images", json=_body(loras=[{"name": "ink"}])))
+        assert variant == named
+        only = (
+            f"serves only {MODEL}:ink (the LoRA adapter 'ink' is fused into its weights at "
+            "scale 0.7, so it makes nothing else)"
+        )
+        for refused, says in (
+            (_body(), only),  # the base model
+            (_body(loras=[{"name": "ink", "scale": 0.5}]), only),
+            (_body(model=f"{MODEL}:ink", loras=[{"name": "glass"}]), "'glass' was refused"),
+        ):
+            response = await api.post("/api/v1/images", json=refused)
+            assert response.status_code == 400, response.text
+            error = response.json()["error"]
+            assert error["metadata"]["error_type"] == "invalid_request"
+            assert says in error["message"]

@@ -103,3 +103,34 @@ def test_only_adapters_accepted_at_registration_become_model_variants() -> None:
     assert variants[0].description == "fine" and variants[0].price == KLEIN_4B.price
     assert variants[1].price == Price(first_mp=1, extra_mp=2)
     assert all(v.base_id == KLEIN_4B.id and not v.aliases for v in variants)
+
+
+def test_fuse_lora_names_a_registered_adapter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PIXELROUTER_FUSE_LORA", raising=False)
+    settings = _load(tmp_path, GOOD.replace("max_loaded_loras = 2", 'fuse_lora = "glass"'))
+    assert settings.fuse_lora == "glass" and settings.engine_config().fuse_lora == "glass"
+    assert _load(tmp_path, GOOD).engine_config().fuse_lora is None
+    # The environment names it when the file does not (the file wins, as for every setting).
+    monkeypatch.setenv("PIXELROUTER_FUSE_LORA", "ink-wash")
+    assert _load(tmp_path, GOOD).fuse_lora == "ink-wash"
+    with_file = GOOD.replace("max_loaded_loras = 2", 'fuse_lora = "glass"')
+    assert _load(tmp_path, with_file).fuse_lora == "glass"
+
+
+def test_fuse_lora_of_no_registered_adapter_stops_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PIXELROUTER_FUSE_LORA", raising=False)
+    unknown = GOOD.replace("max_loaded_loras = 2", 'fuse_lora = "oil"')
+    with pytest.raises(ConfigError, match=r"fuse_lora names 'oil'.*registered: ink-wash, glass"):
+        _load(tmp_path, unknown)
+    with pytest.raises(ConfigError, match="fuse_lora .* must be the name of one"):
+        _load(tmp_path, GOOD.replace("max_loaded_loras = 2", "fuse_lora = 1"))
+    zero = GOOD.replace("max_loaded_loras = 2", 'fuse_lora = "ink-wash"')
+    with pytest.raises(ConfigError, match="default_scale is 0: fused at 0 it is the base model"):
+        _load(tmp_path, zero.replace("default_scale = 0.8", "default_scale = 0"))
+    monkeypatch.setenv("PIXELROUTER_FUSE_LORA", "oil")
+    with pytest.raises(ConfigError, match="fuse_lora names 'oil'"):
+        _load(tmp_path, "[server]\nport = 9000\n")

@@ -40,6 +40,7 @@ SERVER_KEYS = frozenset(
         "max_loaded_loras",
         "lora_dir",
         "max_lora_upload_mb",
+        "fuse_lora",
     }
 )
 
@@ -85,6 +86,9 @@ class Settings:
     lora_dir: Path | None = None
     # the largest adapter upload accepted, in MiB (the body as a whole; a 413 beyond it)
     max_lora_upload_mb: int = 512
+    # a registered adapter fused into the model at start: then the only one served (a worker
+    # for one adapter, docs/loras.md "Fusing")
+    fuse_lora: str | None = None
     # limits
     max_body_bytes: int = 64 * 1024 * 1024
     # the whole request body must arrive within this (a client that trickles it gets a 408)
@@ -139,6 +143,7 @@ class Settings:
             if os.environ.get("PIXELROUTER_LORA_DIR")
             else None,
             max_lora_upload_mb=_env_int("PIXELROUTER_MAX_LORA_UPLOAD_MB", 512),
+            fuse_lora=os.environ.get("PIXELROUTER_FUSE_LORA", "").strip() or None,
             random_weights=os.environ.get("PIXELROUTER_RANDOM_WEIGHTS", "").strip() or None,
             request_timeout_s=float(os.environ.get("PIXELROUTER_REQUEST_TIMEOUT_S") or 600),
             body_timeout_s=float(os.environ.get("PIXELROUTER_BODY_TIMEOUT_S") or 30),
@@ -169,7 +174,21 @@ class Settings:
         environment; the file's `[[providers]]` become `providers`, its `[[loras]]` `loras`."""
         values = read_config_file(config)
         values.update({k: v for k, v in flags.items() if v is not None})
-        return cls.from_env(**values)
+        settings = cls.from_env(**values)
+        fuse = settings.fuse_lora
+        spec = settings.loras.get(fuse) if fuse is not None else None
+        if fuse is not None and spec is None:
+            names = ", ".join(spec.name for spec in settings.loras.specs()) or "none"
+            raise ConfigError(
+                f"fuse_lora names {fuse!r}, which is not a registered adapter: it must be the "
+                f"name of one of the [[loras]] tables (registered: {names})."
+            )
+        if spec is not None and spec.default_scale == 0:
+            raise ConfigError(
+                f"fuse_lora names {fuse!r}, whose default_scale is 0: fused at 0 it is the base "
+                "model. Give it the scale to fuse it at."
+            )
+        return settings
 
     def engine_config(self) -> EngineConfig:
         """The local engine's configuration: these settings over `EngineConfig`'s defaults
@@ -185,6 +204,7 @@ class Settings:
             max_batch_size=self.max_batch_size,
             loras=self.loras,
             max_loaded_loras=self.max_loaded_loras,
+            fuse_lora=self.fuse_lora,
         )
 
     @property
@@ -251,6 +271,11 @@ def read_config_file(path: Path | None) -> dict[str, Any]:
         if not isinstance(lora_dir, str) or not lora_dir:
             raise ConfigError(f"[server] lora_dir in {path} must be a directory's path.")
         server["lora_dir"] = path.parent / Path(lora_dir).expanduser()
+    fuse = server.get("fuse_lora")
+    if fuse is not None and not isinstance(fuse, str):
+        raise ConfigError(
+            f"[server] fuse_lora in {path} must be the name of one [[loras]] adapter; got {fuse!r}."
+        )
     if providers:
         server["providers"] = providers
     if loras:

@@ -76,6 +76,7 @@ class LoraRegistry:
         self._lock = threading.Lock()
         self._specs: dict[str, LoraSpec] = {}
         self._checks: dict[str, LoraCheck] = {}
+        self._fused: LoraChoice | None = None
         for spec in specs:
             self.add(spec)
 
@@ -106,6 +107,49 @@ class LoraRegistry:
     def check_of(self, name: str) -> LoraCheck | None:
         with self._lock:
             return self._checks.get(name)
+
+    # ------------------------------------------------------------------ one adapter fused
+
+    @property
+    def fused(self) -> LoraChoice | None:
+        """The adapter the engine fused into the model's weights (`[server] fuse_lora`), at its
+        scale: then the only adapter set this server serves."""
+        with self._lock:
+            return self._fused
+
+    def mark_fused(self, name: str) -> LoraChoice:
+        """Record that the engine fused `name` at its default scale: every other adapter is
+        refused from now on, with the reason."""
+        with self._lock:
+            fused = self._fused = LoraChoice(name, self._specs[name].default_scale)
+            others = [other for other in self._specs if other != name]
+            for other in others:
+                self._checks[other] = LoraCheck(ok=False, reason=_fused_only(fused))
+        return fused
+
+    def check_served(self, model: str, choices: tuple[LoraChoice, ...]) -> None:
+        """The engine's door: every adapter of a request was accepted when registered and, on a
+        fused engine, the request is its one adapter set (a 400 otherwise)."""
+        for choice in choices:
+            check = self.check_of(choice.name)
+            if check is None or not check.ok:
+                why = f": {check.reason}" if check is not None else " with this engine"
+                raise InvalidRequest(f"The LoRA adapter {choice.name!r} is not registered{why}.")
+        self.check_fused(model, choices)
+
+    def check_fused(self, model: str, choices: tuple[LoraChoice, ...]) -> None:
+        """On a server with a fused adapter, a 400 for any request but `<model>:<adapter>` at the
+        fused scale: the base model and other adapters are not in its weights any more."""
+        fused = self.fused
+        if fused is None or [(c.name, c.scale) for c in choices] == [(fused.name, fused.scale)]:
+            return
+        asked = ", ".join(f"{c.name} at {c.scale:g}" for c in choices) or "no adapter"
+        raise InvalidRequest(
+            f"This server serves only {model}:{fused.name} ({_fused_only(fused)}); this request "
+            f"asked for {asked}. Ask for the model {model}:{fused.name}, or send requests "
+            "without it, or with other adapters or scales, to another server.",
+            metadata={"param": "loras", "available": [fused.name]},
+        )
 
     def usable(self, model: str) -> list[LoraSpec]:
         """Adapters for `model` that were not refused (not yet checked counts as usable: the
@@ -139,7 +183,11 @@ class LoraRegistry:
         """Every registered adapter with what checking it found (`GET /api/v1/loras`,
         `pixelrouter loras list`)."""
         with self._lock:
-            return [lora_json(spec, self._checks.get(spec.name)) for spec in self._specs.values()]
+            fused = self._fused.name if self._fused is not None else None
+            return [
+                lora_json(spec, self._checks.get(spec.name), fused=spec.name == fused)
+                for spec in self._specs.values()
+            ]
 
     def __len__(self) -> int:
         with self._lock:
@@ -221,10 +269,18 @@ class LoraRegistry:
         return entry.id, spec
 
 
-def lora_json(spec: LoraSpec, check: LoraCheck | None) -> dict[str, Any]:
+def _fused_only(fused: LoraChoice) -> str:
+    return (
+        f"the LoRA adapter {fused.name!r} is fused into its weights at scale {fused.scale:g}, "
+        "so it makes nothing else"
+    )
+
+
+def lora_json(spec: LoraSpec, check: LoraCheck | None, fused: bool = False) -> dict[str, Any]:
     """An adapter as listed: what the operator registered, and `status` ready (checked and
     accepted: `rank` and `dtype` known), refused (with the `reason`) or unchecked (no engine
-    here has checked it, or it has not yet)."""
+    here has checked it, or it has not yet); `fused` when the engine fused it into the model
+    (then the only adapter served, at its `default_scale`)."""
     status = "unchecked" if check is None else ("ready" if check.ok else "refused")
     ready = check if check is not None and check.ok else None
     return {
@@ -242,6 +298,7 @@ def lora_json(spec: LoraSpec, check: LoraCheck | None) -> dict[str, Any]:
         "dtype": ready.dtype if ready else None,
         "status": status,
         "reason": check.reason if check is not None and not check.ok else None,
+        "fused": fused,
     }
 
 

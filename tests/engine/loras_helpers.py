@@ -1,24 +1,11 @@
 """LoRA adapters made in the test: PEFT's `LoraConfig` on the demo transformer's attention and
-feed-forward projections, random weights, saved in diffusers' format."""
+feed-forward projections (the engine's `LORA_TARGETS`), random weights, saved in diffusers'
+format."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-
-# The demo transformer's attention (image and text streams) and feed-forward projections.
-TARGETS = [
-    "to_q",
-    "to_k",
-    "to_v",
-    "to_out.0",
-    "add_q_proj",
-    "add_k_proj",
-    "add_v_proj",
-    "to_add_out",
-    "linear_in",
-    "linear_out",
-]
 
 
 def make_adapter(directory: Path, seed: int, rank: int = 4, alpha: int = 8) -> Path:
@@ -28,10 +15,13 @@ def make_adapter(directory: Path, seed: int, rank: int = 4, alpha: int = 8) -> P
     from diffusers import Flux2KleinPipeline
     from peft import LoraConfig, get_peft_model_state_dict
 
+    from pixelrouter.engine.adapters import LORA_TARGETS
     from pixelrouter.engine.demo import build_demo_transformer
 
     transformer: Any = build_demo_transformer()
-    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=TARGETS, init_lora_weights=False)
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha, target_modules=list(LORA_TARGETS), init_lora_weights=False
+    )
     torch.manual_seed(seed)
     transformer.add_adapter(config, adapter_name="made")
     with torch.no_grad():  # large enough that the tiny model's image visibly changes

@@ -19,7 +19,12 @@ from .support import FakeHub
 
 if importlib.util.find_spec("torch") is None or importlib.util.find_spec("diffusers") is None:
     # `serve --demo` workers need the engine extra; the fault and circuit tests do not.
-    collect_ignore_glob = ["test_workers.py", "test_dns_workers.py", "test_lora_workers.py"]
+    collect_ignore_glob = [
+        "test_workers.py",
+        "test_dns_workers.py",
+        "test_lora_workers.py",
+        "test_fused_worker.py",
+    ]
 
 _ACTIVE: list[Launcher] = []
 

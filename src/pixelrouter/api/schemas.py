@@ -369,6 +369,9 @@ class Lora(_Shape):
     dtype: str | None = Field(description="null unless status is ready")
     status: str = Field(description="ready, refused or unchecked")
     reason: str | None = Field(description="why it was refused; null otherwise")
+    fused: bool = Field(
+        default=False, description="fused into this server's weights: the only adapter it serves"
+    )
 
 
 class LorasList(_Shape):

@@ -94,12 +94,13 @@ def _loras(
     edge: Edge, models: Models, refs: list[LoraRef] | None, field: str
 ) -> tuple[LoraChoice, ...]:
     """The request's adapters: a model variant's at its default scale, then those of `field`,
-    resolved against the registry (unknown, another model's, duplicates, bad scales: 400)."""
+    resolved against the registry (unknown, another model's, duplicates, bad scales: 400). A
+    server whose engine fused an adapter takes only that one at its scale (400 otherwise)."""
     wanted: list[tuple[Any, Any]] = [(models.variant, None)] if models.variant else []
     wanted += [(ref.name, ref.scale) for ref in refs or []]
-    if not wanted:
-        return ()
-    return edge.loras.resolve(models.entry.id, wanted, field)
+    choices = edge.loras.resolve(models.entry.id, wanted, field) if wanted else ()
+    edge.loras.check_fused(models.entry.id, choices)
+    return choices
 
 
 def _check_n(n: int | None, entry: ModelEntry) -> int:

@@ -130,7 +130,8 @@ def _print(rows: list[dict[str, Any]]) -> None:
     table = Table("name", "models", "scale", "price", "rank", "dtype", "status", "description")
     for row in rows:
         price = row.get("price")
-        status = row["status"] + (f": {row['reason']}" if row.get("reason") else "")
+        status = row["status"] + (" (fused)" if row.get("fused") else "")
+        status += f": {row['reason']}" if row.get("reason") else ""
         table.add_row(
             row["name"],
             ", ".join(row["models"]),

@@ -1,6 +1,7 @@
 """LoRA adapters in the pipeline, with diffusers' own machinery: checked once when registered,
 loaded by name (`load_lora_into_transformer`), chosen per batch (`set_adapters` /
-`disable_lora`), a bounded number kept loaded (LRU by last use, `delete_adapters`).
+`disable_lora`), a bounded number kept loaded (LRU by last use, `delete_adapters`); or one
+adapter fused into the transformer's weights for good (`fuse_lora`, `[server] fuse_lora`).
 
 Everything here runs on the engine's worker thread, between batches. An adapter is read from
 its file once, at registration, and kept (weights and metadata) in host memory, so a later
@@ -13,7 +14,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,13 +23,29 @@ import torch
 from pixelrouter.engine.pipeline import describe_error
 from pixelrouter.errors import PixelrouterError
 from pixelrouter.lora_files import local_path
-from pixelrouter.loras import LoraCheck, LoraSpec
+from pixelrouter.loras import LoraCheck, LoraRegistry, LoraSpec
 from pixelrouter.types import LoraChoice
 
 logger = logging.getLogger(__name__)
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what diffusers' save_lora_weights writes
 PREFIX = "transformer."  # diffusers' format: every key under the pipeline's transformer
+# The linear layers of FLUX.2's transformer a LoRA trainer targets (PEFT `target_modules`, matched
+# as name suffixes): the attention of the image and text streams, the single-stream blocks'
+# fused projection and the feed-forward layers. Tests and bench/loras.py make adapters on these.
+LORA_TARGETS = (
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "add_q_proj",
+    "add_k_proj",
+    "add_v_proj",
+    "to_add_out",
+    "to_qkv_mlp_proj",
+    "linear_in",
+    "linear_out",
+)
 
 
 class _AdapterRefused(Exception):
@@ -52,6 +69,7 @@ class Adapters:
         self._checked: dict[str, _Checked] = {}
         self._loaded: OrderedDict[str, None] = OrderedDict()  # least recently used first
         self._active: tuple[LoraChoice, ...] | None = ()  # None: unknown, set it next time
+        self.fused: LoraChoice | None = None  # in the weights for good: the only set served
         self.loads = 0
         self.evictions = 0
         self.load_seconds = 0.0
@@ -65,7 +83,13 @@ class Adapters:
     def check(self, spec: LoraSpec) -> LoraCheck:
         """Read the adapter, check that every target exists in this transformer with the
         adapter's shapes, load it once through diffusers, and report rank and dtype; a refused
-        adapter leaves the pipeline as it was."""
+        adapter leaves the pipeline as it was. A fused pipeline takes no other adapter."""
+        if self.fused is not None:
+            return LoraCheck(
+                ok=False,
+                reason=f"this engine serves only the adapter {self.fused.name!r}, fused into its "
+                f"weights at scale {self.fused.scale:g}, and loads no other",
+            )
         try:
             state_dict, metadata = self._read(spec)
             check = self._inspect(state_dict)
@@ -187,6 +211,13 @@ class Adapters:
         loading any that are not loaded (and unloading the least recently used beyond the
         capacity); no choices: the base model, with the adapters' layers switched off."""
         choices = tuple(choices)
+        if self.fused is not None:  # the edges and the engine's door refuse anything else
+            if not _same(choices, (self.fused,)):
+                raise _AdapterRefused(
+                    f"the adapter {self.fused.name!r} is fused at {self.fused.scale:g}: this "
+                    f"engine makes nothing else (asked for {list(choices)})"
+                )
+            return
         if self._active is not None and _same(choices, self._active):
             for choice in choices:
                 self._loaded.move_to_end(choice.name)
@@ -209,6 +240,63 @@ class Adapters:
             self.pipe.enable_lora()
             self.pipe.set_adapters(names, adapter_weights=[choice.scale for choice in choices])
         self._active = choices
+
+    # ------------------------------------------------------------------ one adapter, fused
+
+    def start(
+        self,
+        registry: LoraRegistry,
+        register: Callable[[LoraSpec], LoraCheck],
+        fuse: str | None,
+    ) -> str | None:
+        """The engine's start: every registered adapter through `register` (checked, recorded),
+        the base model active, then `fuse` (`[server] fuse_lora`) fused; or why the engine
+        cannot serve (an adapter to fuse that is not there or was refused)."""
+        for spec in registry.specs():
+            register(spec)
+        self.activate(())
+        return self.fuse_registered(registry, fuse) if fuse else None
+
+    def fuse_registered(self, registry: LoraRegistry, name: str) -> str | None:
+        """Fuse the registered adapter `name`, checked and accepted, at its default scale (the
+        engine's start with `[server] fuse_lora`) and record it in the registry, which refuses
+        every other adapter from then on; or say why it cannot be done."""
+        spec, check = registry.get(name), registry.check_of(name)
+        if spec is None or check is None:
+            return f"[server] fuse_lora names {name!r}, which is not a registered adapter."
+        if not check.ok:
+            return (
+                f"[server] fuse_lora names the adapter {name!r}, which was refused when it was "
+                f"registered ({check.reason}); the engine serves nothing until that is fixed."
+            )
+        try:
+            self.fuse(name, spec.default_scale)
+        except Exception as exc:
+            logger.exception("fusing the adapter %s failed", name)
+            return f"Fusing the adapter {name!r} failed ({describe_error(exc, 200)})."
+        registry.mark_fused(name)
+        logger.info(
+            "LoRA adapter %s fused into the transformer at scale %g: the only one served",
+            name,
+            spec.default_scale,
+        )
+        return None
+
+    def fuse(self, name: str, scale: float) -> None:
+        """diffusers' `fuse_lora` of the checked adapter `name` at `scale` into the transformer,
+        then `unload_lora_weights`: PEFT's layers are gone, the weights hold W + scale * BA (in
+        the model's dtype), so a step costs what the base model's does. Every other adapter is
+        unloaded and forgotten; the base model is gone until the process restarts."""
+        for other in list(self._loaded):
+            if other != name:
+                self._unload(other)
+        self._checked = {name: self._checked[name]}
+        self.activate([LoraChoice(name, 1.0)])  # loaded, the only active one, weight 1
+        self.pipe.fuse_lora(components=["transformer"], lora_scale=scale, adapter_names=[name])
+        self.pipe.unload_lora_weights()
+        self._loaded.clear()
+        self.fused = LoraChoice(name, scale)
+        self._active = (self.fused,)
 
     def _make_room(self, keep: list[str]) -> None:
         """Unload least recently used adapters until one more fits (the batch's own are kept:
@@ -253,6 +341,9 @@ class Adapters:
             "loads": self.loads,
             "evictions": self.evictions,
             "load_seconds": round(self.load_seconds, 4),
+            "fused": None
+            if self.fused is None
+            else {"name": self.fused.name, "scale": self.fused.scale},
         }
 
 

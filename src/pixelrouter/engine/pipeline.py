@@ -123,6 +123,9 @@ class EngineConfig:
     loras: LoraRegistry = field(default_factory=LoraRegistry)
     # adapters kept loaded in the pipeline at once; the least recently used is unloaded first
     max_loaded_loras: int = 4
+    # a registered adapter fused into the transformer at its default scale at start: then the
+    # only adapter set served (docs/loras.md, "Fusing")
+    fuse_lora: str | None = None
 
     def batch_buckets(self) -> tuple[int, ...]:
         """The batch sizes a static-shape engine runs: powers of two up to max_batch_size."""

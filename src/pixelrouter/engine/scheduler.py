@@ -25,7 +25,7 @@ from typing import Any
 from pixelrouter.engine.parts import generate_in_parts
 from pixelrouter.engine.pipeline import EngineConfig, LoadedPipeline, describe_error, load_pipeline
 from pixelrouter.engine.runner import SHUT_DOWN_WHILE_RUNNING, Hooks, PromptCache, Runner
-from pixelrouter.errors import EngineLoadError, InvalidRequest, ProviderUnavailable
+from pixelrouter.errors import EngineLoadError, ProviderUnavailable
 from pixelrouter.loras import LoraCheck, LoraSpec
 from pixelrouter.types import (
     ImageRequest,
@@ -291,13 +291,8 @@ class Engine:
             job.request = dataclasses.replace(job.request, references=())
 
     def _check_loras(self, request: ImageRequest) -> None:
-        """Every adapter of the request was accepted when registered (the edges check names
-        and models; this guards the engine's own door)."""
-        for choice in request.loras:
-            check = self.cfg.loras.check_of(choice.name)
-            if check is None or not check.ok:
-                why = f": {check.reason}" if check is not None else " with this engine"
-                raise InvalidRequest(f"The LoRA adapter {choice.name!r} is not registered{why}.")
+        """The edges check a request's adapters first; this guards the engine's own door."""
+        self.cfg.loras.check_served(request.model, request.loras)
 
     async def register_lora(self, spec: LoraSpec) -> LoraCheck:
         """Check `spec` on the worker thread between batches (it loads into the pipeline) and,
@@ -435,9 +430,11 @@ class Engine:
             logger.exception("warming up the pipeline failed")
             self._fail_load(f"Warming up the pipeline failed ({describe_error(exc, 200)}).")
             return
-        for spec in self.cfg.loras.specs():  # before ready: a request never meets an unchecked one
-            self._register(spec)
-        runner.adapters.activate(())
+        # Before ready: a request never meets an unchecked adapter, nor one to be fused unfused.
+        error = runner.adapters.start(self.cfg.loras, self._register, self.cfg.fuse_lora)
+        if error is not None:
+            self._fail_load(error)
+            return
         with self._cond:
             if self._state == "loading":
                 self._state = "ready"

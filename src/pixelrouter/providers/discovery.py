@@ -129,11 +129,13 @@ class DiscoveredWorkers(ProviderBase):
 
     def unsupported_reason(self, request: ImageRequest) -> str | None:
         """What every worker can express; a request with LoRA adapters needs a worker that
-        holds them all (each instance's `GET /loras`)."""
-        if request.loras and any(
-            instance.unsupported_reason(request) is None for instance in self.instances.values()
-        ):
+        holds them all (each instance's `GET /loras`), and one without needs a worker that is
+        not fused to an adapter."""
+        reasons = [instance.unsupported_reason(request) for instance in self.instances.values()]
+        if request.loras and None in reasons:
             return None
+        if not request.loras and reasons and None not in reasons:
+            return reasons[0]  # every worker found is fused to an adapter
         return self._template.unsupported_reason(request)
 
     async def generate(
@@ -148,8 +150,8 @@ class DiscoveredWorkers(ProviderBase):
             instance = self.instances.get(address)
             if instance is None:
                 continue
-            if request.loras and instance.unsupported_reason(request) is not None:
-                continue  # it does not hold the adapters: it would refuse the request
+            if instance.unsupported_reason(request) is not None:
+                continue  # it does not hold the adapters, or is fused: it would refuse it
             tried.append(address)
             try:
                 return await instance.generate(request, on_progress)

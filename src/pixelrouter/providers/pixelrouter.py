@@ -6,7 +6,9 @@ The request is forwarded whole (size, n, seed, references, steps, guidance, outp
 the worker's images are the ones this process would have made; the client's `provider`
 preferences are not forwarded (routing happened here), except `batching: false`, sent as the
 worker's `provider.options.local` so exact-bytes requests stay exact. A request's LoRA adapters
-are sent as `loras: [{name, scale}]`, and only to a worker that lists them `ready`.
+are sent as `loras: [{name, scale}]`, and only to a worker that lists them `ready`. A worker
+that lists an adapter `fused` gets only requests for exactly that adapter at its
+`default_scale`: never a base request.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ class PixelrouterProvider(HTTPProvider):
         # answer of `GET {url}/loras`; None until one came.
         self._loras: dict[str, frozenset[str]] | None = None
         self._loras_error: str | None = None
+        # The adapter the worker fused into its model, at its scale: the only set it takes.
+        self._fused: tuple[str, float] | None = None
 
     @property
     def service_url(self) -> str:
@@ -51,7 +55,11 @@ class PixelrouterProvider(HTTPProvider):
         return self.url.removesuffix(API_SUFFIX)
 
     def unsupported_reason(self, request: ImageRequest) -> str | None:
-        """The worker applies the adapters its `GET /loras` listed `ready` for the model."""
+        """The worker applies the adapters its `GET /loras` listed `ready` for the model; a
+        fused worker makes only its adapter at its scale."""
+        fused = self._fused
+        if fused is not None and [(c.name, c.scale) for c in request.loras] != [fused]:
+            return f"it serves only the LoRA adapter {fused[0]!r}, fused at scale {fused[1]:g}"
         if not request.loras:
             return super().unsupported_reason(request)
         model = self.upstream_model(request)
@@ -133,13 +141,26 @@ class PixelrouterProvider(HTTPProvider):
         except PixelrouterError as exc:
             self._loras_error = exc.message
         else:
-            self._loras = {
-                row["name"]: frozenset(m for m in row.get("models") or () if isinstance(m, str))
+            ready = [
+                row
                 for row in rows
                 if isinstance(row, dict)
                 and isinstance(row.get("name"), str)
                 and row.get("status") == "ready"
+            ]
+            self._loras = {
+                row["name"]: frozenset(m for m in row.get("models") or () if isinstance(m, str))
+                for row in ready
             }
+            self._fused = next(
+                (
+                    (row["name"], float(row["default_scale"]))
+                    for row in ready
+                    if row.get("fused") is True
+                    and isinstance(row.get("default_scale"), int | float)
+                ),
+                None,
+            )
             self._loras_error = None
 
     async def _poll_status(self) -> None:

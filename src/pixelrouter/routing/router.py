@@ -340,8 +340,14 @@ class Router:
                 eligible = self.eligible(request, model)
             if not eligible:
                 continue
-            considered = True
             await self._prepare(eligible)
+            # A first poll may have just shown what a worker takes (a fused one: one adapter set).
+            eligible = [
+                p for p in eligible if self._can_express(p, self.attempt_request(request, model, p))
+            ]
+            if not eligible:
+                continue
+            considered = True
             planned = self._plan(request, eligible)
             now = self.health.clock()
             held_back.update(
