@@ -6,6 +6,8 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# As the engine sets it (pixelrouter/engine/__init__.py), before any test module imports torch.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 import logging
 import re

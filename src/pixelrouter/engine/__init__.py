@@ -5,7 +5,16 @@ Importing this package does not import torch; the names below load their modules
 
 from __future__ import annotations
 
+import os
 from importlib import import_module
+
+# MKL (torch's CPU BLAS) picks its code path by the memory alignment of each call's arrays
+# unless told otherwise, so the same request could come out 1/255 different in a few values
+# depending on what else the process had allocated (seen with requests queued behind others).
+# Strict conditional numerical reproducibility keeps the fastest instructions and makes the
+# result independent of alignment; MKL reads it once, before torch's first call, so it is set
+# here, before any module of the engine imports torch. An operator's own setting wins.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 from typing import Any
 
 _EXPORTS = {
