@@ -107,6 +107,29 @@ class Adapters:
             )
         return check
 
+    def register(self, spec: LoraSpec, registry: LoraRegistry) -> LoraCheck:
+        """`check` `spec` and record the outcome in `registry`: an accepted adapter is added
+        (if new); a refused one changes a configured adapter's record only, so requests that
+        name it hear why. Logged either way."""
+        check = self.check(spec)
+        if check.ok:
+            if registry.get(spec.name) is None:
+                registry.add(spec)
+            registry.record(spec.name, check)
+            logger.info(
+                "LoRA adapter %s: rank %d, %s, %d layers, from %s",
+                spec.name,
+                check.rank,
+                check.dtype,
+                len(check.targets),
+                spec.path,
+            )
+        else:
+            if registry.get(spec.name) is not None:
+                registry.record(spec.name, check)
+            logger.error("LoRA adapter %s refused: %s", spec.name, check.reason)
+        return check
+
     def forget(self, name: str) -> None:
         """Unload the adapter and drop its weights (an adapter that was removed)."""
         if name in self._loaded:

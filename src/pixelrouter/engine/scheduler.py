@@ -13,15 +13,14 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
-import enum
 import logging
 import math
 import threading
 import time
 from collections import Counter, OrderedDict, deque
-from dataclasses import dataclass, field
 from typing import Any
 
+from pixelrouter.engine.jobs import BatchKey, Job, JobState, Task
 from pixelrouter.engine.parts import generate_in_parts
 from pixelrouter.engine.pipeline import EngineConfig, LoadedPipeline, describe_error, load_pipeline
 from pixelrouter.engine.runner import SHUT_DOWN_WHILE_RUNNING, Hooks, PromptCache, Runner
@@ -30,7 +29,6 @@ from pixelrouter.loras import LoraCheck, LoraSpec
 from pixelrouter.types import (
     ImageRequest,
     ImageResult,
-    LoraChoice,
     ProgressCallback,
     ProgressEvent,
 )
@@ -41,66 +39,6 @@ RECENT_JOBS = 1024  # finished jobs kept for `job()` look-ups
 EMA_WEIGHT = 0.3  # weight of the newest batch duration in the wait estimate
 
 
-class JobState(enum.StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    CANCELLED = "cancelled"
-    FAILED = "failed"
-
-
-@dataclass(frozen=True)
-class BatchKey:
-    """Jobs with equal keys can share one pipeline call."""
-
-    model: str
-    width: int
-    height: int
-    steps: int
-    guidance: float
-    max_sequence_length: int
-    reference_digests: tuple[str, ...]
-    # the adapters and scales, in the request's order: different sets never share a call
-    loras: tuple[LoraChoice, ...] = ()
-
-
-@dataclass(eq=False)
-class Job:
-    """One request inside the engine."""
-
-    request: ImageRequest
-    loop: asyncio.AbstractEventLoop
-    # None once its awaiter has the outcome: the job stays for look-ups, its pixels do not.
-    future: asyncio.Future[ImageResult] | None
-    on_progress: ProgressCallback | None = None
-    state: JobState = JobState.QUEUED
-    key: BatchKey | None = None  # set by the worker: the defaults are known once loaded
-    submitted_at: float = field(default_factory=time.monotonic)
-    started_at: float | None = None
-    finished_at: float | None = None
-
-    @property
-    def images(self) -> int:
-        return self.request.n
-
-    @property
-    def total_steps(self) -> int:
-        """Progress total: a job that runs alone does one pipeline call per image."""
-        steps = self.key.steps if self.key else 0
-        return steps if self.request.batching else steps * self.images
-
-
-@dataclass(eq=False)
-class _Task:
-    """Work for the worker thread between batches (registering or removing an adapter)."""
-
-    run: Any  # () -> result
-    # () -> bool, asked under the lock between batches: False keeps the task (and those after
-    # it) waiting while batches run; None: run at the next gap
-    when: Any = None
-    future: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
-
-
 class Engine:
     """Runs image requests on the local pipeline; `generate` is awaited on the event loop."""
 
@@ -108,7 +46,7 @@ class Engine:
         self.cfg = cfg or EngineConfig()
         self._cond = threading.Condition()
         self._queue: deque[Job] = deque()
-        self._tasks: deque[_Task] = deque()
+        self._tasks: deque[Task] = deque()
         self._running: list[Job] = []
         self._recent: OrderedDict[str, Job] = OrderedDict()
         self._state = "not_started"  # → loading → ready | failed; stopped after shutdown
@@ -297,7 +235,7 @@ class Engine:
     async def register_lora(self, spec: LoraSpec) -> LoraCheck:
         """Check `spec` on the worker thread between batches (it loads into the pipeline) and,
         when accepted, add it to the registry; a refusal changes nothing and says why."""
-        task = _Task(lambda: self._register(spec))
+        task = Task(lambda: self._register(spec))
         with self._cond:
             if self._state != "ready" or self._stopping:
                 raise ProviderUnavailable("The local engine is not ready to register adapters.")
@@ -315,7 +253,7 @@ class Engine:
                 done: concurrent.futures.Future[None] = concurrent.futures.Future()
                 done.set_result(None)
                 return done
-            task = _Task(lambda: self._forget(name), when=lambda: not self._queued_with(name))
+            task = Task(lambda: self._forget(name), when=lambda: not self._queued_with(name))
             self._tasks.append(task)
             self._cond.notify_all()
         return task.future
@@ -332,30 +270,7 @@ class Engine:
     def _register(self, spec: LoraSpec) -> LoraCheck:
         runner = self._runner
         assert runner is not None
-        registry = self.cfg.loras
-        check = runner.adapters.check(spec)
-        if check.ok:
-            if registry.get(spec.name) is None:
-                registry.add(spec)
-            registry.record(spec.name, check)
-        elif registry.get(spec.name) is not None:  # a configured adapter: requests hear why
-            registry.record(spec.name, check)
-        self._log_check(spec, check)
-        return check
-
-    @staticmethod
-    def _log_check(spec: LoraSpec, check: LoraCheck) -> None:
-        if check.ok:
-            logger.info(
-                "LoRA adapter %s: rank %d, %s, %d layers, from %s",
-                spec.name,
-                check.rank,
-                check.dtype,
-                len(check.targets),
-                spec.path,
-            )
-        else:
-            logger.error("LoRA adapter %s refused: %s", spec.name, check.reason)
+        return runner.adapters.register(spec, self.cfg.loras)
 
     def _cancel(self, job: Job) -> None:
         with self._cond:
@@ -442,7 +357,7 @@ class Engine:
         logger.info("engine ready: %s on %s (%s)", loaded.display_name, loaded.device, loaded.dtype)
         try:
             while (work := self._next_batch()) is not None:
-                if isinstance(work, _Task):
+                if isinstance(work, Task):
                     self._run_task(work)
                 else:
                     runner.run(work, self._key_for(work[0]))
@@ -451,7 +366,7 @@ class Engine:
             self._fail_load(f"The engine worker stopped ({describe_error(exc, 200)}).")
 
     @staticmethod
-    def _run_task(task: _Task) -> None:
+    def _run_task(task: Task) -> None:
         try:
             task.future.set_result(task.run())
         except Exception as exc:
@@ -497,7 +412,7 @@ class Engine:
             if job is first or (job.request.batching and self._key_for(job) == key)
         )
 
-    def _next_batch(self) -> list[Job] | _Task | None:
+    def _next_batch(self) -> list[Job] | Task | None:
         """Wait for work, give compatible requests `batch_window_ms` to arrive, take a batch;
         a task (registering an adapter) goes first, between two batches."""
         window = self.cfg.batch_window_ms / 1000.0
