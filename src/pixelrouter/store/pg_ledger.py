@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, text
+from sqlalchemy import Connection, Engine, Row, TextClause, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -118,6 +118,14 @@ RESERVE_SQL = str(RESERVE.compile(dialect=PSYCOPG))
 CLOSE_ALONE_SQL = str(CLOSE_ALONE.compile(dialect=PSYCOPG))
 
 
+def with_ctes(stmt: TextClause) -> str:
+    """The CTEs of `RESERVE` or `CLOSE_ALONE` (what follows WITH, up to the final SELECT), for a
+    statement that does more in the same round trip (`request_records`)."""
+    body = stmt.text.strip()
+    assert body.startswith("WITH ")
+    return body[len("WITH ") : body.rindex("\nSELECT ")]
+
+
 def period_params(now: datetime) -> dict[str, datetime]:
     return {f"p_{reset}": period_start(reset, now) for reset in LIMIT_RESETS}
 
@@ -149,7 +157,7 @@ def run_alone(engine: Engine, sql: str, params: dict[str, Any]) -> tuple[Any, ..
         fairy.close()
 
 
-def _reserve_params(row: dict[str, Any]) -> dict[str, Any]:
+def reserve_params(row: dict[str, Any]) -> dict[str, Any]:
     now = row["created_at"]
     return {
         "key_hash": row["key_hash"],
@@ -166,7 +174,7 @@ def reserve_alone(engine: Engine, row: dict[str, Any]) -> bool:
     from psycopg import errors as psycopg_errors
 
     try:
-        moved = run_alone(engine, RESERVE_SQL, _reserve_params(row))
+        moved = run_alone(engine, RESERVE_SQL, reserve_params(row))
     except psycopg_errors.UniqueViolation as exc:  # the same id reserved at once
         raise ValueError(f"generation {row['generation_id']} already has a reservation") from exc
     return moved is not None and bool(moved[0])
@@ -174,10 +182,10 @@ def reserve_alone(engine: Engine, row: dict[str, Any]) -> bool:
 
 def reserve_in(conn: Connection, row: dict[str, Any]) -> bool:
     """PostgreSQL's one-statement reservation; False: nothing written, take the long way."""
-    return bool(conn.scalar(RESERVE, _reserve_params(row)))
+    return bool(conn.scalar(RESERVE, reserve_params(row)))
 
 
-def _close_params(
+def close_params(
     generation_id: str, delivered_micro: int, now: datetime, state: str
 ) -> dict[str, Any]:
     return {
@@ -200,7 +208,7 @@ def close_alone(
         row = run_alone(
             engine,
             CLOSE_ALONE_SQL,
-            _close_params(generation_id, delivered_micro, now, state),
+            close_params(generation_id, delivered_micro, now, state),
         )
     except psycopg_errors.CheckViolation:
         return None
@@ -227,4 +235,4 @@ def close_in(
     """The one-statement settle or release in the caller's transaction (`CLOSE`): the closed
     reservation's `key_hash` and `amount` (None: it was not open), `moved` (whether the
     counters moved: not when the balance row is in another period) and `stored`."""
-    return conn.execute(CLOSE, _close_params(generation_id, delivered_micro, now, state)).one()
+    return conn.execute(CLOSE, close_params(generation_id, delivered_micro, now, state)).one()
