@@ -34,7 +34,7 @@ from pixelrouter.types import GeneratedImage, ImageRequest, ImageResult, Provide
 USAGE = """\
 Run: OMP_NUM_THREADS=1 .venv/bin/python bench/bookkeeping.py [--backends postgresql]
      [--concurrency 1,8,64] [--seconds 4] [--threads 0] [--paths statement,transaction]
-     [--rounds 1] [--profile 0] [--json out.json]
+     [--rounds 1] [--providers 1] [--profile 0] [--json out.json]
 
 What one image request writes, as GenerationService drives `Bookkeeping`, with no HTTP, no
 engine and no provider: admission (reserve the maximum cost and record the generation
@@ -49,9 +49,10 @@ Paths: `statement` is what the server runs (on PostgreSQL the admission and the 
 statement each where they can be: `Store.admit_at_once`, `Store.close_at_once`),
 `transaction` switches that off (`Store.one_statement = False`: the transaction SQLite runs).
 Every concurrency runs each path in turn, --rounds times, in one process and database, so an
-A/B comparison meets the same minute of a noisy machine. --profile N: also N requests one
-after the other in the main thread under cProfile, per path (CPU and wall per request, and
-where the time goes).
+A/B comparison meets the same minute of a noisy machine. --providers N spreads the provider
+outcomes over N providers (1: every close adds to the same row of per-minute counts).
+--profile N: also N requests one after the other in the main thread under cProfile, per path
+(CPU and wall per request, and where the time goes).
 
 Worker threads: asyncio's default executor, min(32, CPUs + 4) threads as in the server
 (--threads N: N instead). Prints one JSON object, then a table; exit status 1 when a call
@@ -82,16 +83,26 @@ def percentile_ms(samples: list[float], q: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))] * 1e3, 3)
 
 
+# How many providers the outcomes are spread over (--providers): each close adds to its
+# provider's row of `provider_outcome_minutes`, locked until it commits.
+PROVIDERS = [1]
+
+
+def _slug(request: ImageRequest) -> str:
+    return "bench" if PROVIDERS[0] == 1 else f"bench-{hash(request.id) % PROVIDERS[0]}"
+
+
 def _delivery(request: ImageRequest) -> Delivery:
     image = GeneratedImage(b"\x89PNG", "image/png", 64, 64, 0, 0)
-    attempt = ProviderAttempt("Bench", 200, 5, provider_slug="bench", model=MODEL)
+    slug = _slug(request)
+    attempt = ProviderAttempt("Bench", 200, 5, provider_slug=slug, model=MODEL)
     result = ImageResult(
         request_id=request.id,
         model=MODEL,
         images=(image,),
         generation_time_ms=5,
         prompt_tokens=3,
-        provider_slug="bench",
+        provider_slug=slug,
         provider_name="Bench",
         attempts=(attempt,),
     )
@@ -163,7 +174,7 @@ def profile_path(books: Bookkeeping, keys: list[str], count: int, top: int = 25)
             "cancelled": False,
             "model": MODEL,
             "provider_name": "Bench",
-            "provider_slug": "bench",
+            "provider_slug": delivery.result.provider_slug,
             "total_cost_micro": AMOUNT_MICRO,
             "latency_ms": 6,
             "generation_time_ms": 5,
@@ -296,10 +307,12 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=0, help="worker threads (0: asyncio's)")
     parser.add_argument("--paths", default="statement")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--providers", type=int, default=1, help="outcomes spread over N")
     parser.add_argument("--profile", type=int, default=0, help="requests profiled per path")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    PROVIDERS[0] = max(1, args.providers)
     if not set(paths) <= {"statement", "transaction"}:
         parser.error("--paths: statement, transaction")
     concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
