@@ -29,6 +29,7 @@ from pixelrouter.billing.bookkeeping import Bookkeeping  # noqa: E402
 from pixelrouter.billing.costs import Delivery  # noqa: E402
 from pixelrouter.stats.outcomes import outcomes_of  # noqa: E402
 from pixelrouter.store import Store  # noqa: E402
+from pixelrouter.store.request_records import close_statement  # noqa: E402
 from pixelrouter.types import GeneratedImage, ImageRequest, ImageResult, ProviderAttempt  # noqa: E402
 
 USAGE = """\
@@ -47,7 +48,8 @@ transactions are the real ones.
 
 Paths: `statement` is what the server runs (on PostgreSQL the admission and the close are one
 statement each where they can be: `Store.admit_at_once`, `Store.close_at_once`),
-`transaction` switches that off (`Store.one_statement = False`: the transaction SQLite runs).
+`transaction` switches that off (`Store.one_statement = False`: the transaction SQLite runs),
+`group` is an experiment: the closes of the process written many per commit (`GroupCommit`).
 Every concurrency runs each path in turn, --rounds times, in one process and database, so an
 A/B comparison meets the same minute of a noisy machine. --providers N spreads the provider
 outcomes over N providers (1: every close adds to the same row of per-minute counts).
@@ -151,6 +153,72 @@ async def run_requests(
     return samples, done, errors
 
 
+class GroupCommit:
+    """An experiment, not what the server runs (--paths group): the closes of this process go
+    to one thread that writes every close waiting at that moment (up to `batch`) in one
+    transaction, their statements (`close_statement`) and the COMMIT sent in one psycopg
+    pipeline: one fsync for many closes. A batch that fails is rolled back and each of its
+    closes takes `Bookkeeping`'s own path. One process only: batches of several processes
+    would lock their balance and minute rows in no common order."""
+
+    def __init__(self, url: str, batch: int = 64) -> None:
+        import queue
+        import threading
+
+        import psycopg
+
+        self.conn = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"))
+        self.batch = batch
+        self.queue: queue.Queue[tuple[str, dict[str, Any], Any]] = queue.Queue()
+        self.batches: list[int] = []
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def submit(self, sql: str, params: dict[str, Any]) -> bool:
+        """Wait for the close's batch; False: it failed (nothing of it was written)."""
+        from concurrent.futures import Future
+
+        done: Future[bool] = Future()
+        self.queue.put((sql, params, done))
+        return done.result()
+
+    def _run(self) -> None:
+        while True:
+            items = [self.queue.get()]
+            while len(items) < self.batch and not self.queue.empty():
+                items.append(self.queue.get_nowait())
+            try:
+                with self.conn.transaction(), self.conn.pipeline():
+                    cursors = [self.conn.execute(sql, params) for sql, params, _ in items]
+                written = [bool(c.fetchone()[0]) for c in cursors]  # type: ignore[index]
+            except Exception:
+                written = [False] * len(items)
+            self.batches.append(len(items))
+            for (_, _, done), ok in zip(items, written, strict=True):
+                done.set_result(ok)
+
+
+class GroupedBookkeeping(Bookkeeping):
+    """`Bookkeeping` whose closes go through `GroupCommit` while `group` is set."""
+
+    group: GroupCommit | None = None
+
+    def _close_now(self, admission, record, charge_micro, outcomes):  # type: ignore[no-untyped-def]
+        request = admission.request
+        if self.group is None or request.key_hash is None or not admission.reserved:
+            return super()._close_now(admission, record, charge_micro, outcomes)
+        sql, params = close_statement(
+            request.id,
+            record,
+            ledger="release" if charge_micro is None else "settle",
+            key_hash=request.key_hash,
+            amount_micro=charge_micro or 0,
+            outcomes=outcomes,
+        )
+        if not self.group.submit(sql, params):
+            super()._close_now(admission, record, charge_micro, outcomes)
+        return None
+
+
 def profile_path(books: Bookkeeping, keys: list[str], count: int, top: int = 25) -> dict[str, Any]:
     """`count` requests back to back in this thread (admission, then the close) under
     cProfile: CPU and wall per request, and the functions that take the most time."""
@@ -233,10 +301,12 @@ def bench_backend(
                 generation_id=f"warm-{i}", key_hash=key_hash, amount_micro=1, expires_at=expires
             )
             store.release(f"warm-{i}")
-        books = Bookkeeping(store, FixedCosts())  # type: ignore[arg-type]
+        books = GroupedBookkeeping(store, FixedCosts())  # type: ignore[arg-type]
+        group = GroupCommit(url) if "group" in paths else None
         total = 0
         for path in paths if profile else ():
-            store.one_statement = path == "statement"
+            store.one_statement = path != "transaction"
+            books.group = group if path == "group" else None
             print(f"... {backend}: profile, {path}", file=sys.stderr, flush=True)
             profiled = profile_path(books, keys, profile)
             total += profile + 20
@@ -244,7 +314,9 @@ def bench_backend(
         for n, _, path in (
             (n, r, path) for n in concurrency for r in range(rounds) for path in paths
         ):
-            store.one_statement = path == "statement"
+            store.one_statement = path != "transaction"
+            books.group = group if path == "group" else None
+            batches = len(group.batches) if group else 0
             print(f"... {backend}: {n} concurrent request(s), {path}", file=sys.stderr, flush=True)
 
             async def cell(n: int = n) -> tuple[dict[str, list[float]], int, list[str]]:
@@ -271,6 +343,9 @@ def bench_backend(
             for name, values in samples.items():
                 row[f"{name}_p50_ms"] = percentile_ms(values, 0.50)
                 row[f"{name}_p99_ms"] = percentile_ms(values, 0.99)
+            if path == "group" and group is not None:
+                sizes = group.batches[batches:]
+                row["closes_per_commit"] = round(sum(sizes) / max(len(sizes), 1), 2)
             row["errors"] = len(errors)
             row["first_errors"] = errors[:3]
             cells.append(row)
@@ -313,8 +388,8 @@ def main() -> int:
     args = parser.parse_args()
     paths = [p.strip() for p in args.paths.split(",") if p.strip()]
     PROVIDERS[0] = max(1, args.providers)
-    if not set(paths) <= {"statement", "transaction"}:
-        parser.error("--paths: statement, transaction")
+    if not set(paths) <= {"statement", "transaction", "group"}:
+        parser.error("--paths: statement, transaction, group")
     concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
     result: dict[str, Any] = {
         "benchmark": "bookkeeping",
@@ -360,6 +435,7 @@ def main() -> int:
             f"{str(c['close_p50_ms']) + ' / ' + str(c['close_p99_ms']):>16} "
             f"{str(c['request_p50_ms']) + ' / ' + str(c['request_p99_ms']):>19} "
             f"{c['cpu_ms_per_request']:>6.2f} {c['errors']:>6}"
+            + (f" {c['closes_per_commit']} closes/commit" if "closes_per_commit" in c else "")
         )
     for inv in result["invariants"]:
         print(f"invariants {inv['backend']}: {'OK' if inv['ok'] else 'BROKEN'} {inv}")

@@ -137,32 +137,56 @@ class RequestRecords:
         True: written. False: nothing is: run the methods in one transaction instead."""
         if not self._at_once():
             return False
-        check_micro("amount_micro", amount_micro)
-        now = check_aware("now", now or utcnow())
-        values = finish_values(**record)
-        params: dict[str, Any] = {"generation_id": generation_id, "now": now}
-        if ledger in ("settle", "release"):
-            delivered = amount_micro if ledger == "settle" else 0
-            state = "settled" if ledger == "settle" else "released"
-            params.update(pg_ledger.close_params(generation_id, delivered, now, state))
-        elif ledger == "charge":
-            if key_hash is None:
-                raise ValueError("a charge needs the key's hash")
-            params.update(pg_ledger.period_params(now))
-            params.update(key_hash=key_hash, delivered=amount_micro)
-        params.update(_bind(generations, values, "f_"))
-        outcome_values = outcome_rows(outcomes)
-        minute_values = minute_rows(outcomes)
-        for i, row in enumerate(outcome_values):
-            params.update(_bind(provider_outcomes, row, f"o{i}_"))
-        for i, row in enumerate(minute_values):
-            params.update(_bind(provider_outcome_minutes, row, f"m{i}_"))
-        sql = _close_sql(ledger, tuple(values), len(outcome_values), len(minute_values))
+        sql, params = close_statement(
+            generation_id,
+            record,
+            ledger=ledger,
+            key_hash=key_hash,
+            amount_micro=amount_micro,
+            outcomes=outcomes,
+            now=now,
+        )
         done = _run(self.engine, sql, params)
         return done is not None and bool(done[0])
 
     def _at_once(self) -> bool:
         return self.one_statement and self.engine.dialect.name == "postgresql"
+
+
+def close_statement(
+    generation_id: str,
+    record: Mapping[str, Any],
+    *,
+    ledger: LedgerChange | None,
+    key_hash: str | None = None,
+    amount_micro: int = 0,
+    outcomes: Sequence[ProviderOutcome] = (),
+    now: datetime | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """The SQL of `RequestRecords.close_at_once` (psycopg's parameter style) and its
+    parameters. Its one row's first column, `written`, is false when it wrote nothing."""
+    check_micro("amount_micro", amount_micro)
+    now = check_aware("now", now or utcnow())
+    values = finish_values(**record)
+    params: dict[str, Any] = {"generation_id": generation_id, "now": now}
+    if ledger in ("settle", "release"):
+        delivered = amount_micro if ledger == "settle" else 0
+        state = "settled" if ledger == "settle" else "released"
+        params.update(pg_ledger.close_params(generation_id, delivered, now, state))
+    elif ledger == "charge":
+        if key_hash is None:
+            raise ValueError("a charge needs the key's hash")
+        params.update(pg_ledger.period_params(now))
+        params.update(key_hash=key_hash, delivered=amount_micro)
+    params.update(_bind(generations, values, "f_"))
+    outcome_values = outcome_rows(outcomes)
+    minute_values = minute_rows(outcomes)
+    for i, row in enumerate(outcome_values):
+        params.update(_bind(provider_outcomes, row, f"o{i}_"))
+    for i, row in enumerate(minute_values):
+        params.update(_bind(provider_outcome_minutes, row, f"m{i}_"))
+    sql = _close_sql(ledger, tuple(values), len(outcome_values), len(minute_values))
+    return sql, params
 
 
 def _run(engine: Engine, sql: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
