@@ -6,7 +6,8 @@ and charges what is delivered once answered: nothing could refuse it, so nothing
 (docs/billing.md, "When bookkeeping is written"). An answered generation is closed once the
 HTTP edge says how many of its images reached the client whole: those are charged, the rest
 are the operator's cost. A failed or cancelled one releases everything. A close is one
-transaction (record, ledger, provider outcomes), tried again while the database restarts.
+transaction (record, ledger, provider outcomes), tried again while the database restarts; on
+PostgreSQL the admission and the close are one statement each where they can be.
 """
 
 from __future__ import annotations
