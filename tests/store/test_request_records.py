@@ -4,12 +4,15 @@ nothing and is left to that transaction (store/request_records.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
+from dbutil import BACKENDS_AND_PGBOUNCER, database_url
 from pixelrouter.store import NewGeneration, Store
 from pixelrouter.store.stats_records import ProviderOutcome
 from pixelrouter.store.tables import (
@@ -21,9 +24,18 @@ from pixelrouter.store.tables import (
     reservations,
 )
 
+from .ledgerutil import assert_consistent, run_together
+
 NOW = datetime(2026, 12, 3, 10, 0, 30, tzinfo=UTC)
 LAST_MONTH = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
 TTL = timedelta(minutes=11)
+
+
+@pytest.fixture(params=BACKENDS_AND_PGBOUNCER)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """SQLite, PostgreSQL, and PostgreSQL through PgBouncer in transaction pooling mode."""
+    with database_url(request.param, tmp_path) as url:
+        yield url
 
 
 class Refused(Exception):
@@ -350,3 +362,74 @@ def test_the_statement_and_the_transaction_write_the_same_rows(store: Store) -> 
         "provider_outcomes": 11,
         "provider_outcome_minutes": 2,
     }
+
+
+def test_racing_admissions_and_closes_spend_exactly_the_limit(store: Store) -> None:
+    """32 threads admit and close on one key whose limit covers 10 requests, and 32 more
+    close generations of a key without a limit: the limit holds exactly, each generation is
+    charged once, and the counters equal the ledger."""
+    price, threads = 14_000, 32
+    limited = store.create_key("raced", limit_micro=10 * price, limit_reset="monthly")[0]
+    unlimited = store.create_key("raced-free")[0]
+    # Both keys hold their balance rows, so the race meets the one-statement paths.
+    admit(store, _record(store, "gen-first", limited.hash), 1)
+    close(
+        store,
+        "gen-first",
+        {"state": "failed"},
+        ledger="release",
+        key_hash=limited.hash,
+        outcomes=[],
+    )
+    store.start_generation(_record(store, "gen-free-first", unlimited.hash))
+    close(
+        store,
+        "gen-free-first",
+        {"state": "succeeded", "total_cost_micro": price},
+        ledger="charge",
+        key_hash=unlimited.hash,
+        amount=price,
+        outcomes=[],
+    )
+    for i in range(threads):
+        store.start_generation(_record(store, f"gen-free-{i}", unlimited.hash))
+    done = {"state": "succeeded", "total_cost_micro": price, "num_images": 1}
+
+    def work(i: int) -> bool:
+        gen_id = f"gen-raced-{i}"
+        try:
+            admit(store, _record(store, gen_id, limited.hash), price)
+        except Refused:
+            admitted = False
+        else:
+            admitted = True
+            close(
+                store,
+                gen_id,
+                done,
+                ledger="settle",
+                key_hash=limited.hash,
+                amount=price,
+                outcomes=[_outcome("raced")],
+            )
+        close(
+            store,
+            f"gen-free-{i}",
+            done,
+            ledger="charge",
+            key_hash=unlimited.hash,
+            amount=price,
+            outcomes=[_outcome("raced")],
+        )
+        return admitted
+
+    assert sum(run_together(threads, work)) == 10
+    assert store.ledger_total(limited.hash) == 10 * price
+    assert store.ledger_total(unlimited.hash) == (threads + 1) * price
+    for key in (limited, unlimited):
+        balance = assert_consistent(store, key.hash, NOW)
+        assert balance.reserved == 0
+    records = [store.get_generation(f"gen-free-{i}") for i in range(threads)]
+    assert all(r is not None and r.state == "succeeded" for r in records)
+    minute = store.outcome_counts("raced", NOW, {"m": timedelta(minutes=1)})
+    assert minute["m"].successes == 10 + threads
