@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -177,3 +178,64 @@ async def test_a_client_leaving_early_leaves_a_cancelled_record_and_nothing_open
             assert px.store.get_reservation(request.id) is None
     assert px.store.open_reservations(key_hash) == []
     assert px.store.key_balance(key_hash).reserved == 0
+
+
+async def test_one_statement_and_the_transaction_book_a_request_alike(api) -> None:
+    """On PostgreSQL a request's admission and close are one statement each where they can
+    be (`Store.admit_at_once`, `Store.close_at_once`); switched off, every request takes the
+    transaction SQLite runs. The same requests leave the same records, reservations, ledger,
+    counters and provider outcomes either way (on SQLite both runs take the transaction)."""
+    px = api.app.state.px
+    seen = {}
+    for one_statement in (True, False):
+        px.store.one_statement = one_statement
+        tag = "one" if one_statement else "tx"
+        limited = hash_key(await new_key(api, limit=1.0))
+        unlimited = hash_key(await new_key(api))
+        ids = []
+        for key_hash, n, handed in (
+            (limited, 3, 3),
+            (limited, 3, 2),
+            (limited, 2, 0),
+            (unlimited, 3, 1),
+            (unlimited, 2, 2),
+            (unlimited, 1, 0),
+        ):
+            request = _request(key_hash, f"{tag}-{len(ids)}", n=n)
+            ids.append(request.id)
+            await px.service.generate(
+                request, api="images", key=px.store.find_key(key_hash), edge_reports=True
+            )
+            px.service.answered(request.id, handed)
+            await px.service.closed(key_hash)
+        records = [px.store.get_generation(i) for i in ids]
+        reservations = [px.store.get_reservation(i) for i in ids]
+        seen[tag] = (
+            [
+                (
+                    r.state,
+                    r.total_cost_micro,
+                    r.num_images,
+                    r.undelivered_images,
+                    r.finish_reason,
+                    r.provider_slug,
+                )
+                for r in records
+                if r is not None
+            ],
+            [(r.amount_micro, r.state, r.settled_micro) for r in reservations if r is not None],
+            [
+                [(e.kind, e.amount_micro) for e in px.store.ledger_entries(generation_id=i)]
+                for i in ids
+            ],
+            [px.store.key_balance(k) for k in (limited, unlimited)],
+        )
+    assert seen["one"] == seen["tx"]
+    records, reservations, _, balances = seen["one"]
+    assert len(records) == 6 and len(reservations) == 5  # nothing charged: no reservation
+    assert [b.total_used for b in balances] == [5 * PRICE, 3 * PRICE]
+    assert all(b.reserved == 0 for b in balances)
+    # Every attempt of both runs was counted.
+    slug = records[0][-1]
+    counts = px.store.outcome_counts(slug, datetime.now(UTC), {"day": timedelta(days=1)})
+    assert counts["day"].successes == 12

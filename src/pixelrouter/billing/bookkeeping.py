@@ -6,7 +6,8 @@ and charges what is delivered once answered: nothing could refuse it, so nothing
 (docs/billing.md, "When bookkeeping is written"). An answered generation is closed once the
 HTTP edge says how many of its images reached the client whole: those are charged, the rest
 are the operator's cost. A failed or cancelled one releases everything. A close is one
-transaction (record, ledger, provider outcomes), tried again while the database restarts.
+transaction (record, ledger, provider outcomes), tried again while the database restarts; on
+PostgreSQL the admission and the close are one statement each where they can be.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pixelrouter.store import (
     is_unreachable,
     utcnow,
 )
+from pixelrouter.store.request_records import LedgerChange
 from pixelrouter.store.stats_records import ProviderOutcome
 from pixelrouter.types import GenerationEnd, ImageRequest, ProviderAttempt
 
@@ -128,13 +130,19 @@ class Bookkeeping:
 
     def _admit_now(self, request: ImageRequest, api: GenerationApi, streamed: bool) -> Admission:
         """Runs in a worker thread: reserve (SPEC §7, or 402) and record `pending`, in one
-        transaction: both happen or neither does."""
+        transaction: both happen or neither does. On PostgreSQL the common case is one
+        statement (`Store.admit_at_once`); anything else takes the transaction."""
         amount = self.costs.max_cost(request) if request.key_hash is not None else 0
+        record = _new_record(request, api, streamed)
+        if request.key_hash is not None and self.store.admit_at_once(
+            record, amount_micro=amount, expires_at=utcnow() + self.reservation_ttl
+        ):
+            return Admission(request, time.monotonic(), amount)  # one statement (PostgreSQL)
         try:
             with self.store.transaction() as tx:
                 if request.key_hash is not None and not self._reserve(request, amount, tx):
                     raise _LimitReached
-                self.store.start_generation(_new_record(request, api, streamed), tx=tx)
+                self.store.start_generation(record, tx=tx)
         except _LimitReached:
             raise self.costs.payment_required(request, amount) from None
         return Admission(request, time.monotonic(), amount)
@@ -364,11 +372,26 @@ class Bookkeeping:
     ) -> None:
         """Runs in a worker thread: finalise the record, settle the reservation to
         `charge_micro` (None: release it all) or, for an unreserved admission, charge it in
-        full, and count the provider outcomes, in one transaction. Should the outcomes fail,
-        the record and the money are written without them: statistics never break a
+        full, and count the provider outcomes, in one transaction (one statement on
+        PostgreSQL in the common case: `Store.close_at_once`). Should the outcomes fail, the
+        record and the money are written without them: statistics never break a
         generation."""
         request = admission.request
         key_hash = request.key_hash
+        ledger: LedgerChange | None = None
+        if key_hash is not None and admission.reserved:
+            ledger = "release" if charge_micro is None else "settle"
+        elif key_hash is not None and charge_micro:
+            ledger = "charge"
+        if self.store.close_at_once(
+            request.id,
+            record,
+            ledger=ledger,
+            key_hash=key_hash,
+            amount_micro=charge_micro or 0,
+            outcomes=outcomes,
+        ):
+            return  # one statement (PostgreSQL); anything else takes the transaction
 
         def write(with_outcomes: bool) -> None:
             with self.store.transaction() as tx:

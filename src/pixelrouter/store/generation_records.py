@@ -35,43 +35,7 @@ class GenerationRecords:
         self, rec: NewGeneration, tx: Connection | None = None
     ) -> GenerationRecord:
         """Insert a `pending` generation; a duplicate id is a ValueError."""
-        if rec.api not in GENERATION_APIS:
-            raise ValueError(
-                f"unknown api {rec.api!r}; expected one of {', '.join(GENERATION_APIS)}"
-            )
-        row: dict[str, Any] = {
-            "id": rec.id,
-            "key_hash": rec.key_hash,
-            "api": rec.api,
-            "model": rec.model,
-            "state": "pending",
-            "total_cost_micro": 0,
-            "created_at": rec.created_at or utcnow(),
-            "streamed": rec.streamed,
-            "cancelled": False,
-            "tokens_prompt": rec.tokens_prompt,
-            "num_images": 0,
-            "n": rec.n,
-            "width": rec.width,
-            "height": rec.height,
-            "seed": rec.seed,
-            "http_referer": rec.http_referer,
-            "app_title": rec.app_title,
-            "app_categories": list(rec.app_categories),
-            "end_user": rec.user,
-            "provider_responses": [],
-            "ignored_parameters": list(rec.ignored_parameters),
-        }
-        # Columns of migration 0004, written only when set (their defaults are NULL and []).
-        optional = {
-            "session_id": rec.session_id,
-            "trace": dict(rec.trace) if rec.trace else None,
-            "request_metadata": dict(rec.metadata) if rec.metadata else None,
-            "adjustments": list(rec.adjustments) or None,
-        }
-        row.update((name, value) for name, value in optional.items() if value is not None)
-        if rec.loras:  # migration 0005; NULL without adapters
-            row["loras"] = [dict(item) for item in rec.loras]
+        row = pending_row(rec)
         try:
             with write_transaction(self.engine, tx) as conn:
                 conn.execute(insert(generations), row)
@@ -110,40 +74,28 @@ class GenerationRecords:
         Fields passed as None keep what the row holds (what `start_generation` stored).
         `provider_responses` items: `{"provider_name", "status", "latency" (ms)}`.
         """
-        if state not in FINISHED_STATES:
-            raise ValueError(f"a finished state is one of {', '.join(FINISHED_STATES)}")
-        if (
-            isinstance(total_cost_micro, bool)
-            or not isinstance(total_cost_micro, int)
-            or total_cost_micro < 0
-        ):
-            raise ValueError("total_cost_micro must be a non-negative integer of micro-dollars")
-        values: dict[str, Any] = {
-            "state": state,
-            "total_cost_micro": total_cost_micro,
-            "num_images": num_images,
-            "finished_at": finished_at or utcnow(),
-            "cancelled": state == "cancelled" if cancelled is None else cancelled,
-        }
-        optional = {
-            "model": model,
-            "provider_name": provider_name,
-            "provider_slug": provider_slug,
-            "latency_ms": latency_ms,
-            "generation_time_ms": generation_time_ms,
-            "finish_reason": finish_reason,
-            "tokens_prompt": tokens_prompt,
-            "tokens_completion": tokens_completion,
-            "seed": seed,
-            "width": width,
-            "height": height,
-            "error_message": error_message,
-            "error_status": error_status,
-            "undelivered_images": undelivered_images,
-        }
-        values.update({name: value for name, value in optional.items() if value is not None})
-        if provider_responses is not None:
-            values["provider_responses"] = [dict(item) for item in provider_responses]
+        values = finish_values(
+            state=state,
+            total_cost_micro=total_cost_micro,
+            num_images=num_images,
+            finished_at=finished_at,
+            cancelled=cancelled,
+            provider_responses=provider_responses,
+            model=model,
+            provider_name=provider_name,
+            provider_slug=provider_slug,
+            latency_ms=latency_ms,
+            generation_time_ms=generation_time_ms,
+            finish_reason=finish_reason,
+            tokens_prompt=tokens_prompt,
+            tokens_completion=tokens_completion,
+            seed=seed,
+            width=width,
+            height=height,
+            error_message=error_message,
+            error_status=error_status,
+            undelivered_images=undelivered_images,
+        )
         stmt = _finish_statement(tuple(values))
         params = {f"new_{name}": value for name, value in values.items()}
         with write_transaction(self.engine, tx) as conn:
@@ -198,6 +150,102 @@ class GenerationRecords:
         )
         with write_transaction(self.engine) as conn:
             return conn.execute(stmt).rowcount
+
+
+def pending_row(rec: NewGeneration) -> dict[str, Any]:
+    """The `generations` row of a new `pending` generation (`start_generation`)."""
+    if rec.api not in GENERATION_APIS:
+        raise ValueError(f"unknown api {rec.api!r}; expected one of {', '.join(GENERATION_APIS)}")
+    row: dict[str, Any] = {
+        "id": rec.id,
+        "key_hash": rec.key_hash,
+        "api": rec.api,
+        "model": rec.model,
+        "state": "pending",
+        "total_cost_micro": 0,
+        "created_at": rec.created_at or utcnow(),
+        "streamed": rec.streamed,
+        "cancelled": False,
+        "tokens_prompt": rec.tokens_prompt,
+        "num_images": 0,
+        "n": rec.n,
+        "width": rec.width,
+        "height": rec.height,
+        "seed": rec.seed,
+        "http_referer": rec.http_referer,
+        "app_title": rec.app_title,
+        "app_categories": list(rec.app_categories),
+        "end_user": rec.user,
+        "provider_responses": [],
+        "ignored_parameters": list(rec.ignored_parameters),
+    }
+    # Columns of migration 0004, written only when set (their defaults are NULL and []).
+    optional = {
+        "session_id": rec.session_id,
+        "trace": dict(rec.trace) if rec.trace else None,
+        "request_metadata": dict(rec.metadata) if rec.metadata else None,
+        "adjustments": list(rec.adjustments) or None,
+    }
+    row.update((name, value) for name, value in optional.items() if value is not None)
+    if rec.loras:  # migration 0005; NULL without adapters
+        row["loras"] = [dict(item) for item in rec.loras]
+    return row
+
+
+_FINISH_OPTIONAL = frozenset(
+    {
+        "model",
+        "provider_name",
+        "provider_slug",
+        "latency_ms",
+        "generation_time_ms",
+        "finish_reason",
+        "tokens_prompt",
+        "tokens_completion",
+        "seed",
+        "width",
+        "height",
+        "error_message",
+        "error_status",
+        "undelivered_images",
+    }
+)
+
+
+def finish_values(
+    *,
+    state: GenerationState,
+    total_cost_micro: int = 0,
+    num_images: int = 0,
+    finished_at: datetime | None = None,
+    cancelled: bool | None = None,
+    provider_responses: Sequence[Mapping[str, Any]] | None = None,
+    **optional: Any,
+) -> dict[str, Any]:
+    """The columns `finish_generation` sets (its arguments; the `optional` ones only when not
+    None)."""
+    if state not in FINISHED_STATES:
+        raise ValueError(f"a finished state is one of {', '.join(FINISHED_STATES)}")
+    if (
+        isinstance(total_cost_micro, bool)
+        or not isinstance(total_cost_micro, int)
+        or total_cost_micro < 0
+    ):
+        raise ValueError("total_cost_micro must be a non-negative integer of micro-dollars")
+    unknown = set(optional) - _FINISH_OPTIONAL
+    if unknown:
+        raise TypeError(f"finish_generation() got unexpected fields {sorted(unknown)}")
+    values: dict[str, Any] = {
+        "state": state,
+        "total_cost_micro": total_cost_micro,
+        "num_images": num_images,
+        "finished_at": finished_at or utcnow(),
+        "cancelled": state == "cancelled" if cancelled is None else cancelled,
+    }
+    values.update({name: value for name, value in optional.items() if value is not None})
+    if provider_responses is not None:
+        values["provider_responses"] = [dict(item) for item in provider_responses]
+    return values
 
 
 @functools.lru_cache(maxsize=256)

@@ -6,11 +6,12 @@ conditional UPDATE of the key's balance row: under PostgreSQL READ COMMITTED the
 makes concurrent reservations queue and re-check the limit on the newest row, and SQLite's
 BEGIN IMMEDIATE runs them one at a time, so settled cost never exceeds the limit.
 
-On PostgreSQL the common case of each change is one statement (a data-modifying CTE: one round
-trip, one lock of the balance row, held to COMMIT): a reservation on a balance row already in
-the current period, a settlement or release of an open reservation. Anything else (the key's
-first reservation, the first change of a new period, a refusal, an unknown key or generation)
-falls back to the step-by-step statements SQLite always runs, in the same transaction.
+On PostgreSQL the common case of each change is one statement (`pg_ledger`: a data-modifying
+CTE, one round trip, one lock of the balance row, held to COMMIT): a reservation on a balance
+row already in the current period, a settlement or release of an open reservation. Anything
+else (the key's first reservation, the first change of a new period, a refusal, an unknown key
+or generation) falls back to the step-by-step statements here, which SQLite always runs, in
+the same transaction.
 """
 
 from __future__ import annotations
@@ -33,15 +34,15 @@ from sqlalchemy import (
     func,
     insert,
     select,
-    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import IntegrityError
 
-from pixelrouter.keys import LIMIT_RESETS, period_end, period_start
+from pixelrouter.keys import period_end
 from pixelrouter.periods import check_aware, check_micro, limit_period_start
-from pixelrouter.store.db import note_disconnect, utcnow, write_transaction
+from pixelrouter.store import pg_ledger
+from pixelrouter.store.db import utcnow, write_transaction
 from pixelrouter.store.records import KeyBalance, LedgerEntry, Reservation
 from pixelrouter.store.tables import (
     UTCDateTime,
@@ -87,108 +88,6 @@ _SETTLE_RESERVATION = (
 )
 
 
-# PostgreSQL: the period start of whichever reset the key has, chosen in the statement.
-_PG_PERIOD_START = (
-    "CASE a.limit_reset WHEN 'daily' THEN :p_daily WHEN 'weekly' THEN :p_weekly "
-    "WHEN 'monthly' THEN :p_monthly END"
-)
-
-# A reservation when the key's balance row exists and is in the current period: the limit is
-# checked on the newest row version (READ COMMITTED re-evaluates the WHERE after waiting on
-# the row lock), the reservation and its ledger entry are inserted only if the row moved.
-# `moved` 0 says nothing was written: the caller takes the step-by-step path.
-_PG_RESERVE = text(
-    f"""
-WITH k AS (
-    SELECT a.hash, a.limit_micro, {_PG_PERIOD_START} AS start
-    FROM api_keys a WHERE a.hash = :key_hash
-), b AS (
-    UPDATE key_balances kb
-    SET reserved_micro = kb.reserved_micro + :amount, updated_at = :now
-    FROM k
-    WHERE kb.key_hash = k.hash
-      AND kb.period_start IS NOT DISTINCT FROM k.start
-      AND (k.limit_micro IS NULL
-           OR kb.period_used_micro + kb.reserved_micro + :amount <= k.limit_micro)
-      AND NOT EXISTS (SELECT 1 FROM reservations WHERE generation_id = :generation_id)
-    RETURNING kb.key_hash
-), r AS (
-    INSERT INTO reservations (generation_id, key_hash, amount_micro, state, settled_micro,
-                              created_at, expires_at, finished_at)
-    SELECT :generation_id, b.key_hash, :amount, 'open', 0, :now, :expires_at, NULL FROM b
-    RETURNING generation_id, key_hash
-), l AS (
-    INSERT INTO ledger_entries (key_hash, generation_id, kind, amount_micro, created_at)
-    SELECT r.key_hash, r.generation_id, 'reserve', :amount, :now FROM r
-)
-SELECT (SELECT count(*) FROM b) AS moved
-"""
-)
-
-# Settle (`state` settled, `delivered` charged) or release (`state` released, 0) an open
-# reservation: close it, append its settle and release entries, move the counters when the
-# balance row is in the current period (a release moves only `reserved`, in any period).
-# Returns the closed reservation's key and amount (none: it was not open), whether the
-# counters moved, and the reservation's amount as stored (for the caller's error message).
-_PG_CLOSE = text(
-    f"""
-WITH r AS (
-    UPDATE reservations
-    SET state = :state, settled_micro = :delivered, finished_at = :now
-    WHERE generation_id = :generation_id AND state = 'open' AND amount_micro >= :delivered
-    RETURNING key_hash, amount_micro
-), k AS (
-    SELECT r.key_hash, r.amount_micro, {_PG_PERIOD_START} AS start
-    FROM r LEFT JOIN api_keys a ON a.hash = r.key_hash
-), l AS (
-    INSERT INTO ledger_entries (key_hash, generation_id, kind, amount_micro, created_at)
-    SELECT r.key_hash, :generation_id, e.kind, e.amount, :now
-    FROM r CROSS JOIN LATERAL (
-        VALUES ('settle', CAST(:delivered AS BIGINT)), ('release', r.amount_micro - :delivered)
-    ) AS e (kind, amount)
-), b AS (
-    UPDATE key_balances kb
-    SET period_used_micro = kb.period_used_micro + :delivered,
-        reserved_micro = kb.reserved_micro - k.amount_micro,
-        total_used_micro = kb.total_used_micro + :delivered,
-        updated_at = :now
-    FROM k
-    WHERE kb.key_hash = k.key_hash
-      AND (CAST(:delivered AS BIGINT) = 0 OR kb.period_start IS NOT DISTINCT FROM k.start)
-    RETURNING kb.key_hash
-)
-SELECT (SELECT key_hash FROM r) AS key_hash, (SELECT amount_micro FROM r) AS amount,
-       (SELECT count(*) FROM b) AS moved,
-       (SELECT amount_micro FROM reservations WHERE generation_id = :generation_id) AS stored
-"""
-)
-
-
-# The same close run on its own, outside any transaction (autocommit: the statement is its own
-# transaction, no BEGIN and COMMIT round trips). It may not stop half way, so instead of leaving
-# the counters of a balance row in another period unmoved it fails as a whole: a
-# `period_used_micro` of -1 breaks the column's CHECK, and the caller takes the long way.
-_PG_CLOSE_ALONE = text(
-    _PG_CLOSE.text.replace(
-        "SET period_used_micro = kb.period_used_micro + :delivered,",
-        "SET period_used_micro = CASE WHEN CAST(:delivered AS BIGINT) = 0"
-        " OR kb.period_start IS NOT DISTINCT FROM k.start"
-        " THEN kb.period_used_micro + :delivered ELSE -1 END,",
-    ).replace(
-        "      AND (CAST(:delivered AS BIGINT) = 0"
-        " OR kb.period_start IS NOT DISTINCT FROM k.start)\n",
-        "",
-    )
-)
-_PSYCOPG = postgresql.psycopg.dialect()  # type: ignore[attr-defined]
-_PG_RESERVE_SQL = str(_PG_RESERVE.compile(dialect=_PSYCOPG))
-_PG_CLOSE_ALONE_SQL = str(_PG_CLOSE_ALONE.compile(dialect=_PSYCOPG))
-
-
-def _pg_period_params(now: datetime) -> dict[str, datetime]:
-    return {f"p_{reset}": period_start(reset, now) for reset in LIMIT_RESETS}
-
-
 def _is_postgresql(conn: Connection) -> bool:
     return conn.dialect.name == "postgresql"
 
@@ -227,10 +126,10 @@ class LedgerRecords:
             "finished_at": None,
         }
         alone = tx is None and self.engine.dialect.name == "postgresql"
-        if alone and _pg_reserve_alone(self.engine, row):
+        if alone and pg_ledger.reserve_alone(self.engine, row):
             return Reservation(**row)
         with write_transaction(self.engine, tx) as conn:
-            if tx is not None and _is_postgresql(conn) and _pg_reserve(conn, row):
+            if tx is not None and _is_postgresql(conn) and pg_ledger.reserve_in(conn, row):
                 return Reservation(**row)
             key = conn.execute(_KEY_LIMIT, {"key_hash": key_hash}).first()
             if key is None:
@@ -275,7 +174,9 @@ class LedgerRecords:
         check_micro("delivered_micro", delivered_micro)
         now = check_aware("now", now or utcnow())
         if tx is None and self.engine.dialect.name == "postgresql":
-            done = _pg_close_alone(self.engine, generation_id, delivered_micro, now, "settled")
+            done = pg_ledger.close_alone(
+                self.engine, generation_id, delivered_micro, now, "settled"
+            )
             if done is not None:
                 return done
         with write_transaction(self.engine, tx) as conn:
@@ -376,7 +277,7 @@ class LedgerRecords:
         """Give back the whole reservation (nothing delivered); False if it was not open."""
         now = check_aware("now", now or utcnow())
         if tx is None and self.engine.dialect.name == "postgresql":
-            done = _pg_close_alone(self.engine, generation_id, 0, now, "released")
+            done = pg_ledger.close_alone(self.engine, generation_id, 0, now, "released")
             if done is not None:
                 return done
         with write_transaction(self.engine, tx) as conn:
@@ -483,116 +384,13 @@ class LedgerRecords:
             ]
 
 
-def _pg_alone(engine: Engine, sql: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
-    """Run one statement as its own transaction (psycopg autocommit: one round trip, no BEGIN
-    or COMMIT) on a pooled connection; its first row. A dropped connection is invalidated and
-    raised as SQLAlchemy's error, as a statement run through SQLAlchemy would be."""
-    from psycopg import errors as psycopg_errors  # PostgreSQL only: an optional extra
-
-    fairy = engine.raw_connection()
-    try:
-        driver = fairy.driver_connection
-        assert driver is not None
-        driver.autocommit = True
-        try:
-            return driver.execute(sql, params).fetchone()  # type: ignore[no-any-return]
-        finally:
-            if not driver.closed:
-                driver.autocommit = False
-    except (psycopg_errors.OperationalError, psycopg_errors.InterfaceError) as exc:
-        fairy.invalidate(exc)
-        note_disconnect(engine)
-        error = (
-            OperationalError if isinstance(exc, psycopg_errors.OperationalError) else InterfaceError
-        )
-        raise error(sql, None, exc, hide_parameters=True, connection_invalidated=True) from exc
-    finally:
-        fairy.close()
-
-
-def _pg_reserve_params(row: dict[str, Any]) -> dict[str, Any]:
-    now = row["created_at"]
-    return {
-        "key_hash": row["key_hash"],
-        "generation_id": row["generation_id"],
-        "amount": row["amount_micro"],
-        "now": now,
-        "expires_at": row["expires_at"],
-        **_pg_period_params(now),
-    }
-
-
-def _pg_reserve_alone(engine: Engine, row: dict[str, Any]) -> bool:
-    """The one-statement reservation as its own transaction; False: nothing was written."""
-    from psycopg import errors as psycopg_errors
-
-    try:
-        moved = _pg_alone(engine, _PG_RESERVE_SQL, _pg_reserve_params(row))
-    except psycopg_errors.UniqueViolation as exc:  # the same id reserved at once
-        raise ValueError(f"generation {row['generation_id']} already has a reservation") from exc
-    return moved is not None and bool(moved[0])
-
-
-def _pg_reserve(conn: Connection, row: dict[str, Any]) -> bool:
-    """PostgreSQL's one-statement reservation; False: nothing written, take the long way."""
-    return bool(conn.scalar(_PG_RESERVE, _pg_reserve_params(row)))
-
-
-def _pg_close_params(
-    generation_id: str, delivered_micro: int, now: datetime, state: str
-) -> dict[str, Any]:
-    return {
-        "generation_id": generation_id,
-        "delivered": delivered_micro,
-        "state": state,
-        "now": now,
-        **_pg_period_params(now),
-    }
-
-
-def _pg_close_alone(
-    engine: Engine, generation_id: str, delivered_micro: int, now: datetime, state: str
-) -> bool | None:
-    """The one-statement close as its own transaction; None: the balance row is in another
-    period, nothing was written, take the long way."""
-    from psycopg import errors as psycopg_errors
-
-    try:
-        closed = _pg_alone(
-            engine,
-            _PG_CLOSE_ALONE_SQL,
-            _pg_close_params(generation_id, delivered_micro, now, state),
-        )
-    except psycopg_errors.CheckViolation:
-        return None
-    assert closed is not None
-    key_hash, _, _, stored = closed
-    return _closed(generation_id, delivered_micro, key_hash, stored)
-
-
-def _closed(generation_id: str, delivered_micro: int, key_hash: str | None, stored: Any) -> bool:
-    """Whether a close closed the reservation; settling more than it held is a ValueError."""
-    if key_hash is None and stored is not None and delivered_micro > stored:
-        raise ValueError(
-            f"cannot settle {delivered_micro} µ$ for generation {generation_id}: "
-            f"only {stored} µ$ were reserved"
-        )
-    return key_hash is not None
-
-
 def _pg_close(
     conn: Connection, generation_id: str, delivered_micro: int, now: datetime, state: str
 ) -> bool:
-    """PostgreSQL's one-statement settle or release in the caller's transaction (`_PG_CLOSE`)."""
-    closed = conn.execute(
-        _PG_CLOSE, _pg_close_params(generation_id, delivered_micro, now, state)
-    ).one()
-    if closed.key_hash is None:
-        if closed.stored is not None and delivered_micro > closed.stored:
-            raise ValueError(
-                f"cannot settle {delivered_micro} µ$ for generation {generation_id}: "
-                f"only {closed.stored} µ$ were reserved"
-            )
+    """PostgreSQL's one-statement settle or release in the caller's transaction; a balance row
+    of another period gets its counters moved here, the long way."""
+    closed = pg_ledger.close_in(conn, generation_id, delivered_micro, now, state)
+    if not pg_ledger.checked_close(generation_id, delivered_micro, closed.key_hash, closed.stored):
         return False
     if not closed.moved and delivered_micro > 0:
         # The balance row is in another period (or gone): the ledger entries are in; move the

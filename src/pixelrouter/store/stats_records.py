@@ -93,23 +93,10 @@ class StatsRecords:
         transaction."""
         if not outcomes:
             return
-        rows = [
-            {
-                "provider_slug": o.provider_slug,
-                "provider_name": o.provider_name,
-                "model": o.model,
-                "created_at": o.created_at,
-                "status": o.status,
-                "provider_caused": o.provider_caused,
-                "latency_ms": max(0, int(o.latency_ms)),
-                "images": o.images,
-                "image_tokens": o.image_tokens,
-            }
-            for o in outcomes
-        ]
         with write_transaction(self.engine, tx) as conn:
-            conn.execute(insert(provider_outcomes), rows)
-            _add_to_minutes(conn, outcomes)
+            conn.execute(insert(provider_outcomes), outcome_rows(outcomes))
+            dialect = "postgresql" if conn.dialect.name == "postgresql" else "sqlite"
+            conn.execute(_ADD_TO_MINUTES[dialect], minute_rows(outcomes))
 
     def outcome_counts(
         self,
@@ -314,12 +301,32 @@ def outcome_kind(outcome: ProviderOutcome) -> int:
     return 1 if outcome.provider_caused else 2
 
 
-def _add_to_minutes(conn: Connection, outcomes: Sequence[ProviderOutcome]) -> None:
+def outcome_rows(outcomes: Sequence[ProviderOutcome]) -> list[dict[str, Any]]:
+    """The `provider_outcomes` rows of these attempts."""
+    return [
+        {
+            "provider_slug": o.provider_slug,
+            "provider_name": o.provider_name,
+            "model": o.model,
+            "created_at": o.created_at,
+            "status": o.status,
+            "provider_caused": o.provider_caused,
+            "latency_ms": max(0, int(o.latency_ms)),
+            "images": o.images,
+            "image_tokens": o.image_tokens,
+        }
+        for o in outcomes
+    ]
+
+
+def minute_rows(outcomes: Sequence[ProviderOutcome]) -> list[dict[str, Any]]:
+    """What these attempts add to `provider_outcome_minutes`, one row per provider, model and
+    minute, in key order (concurrent writers lock the rows they share in the same order)."""
     totals: dict[tuple[str, str, datetime], list[int]] = {}
     for o in outcomes:
         key = (o.provider_slug, o.model, minute_start(o.created_at))
         totals.setdefault(key, [0, 0, 0])[outcome_kind(o)] += 1
-    rows = [
+    return [
         {
             "provider_slug": slug,
             "model": model,
@@ -328,11 +335,8 @@ def _add_to_minutes(conn: Connection, outcomes: Sequence[ProviderOutcome]) -> No
             "errors": errors,
             "excluded": excluded,
         }
-        # In key order, so concurrent writers lock the rows they share in the same order.
         for (slug, model, minute), (ok, errors, excluded) in sorted(totals.items())
     ]
-    dialect = "postgresql" if conn.dialect.name == "postgresql" else "sqlite"
-    conn.execute(_ADD_TO_MINUTES[dialect], rows)
 
 
 def _minutes_upsert(dialect: Any) -> Any:

@@ -21,11 +21,18 @@ from pixelrouter.store.generation_records import GenerationRecords
 from pixelrouter.store.key_records import KeyRecords
 from pixelrouter.store.ledger_records import LedgerRecords
 from pixelrouter.store.rate_limits import RateLimits
+from pixelrouter.store.request_records import RequestRecords
 from pixelrouter.store.stats_records import StatsRecords
 
 
 class Store(
-    KeyRecords, GenerationRecords, LedgerRecords, RateLimits, ActivityRecords, StatsRecords
+    KeyRecords,
+    GenerationRecords,
+    LedgerRecords,
+    RequestRecords,
+    RateLimits,
+    ActivityRecords,
+    StatsRecords,
 ):
     """Sync, thread-safe access to the database; each method is one short transaction, or
     joins the one passed as `tx` (from `transaction()`) so several commit as one.
