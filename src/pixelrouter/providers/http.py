@@ -1,29 +1,23 @@
 """What every HTTP provider shares: one client with per-attempt timeouts, the mapping of
-upstream failures to our errors, and image downloads that reach only public addresses.
+transport failures to our errors, and image downloads that reach only public addresses.
 
-Failure mapping (routing falls through on a `ProviderError`, never on an `InvalidRequest`):
+Transport failures (routing falls through on a `ProviderError`):
 
-- 5xx: `ProviderError` recorded with the upstream's status;
-- 429: `ProviderError` (status 429), `retry_after_s` from `Retry-After`;
-- connect / first-byte / total timeout, or an upstream 408: `ProviderError` 504 ("timeout");
-- refused, reset, truncated body, malformed JSON, no image, not an image, an image of another
-  size: `ProviderError` 502;
-- 401, 402, 403: our key or account is wrong (configuration, not the client's fault):
-  `ProviderError` 502 naming the provider; 404: a wrong `url` or `upstream_model`, the same;
-- 400, 422: the upstream refuses this request: `InvalidRequest` with the upstream's message;
-  413: `PayloadTooLarge` with the upstream's message.
+- connect / first-byte / total timeout: `ProviderError` 504 ("timeout");
+- refused, reset, truncated or malformed HTTP: `ProviderError` 502.
 
-The images an upstream sends are checked by `upstream_images` before anything is delivered.
+What an upstream answered (the body within its size cap, the status, the JSON) is judged by
+`upstream_answers`, which lists what each status becomes; the images it sends are checked by
+`upstream_images` before anything is delivered (no image, not an image, an image of another
+size: `ProviderError` 502).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import socket
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, ClassVar
 from urllib.parse import urljoin, urlsplit
 
@@ -33,21 +27,12 @@ import orjson
 
 from pixelrouter import __version__
 from pixelrouter.catalog import estimate_prompt_tokens
-from pixelrouter.errors import (
-    InvalidRequest,
-    PayloadTooLarge,
-    PixelrouterError,
-    ProviderError,
-)
+from pixelrouter.errors import PixelrouterError, ProviderError
 from pixelrouter.netpolicy import host_is_public, is_public_ip
-from pixelrouter.providers import splice
+from pixelrouter.providers import upstream_answers
 from pixelrouter.providers.base import ProviderBase, ProviderInfo, ProviderStatus
 from pixelrouter.providers.config import ProviderConfig
-from pixelrouter.providers.upstream_errors import (
-    parse_retry_after,
-    scrub_upstream_text,
-    upstream_message,
-)
+from pixelrouter.providers.upstream_answers import UpstreamResponse, read_body
 from pixelrouter.providers.upstream_images import (
     Delivered,
     check_images,
@@ -55,8 +40,6 @@ from pixelrouter.providers.upstream_images import (
     passed_through,
 )
 from pixelrouter.types import Encoded, ImageRequest, ImageResult, ProgressEvent
-
-log = logging.getLogger(__name__)
 
 MAX_RESPONSE_BYTES = 128 * 1024 * 1024
 USER_AGENT = f"pixelrouter/{__version__}"
@@ -85,16 +68,6 @@ class PublicResolver(aiohttp.abc.AbstractResolver):
 
     async def close(self) -> None:
         await self._inner.close()
-
-
-@dataclass(frozen=True)
-class UpstreamResponse:
-    """A whole upstream answer, body read within the size cap."""
-
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
-    url: str
 
 
 class HTTPProvider(ProviderBase):
@@ -317,22 +290,9 @@ class HTTPProvider(ProviderBase):
             async with client.request(
                 method, url, headers=all_headers, data=body, allow_redirects=follow_redirects
             ) as response:
-                declared = response.content_length
-                if declared is not None and declared > self._max_bytes:
-                    raise self.error(f"sent a {what} answer larger than {self._max_bytes} bytes.")
-                if declared is not None:
-                    content = await response.read()
-                else:  # no length announced: read in pieces, within the cap
-                    chunks: list[bytes] = []
-                    size = 0
-                    async for chunk in response.content.iter_any():
-                        size += len(chunk)
-                        if size > self._max_bytes:
-                            raise self.error(
-                                f"sent a {what} answer larger than {self._max_bytes} bytes."
-                            )
-                        chunks.append(chunk)
-                    content = b"".join(chunks)
+                content = await read_body(
+                    response, max_bytes=self._max_bytes, what=what, fail=self.error
+                )
                 return UpstreamResponse(response.status, response.headers, content, url)
         except aiohttp.ConnectionTimeoutError:
             raise self.error(
@@ -369,85 +329,18 @@ class HTTPProvider(ProviderBase):
             ) from None
 
     def check_status(self, response: UpstreamResponse, *, what: str) -> None:
-        """Raise the error an upstream status means (see the module docstring)."""
-        status = response.status
-        if 200 <= status < 300:
-            return
-        detail = upstream_message(response.body)
-        if detail:
-            log.info(
-                "provider %s answered HTTP %d for the %s: %s",
-                self.config.name,
-                status,
-                what,
-                detail,
-            )
-            # Whole in this server's log; to clients with what may name the upstream's insides
-            # (paths, hosts, addresses, a traceback) taken out, except a pixelrouter worker's,
-            # whose messages are written for clients.
-            if not self.passes_error_text:
-                detail = scrub_upstream_text(detail)
-        said = f": {detail}" if detail else "."
-        if status == 429:
-            retry_after = parse_retry_after(response.headers.get("retry-after"))
-            raise self.error(
-                f"is rate limiting pixelrouter (HTTP 429){said}",
-                status=429,
-                error_type="rate_limit_exceeded",
-                retry_after_s=retry_after,
-                upstream_status=429,
-            )
-        if status in (401, 402, 403):
-            problem = "has no credit left on" if status == 402 else "rejected the credentials of"
-            raise self.error(
-                f"{problem} pixelrouter (HTTP {status}) for the {what}: check this provider's "
-                f"api_key and account in pixelrouter.toml{said}",
-                error_type="provider_unavailable",
-                upstream_status=status,
-            )
-        if status in (400, 422):
-            raise InvalidRequest(
-                f"Provider {self.config.display_name} rejected the request (HTTP {status}){said}",
-                metadata={"provider_name": self.config.display_name, "upstream_status": status},
-            )
-        if status == 413:
-            raise PayloadTooLarge(
-                f"Provider {self.config.display_name} found the request too large (HTTP 413){said}",
-                metadata={"provider_name": self.config.display_name, "upstream_status": status},
-            )
-        if status == 404:
-            raise self.error(
-                f"answered HTTP 404 to the {what} at {response.url}: check this provider's url "
-                f"and upstream_model in pixelrouter.toml{said}",
-                upstream_status=404,
-            )
-        if status == 408:
-            raise self.error(
-                f"timed out the {what} itself (HTTP 408){said}",
-                status=504,
-                error_type="timeout",
-                upstream_status=408,
-            )
-        if status >= 500:
-            raise self.error(
-                f"failed the {what} (HTTP {status}){said}",
-                status=status,
-                retry_after_s=parse_retry_after(response.headers.get("retry-after")),
-                upstream_status=status,
-            )
-        raise self.error(
-            f"answered the {what} with an unexpected HTTP {status}{said}", upstream_status=status
+        """Raise the error an upstream status means (`upstream_answers.check_status`)."""
+        upstream_answers.check_status(
+            response,
+            what=what,
+            config=self.config,
+            error=self.error,
+            passes_error_text=self.passes_error_text,
         )
 
     def parse_json(self, response: UpstreamResponse, *, what: str) -> dict[str, Any]:
         """The answer as a JSON object; anything else is an invalid upstream response."""
-        try:
-            payload = splice.loads(response.body)  # base64 lifted out, not parsed
-        except (orjson.JSONDecodeError, ValueError, UnicodeDecodeError):
-            raise self.error(f"sent malformed JSON as its {what} answer.") from None
-        if not isinstance(payload, dict):
-            raise self.error(f"sent JSON that is not an object as its {what} answer.")
-        return payload
+        return upstream_answers.parse_json(response, what=what, fail=self.error)
 
     async def post_json(self, url: str, body: dict[str, Any], *, what: str) -> dict[str, Any]:
         response = await self.send("POST", url, json=body, what=what)

@@ -1,6 +1,6 @@
 """What an upstream's error answer says: its message (`upstream_message`), what of it a client
 may see (`scrub_upstream_text`), and when it asks to be tried again (`parse_retry_after`).
-`HTTPProvider.check_status` maps the status itself to our errors."""
+`upstream_answers.check_status` maps the status itself to our errors."""
 
 from __future__ import annotations
 
