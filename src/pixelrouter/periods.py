@@ -1,8 +1,9 @@
 """Ledger arithmetic without a database: limit periods, amounts, fixed rate-limit windows.
 
 On the ground floor, beside `keys.py`, so that both the store (which keeps the ledger,
-`pixelrouter.store.ledger_records`) and billing (which decides what to write) use one
-definition: which period a moment falls in, what a valid amount is, when a rate-limit window ends.
+`pixelrouter.store.ledger_records`, and the balance counters, `balance_records`) and billing
+(which decides what to write) use one definition: which period a moment falls in, what a valid
+amount is, when a rate-limit window ends.
 """
 
 from __future__ import annotations

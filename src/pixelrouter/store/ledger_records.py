@@ -12,65 +12,49 @@ row already in the current period, a settlement or release of an open reservatio
 else (the key's first reservation, the first change of a new period, a refusal, an unknown key
 or generation) falls back to the step-by-step statements here, which SQLite always runs, in
 the same transaction.
+
+The balance row's counters, the statements that move them and the query that reads them are
+in `balance_records`; this module keeps the reservations and the ledger's own rows.
 """
 
 from __future__ import annotations
 
-import functools
 from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (
-    BigInteger,
-    ColumnElement,
-    Connection,
-    Engine,
-    Row,
-    Update,
-    bindparam,
-    case,
-    cast,
-    func,
-    insert,
-    select,
-    update,
-)
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Engine, Row, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from pixelrouter.keys import period_end
 from pixelrouter.periods import check_aware, check_micro, limit_period_start
 from pixelrouter.store import pg_ledger
-from pixelrouter.store.db import utcnow, write_transaction
-from pixelrouter.store.records import KeyBalance, LedgerEntry, Reservation
-from pixelrouter.store.tables import (
-    UTCDateTime,
-    api_keys,
-    key_balances,
-    ledger_entries,
-    reservations,
+from pixelrouter.store.balance_records import (
+    lock_balance,
+    release_counters,
+    reserve_statement,
+    settle_counters,
+    settle_statement,
+    sum_micro,
 )
+from pixelrouter.store.db import utcnow, write_transaction
+from pixelrouter.store.records import LedgerEntry, Reservation
+from pixelrouter.store.tables import api_keys, ledger_entries, reservations
 
-_balance = key_balances.c
 _entry = ledger_entries.c
 _reservation = reservations.c
 
 # The fixed statements of a reservation and a settlement, built once with bound parameters:
 # building one from literals on every call (and its cache key) cost more than running it. An
-# UPDATE's parameters are named `b_...`: a column's own name is reserved for its SET value.
+# UPDATE's parameters are named `b_...`: a column's own name is reserved for its SET value
+# (the balance row's statements, in `balance_records`, are built the same way).
 _KEY_LIMIT = select(api_keys.c.limit_micro, api_keys.c.limit_reset).where(
     api_keys.c.hash == bindparam("key_hash")
 )
-_KEY_RESET = select(api_keys.c.limit_reset).where(api_keys.c.hash == bindparam("key_hash"))
 _RESERVATION_ID = select(_reservation.generation_id).where(
     _reservation.generation_id == bindparam("generation_id")
 )
 _RESERVATION_AMOUNT = select(_reservation.amount_micro).where(
     _reservation.generation_id == bindparam("generation_id")
-)
-_HOLD_BALANCE = (
-    select(_balance.key_hash).where(_balance.key_hash == bindparam("key_hash")).with_for_update()
 )
 _SETTLE_RESERVATION = (
     update(reservations)
@@ -135,7 +119,7 @@ class LedgerRecords:
             if key is None:
                 raise ValueError(f"no key with hash {key_hash!r}")
             start = limit_period_start(key.limit_reset, now)
-            _lock_balance(conn, key_hash, start, now)
+            lock_balance(conn, key_hash, start, now)
             if _reservation_exists(conn, generation_id):
                 raise ValueError(f"generation {generation_id} already has a reservation")
             limited = key.limit_micro is not None
@@ -148,7 +132,7 @@ class LedgerRecords:
                 params["b_start"] = start
             if limited:
                 params["b_limit"] = int(key.limit_micro)
-            stmt = _reserve_statement(start is not None, limited)
+            stmt = reserve_statement(start is not None, limited)
             if conn.execute(stmt, params).rowcount != 1:
                 return None
             try:
@@ -210,7 +194,7 @@ class LedgerRecords:
                 ],
                 now,
             )
-            _settle_counters(conn, key_hash, delivered_micro, amount, now)
+            settle_counters(conn, key_hash, delivered_micro, amount, now)
         return True
 
     def charge(
@@ -257,16 +241,16 @@ class LedgerRecords:
             if key is None:
                 return True  # deleted: its counters went with it; the ledger keeps the charge
             start = limit_period_start(key.limit_reset, now)
-            _lock_balance(conn, key_hash, start, now)
+            lock_balance(conn, key_hash, start, now)
             params: dict[str, Any] = {"b_key_hash": key_hash, "b_now": now}
             if start is not None:
                 params["b_start"] = start
             # The counters move as a reservation and its settlement would move them.
             conn.execute(
-                _reserve_statement(start is not None, False), {**params, "b_amount": amount_micro}
+                reserve_statement(start is not None, False), {**params, "b_amount": amount_micro}
             )
             conn.execute(
-                _settle_statement(start is not None),
+                settle_statement(start is not None),
                 {**params, "b_delivered": amount_micro, "b_reserved": amount_micro},
             )
         return True
@@ -331,31 +315,9 @@ class LedgerRecords:
         with self.engine.connect() as conn:
             return [_reservation_record(row) for row in conn.execute(stmt)]
 
-    def key_balance(self, key_hash: str, now: datetime | None = None) -> KeyBalance:
-        """The key's counters; `period_used` is for its limit period holding `now`."""
-        now = check_aware("now", now or utcnow())
-        with self.engine.connect() as conn:
-            reset = conn.scalar(_KEY_RESET, {"key_hash": key_hash})
-            start = limit_period_start(reset, now)
-            end = None if reset is None else period_end(reset, now)
-            in_period = _settled(key_hash, start, end)
-            row = conn.execute(
-                select(
-                    case((_same_period(start), _balance.period_used_micro), else_=in_period),
-                    _balance.reserved_micro,
-                    _balance.total_used_micro,
-                ).where(_balance.key_hash == key_hash)
-            ).first()
-            if row is None:  # never reserved (or the key is gone): what the ledger says
-                row = conn.execute(
-                    select(in_period, _open_sum(key_hash), _settled(key_hash, None))
-                ).one()
-        period_used, reserved, total_used = (int(value) for value in row)
-        return KeyBalance(period_used=period_used, reserved=reserved, total_used=total_used)
-
     def ledger_total(self, key_hash: str | None = None) -> int:
         """Micro-dollars settled (charged), of one key or of all keys."""
-        stmt = select(_sum(_entry.amount_micro)).where(_entry.kind == "settle")
+        stmt = select(sum_micro(_entry.amount_micro)).where(_entry.kind == "settle")
         if key_hash is not None:
             stmt = stmt.where(_entry.key_hash == key_hash)
         with self.engine.connect() as conn:
@@ -395,138 +357,8 @@ def _pg_close(
     if not closed.moved and delivered_micro > 0:
         # The balance row is in another period (or gone): the ledger entries are in; move the
         # counters the long way, summing the new period from the ledger under the row lock.
-        _settle_counters(conn, closed.key_hash, delivered_micro, int(closed.amount), now)
+        settle_counters(conn, closed.key_hash, delivered_micro, int(closed.amount), now)
     return True
-
-
-def _settle_counters(
-    conn: Connection, key_hash: str, delivered_micro: int, reserved_micro: int, now: datetime
-) -> None:
-    """Move the balance counters of a settlement whose ledger entries are already appended."""
-    reset = conn.scalar(_KEY_RESET, {"key_hash": key_hash})
-    start = limit_period_start(reset, now)
-    # Hold the row before summing the ledger: a later statement then sees every settlement
-    # committed for this key (READ COMMITTED takes a snapshot per statement).
-    conn.execute(_HOLD_BALANCE, {"key_hash": key_hash})
-    params = {
-        "b_key_hash": key_hash,
-        "b_delivered": delivered_micro,
-        "b_reserved": reserved_micro,
-        "b_now": now,
-    }
-    if start is not None:
-        params["b_start"] = start
-    conn.execute(_settle_statement(start is not None), params)
-
-
-def _sum(column: Any) -> ColumnElement[int]:
-    """SUM as a bigint, 0 when there are no rows (PostgreSQL sums bigints as numeric)."""
-    return cast(func.coalesce(func.sum(column), 0), BigInteger)
-
-
-def _settled(key_hash: str, start: datetime | None, end: datetime | None = None) -> Any:
-    """Scalar subquery: the key's settled micro-dollars from `start` (None: all time)."""
-    stmt = select(_sum(_entry.amount_micro)).where(
-        _entry.key_hash == key_hash, _entry.kind == "settle"
-    )
-    if start is not None:
-        stmt = stmt.where(_entry.created_at >= start)
-    if end is not None:
-        stmt = stmt.where(_entry.created_at < end)
-    return stmt.scalar_subquery()
-
-
-def _open_sum(key_hash: str) -> Any:
-    return (
-        select(_sum(_reservation.amount_micro))
-        .where(_reservation.key_hash == key_hash, _reservation.state == "open")
-        .scalar_subquery()
-    )
-
-
-def _same_period(start: datetime | None) -> ColumnElement[bool]:
-    """Whether the balance row's counter is for the period starting at `start`."""
-    return _balance.period_start.is_(None) if start is None else _balance.period_start == start
-
-
-def _balance_params(periodic: bool) -> tuple[Any, Any, Any]:
-    """Bound parameters of a balance update: the key, the period's start (None: the key's
-    limit never resets) and now."""
-    start = bindparam("b_start", type_=UTCDateTime()) if periodic else None
-    return bindparam("b_key_hash"), start, bindparam("b_now", type_=UTCDateTime())
-
-
-@functools.cache
-def _reserve_statement(periodic: bool, limited: bool) -> Update:
-    """Reserve `b_amount` on the key's balance row, within `b_limit` when `limited`: one of
-    four shapes, each built once (with bound parameters, not literals)."""
-    key_hash, start, now = _balance_params(periodic)
-    amount = bindparam("b_amount", type_=BigInteger())
-    used = _period_used(key_hash, start)
-    stmt = (
-        update(key_balances)
-        .where(_balance.key_hash == key_hash)
-        .values(
-            period_start=start,
-            period_used_micro=used,
-            reserved_micro=_balance.reserved_micro + amount,
-            updated_at=now,
-        )
-    )
-    if limited:
-        stmt = stmt.where(
-            used + _balance.reserved_micro + amount <= bindparam("b_limit", type_=BigInteger())
-        )
-    return stmt
-
-
-@functools.cache
-def _settle_statement(periodic: bool) -> Update:
-    """Charge `b_delivered` of the `b_reserved` held on the key's balance row. The period's
-    usage: the counter plus this charge, or (in a new period) the ledger's sum since its start,
-    which already holds this charge (it is appended first)."""
-    key_hash, start, now = _balance_params(periodic)
-    delivered = bindparam("b_delivered", type_=BigInteger())
-    return (
-        update(key_balances)
-        .where(_balance.key_hash == key_hash)
-        .values(
-            period_start=start,
-            period_used_micro=case(
-                (_same_period(start), _balance.period_used_micro + delivered),
-                else_=_settled(key_hash, start),
-            ),
-            reserved_micro=_balance.reserved_micro - bindparam("b_reserved", type_=BigInteger()),
-            total_used_micro=_balance.total_used_micro + delivered,
-            updated_at=now,
-        )
-    )
-
-
-def _period_used(key_hash: str, start: datetime | None) -> Any:
-    """The key's usage in the period starting at `start`: the counter when it is for that
-    period, else the ledger's sum since `start` (a new period starts from what was settled in
-    it, nothing when none was)."""
-    return case((_same_period(start), _balance.period_used_micro), else_=_settled(key_hash, start))
-
-
-def _balance_upsert(dialect: Any) -> Any:
-    stmt = dialect.insert(key_balances).values(
-        period_used_micro=0, reserved_micro=0, total_used_micro=0
-    )
-    return stmt.on_conflict_do_update(
-        index_elements=[_balance.key_hash], set_={"updated_at": stmt.excluded.updated_at}
-    )
-
-
-_UPSERT_BALANCE = {"postgresql": _balance_upsert(postgresql), "sqlite": _balance_upsert(sqlite)}
-
-
-def _lock_balance(conn: Connection, key_hash: str, start: datetime | None, now: datetime) -> None:
-    """Create the key's balance row if missing and hold its lock until the transaction ends
-    (an upsert that touches the row locks it on PostgreSQL; SQLite holds the database)."""
-    upsert = _UPSERT_BALANCE["postgresql" if conn.dialect.name == "postgresql" else "sqlite"]
-    conn.execute(upsert, {"key_hash": key_hash, "period_start": start, "updated_at": now})
 
 
 def _reservation_exists(conn: Connection, generation_id: str) -> bool:
@@ -568,12 +400,7 @@ def _append_release(conn: Connection, closed: list[tuple[str, str, int]], now: d
     released: defaultdict[str, int] = defaultdict(int)
     for key_hash, _, amount in closed:
         released[key_hash] += amount
-    for key_hash in sorted(released):  # one lock order for every transaction
-        conn.execute(
-            update(key_balances)
-            .where(_balance.key_hash == key_hash)
-            .values(reserved_micro=_balance.reserved_micro - released[key_hash], updated_at=now)
-        )
+    release_counters(conn, released, now)
 
 
 def _reservation_record(row: Row[Any]) -> Reservation:

@@ -11,6 +11,7 @@ from sqlalchemy import Connection, Engine
 
 from pixelrouter.store import migrate as migrations
 from pixelrouter.store.activity_records import ActivityRecords
+from pixelrouter.store.balance_records import BalanceRecords
 from pixelrouter.store.db import (
     DEFAULT_DATABASE_URL,
     create_db_engine,
@@ -29,6 +30,7 @@ class Store(
     KeyRecords,
     GenerationRecords,
     LedgerRecords,
+    BalanceRecords,
     RequestRecords,
     RateLimits,
     ActivityRecords,
