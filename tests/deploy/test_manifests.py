@@ -156,6 +156,17 @@ def test_probes_and_a_grace_period_longer_than_the_drain(overlay: str) -> None:
         assert pod["securityContext"]["runAsNonRoot"] is True
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_gateway_signs_stored_images_with_one_secret(overlay: str) -> None:
+    """A stored image's URL made by one gateway replica must pass on the others."""
+    objects = render(overlay)
+    gateway = find(objects, "Deployment", "pixelrouter-gateway")
+    (container,) = gateway["spec"]["template"]["spec"]["containers"]
+    reference = _env(container)["PIXELROUTER_STORAGE_SECRET"]["secretKeyRef"]
+    secret = find(objects, "Secret", reference["name"])
+    assert len(secret["stringData"][reference["key"]]) >= 32
+
+
 def test_the_drain_variable_is_the_one_the_server_reads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PIXELROUTER_DRAIN_TIMEOUT_S", "120")
     assert Settings.from_env().drain_timeout_s == 120.0
