@@ -249,23 +249,10 @@ def read_config_file(path: Path | None) -> dict[str, Any]:
     unknown = set(server) - SERVER_KEYS
     if unknown:
         raise ConfigError(f"unknown [server] settings in {path}: {', '.join(unknown)}")
-    max_loaded = server.get("max_loaded_loras")
-    if max_loaded is not None and (
-        isinstance(max_loaded, bool) or not isinstance(max_loaded, int) or max_loaded < 1
-    ):
-        raise ConfigError(
-            f"[server] max_loaded_loras in {path} must be a whole number of at least 1 "
-            f"(adapters kept loaded at once); got {max_loaded!r}."
-        )
-    server.update(_storage(data.get("storage"), path))
-    upload_mb = server.get("max_lora_upload_mb")
-    if upload_mb is not None and (
-        isinstance(upload_mb, bool) or not isinstance(upload_mb, int) or upload_mb < 1
-    ):
-        raise ConfigError(
-            f"[server] max_lora_upload_mb in {path} must be a whole number of MiB of at least 1; "
-            f"got {upload_mb!r}."
-        )
+    _at_least_one(server, "max_loaded_loras", f"[server] max_loaded_loras in {path}",
+                  "a whole number of at least 1 (adapters kept loaded at once)")  # fmt: skip
+    _at_least_one(server, "max_lora_upload_mb", f"[server] max_lora_upload_mb in {path}",
+                  "a whole number of MiB of at least 1")  # fmt: skip
     if "lora_dir" in server:
         lora_dir = server["lora_dir"]
         if not isinstance(lora_dir, str) or not lora_dir:
@@ -276,11 +263,20 @@ def read_config_file(path: Path | None) -> dict[str, Any]:
         raise ConfigError(
             f"[server] fuse_lora in {path} must be the name of one [[loras]] adapter; got {fuse!r}."
         )
+    server.update(_storage(data.get("storage"), path))
     if providers:
         server["providers"] = providers
     if loras:
         server["loras"] = LoraRegistry(loras)
     return server
+
+
+def _at_least_one(table: dict[str, Any], key: str, where: str, must_be: str) -> None:
+    """`table[key]`, when given, is a whole number of at least 1 (not a bool); else a
+    `ConfigError` saying `where` it is and what it `must_be`."""
+    value = table.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(f"{where} must be {must_be}; got {value!r}.")
 
 
 # The `[storage]` keys of pixelrouter.toml, as the settings they set.
@@ -305,11 +301,7 @@ def _storage(table: Any, path: Path) -> dict[str, Any]:
             "secret is read from PIXELROUTER_STORAGE_SECRET only)"
         )
     for name in ("url_ttl_s", "retention_s"):
-        value = table.get(name)
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 1
-        ):
-            raise ConfigError(f"[storage] {name} in {path} must be a whole number of seconds >= 1")
+        _at_least_one(table, name, f"[storage] {name} in {path}", "a whole number of seconds >= 1")
     if "url" in table and not isinstance(table["url"], str):
         raise ConfigError(f"[storage] url in {path} must be a string")
     if "options" in table and not isinstance(table["options"], dict):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from starlette.requests import Request
 
@@ -80,7 +81,7 @@ class AppState:
         """The image store if this server has one in use: opened already, configured, or its
         default directory exists (images stored by an earlier run); None otherwise."""
         s = self.settings
-        if self._images is None and not s.storage_url and not (s.data_dir / "images").exists():
+        if self._images is None and not s.storage_url and not Path(s.resolved_storage_url).exists():
             return None
         return self.images
 
