@@ -9,12 +9,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # As the engine sets it (pixelrouter/engine/__init__.py), before any test module imports torch.
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
+import contextlib
 import logging
 import re
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -78,19 +80,29 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-@pytest.fixture(scope="session")
-def demo_provider() -> Iterator[object]:
-    """The demo engine (real Flux2KleinPipeline, tiny random weights), shared by all tests."""
+@contextlib.contextmanager
+def demo_engine(**config: object) -> Iterator[Any]:
+    """A local provider on the demo engine (real Flux2KleinPipeline, tiny random weights) with
+    `config` over `EngineConfig(demo=True, device="cpu")`, ready; shut down at the end."""
     import torch
 
     torch.set_num_threads(1)
     from pixelrouter.engine.pipeline import EngineConfig
     from pixelrouter.providers.local import LocalProvider
 
-    provider = LocalProvider(config=EngineConfig(demo=True, device="cpu"))
-    assert provider.engine.wait_ready(180), provider.readiness()
-    yield provider
-    provider.engine.shutdown()
+    provider = LocalProvider(config=EngineConfig(demo=True, device="cpu", **config))  # type: ignore[arg-type]
+    try:
+        assert provider.engine.wait_ready(180), provider.readiness()
+        yield provider
+    finally:
+        provider.engine.shutdown()
+
+
+@pytest.fixture(scope="session")
+def demo_provider() -> Iterator[object]:
+    """The demo engine, shared by all tests."""
+    with demo_engine() as provider:
+        yield provider
 
 
 @dataclass
@@ -148,6 +160,13 @@ async def make_api(
             assert created.status_code == 201, created.text
             backend = "postgresql" if db.startswith("postgresql") else "sqlite"
             yield Api(client, app, ADMIN_KEY, created.json()["key"], backend)
+
+
+async def api_with_its_loras(tmp_path: Path, provider: Any) -> AsyncIterator[Api]:
+    """The app on SQLite over `provider` alone, with the adapters its engine registered."""
+    db = f"sqlite:///{tmp_path / 'px.db'}"
+    async for harness in make_api(tmp_path, db, [provider], loras=provider.engine.cfg.loras):
+        yield harness
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Api, make_api
+from conftest import Api, api_with_its_loras, demo_engine, make_api
 from engine.loras_helpers import make_adapter
 from pixelrouter.loras import LoraRegistry, LoraSpec
 
@@ -62,26 +62,15 @@ def upload_provider(
     tmp_path_factory: pytest.TempPathFactory, adapter_files: dict[str, bytes]
 ) -> Iterator[Any]:
     """A demo engine with one adapter from the config file, 'configured'."""
-    import torch
-
-    torch.set_num_threads(1)
-    from pixelrouter.engine.pipeline import EngineConfig
-    from pixelrouter.providers.local import LocalProvider
-
     path = tmp_path_factory.mktemp("configured") / "configured.safetensors"
     path.write_bytes(adapter_files["configured"])
-    registry = LoraRegistry([LoraSpec("configured", str(path))])
-    provider = LocalProvider(config=EngineConfig(demo=True, device="cpu", loras=registry))
-    assert provider.engine.wait_ready(180), provider.readiness()
-    yield provider
-    provider.engine.shutdown()
+    with demo_engine(loras=LoraRegistry([LoraSpec("configured", str(path))])) as provider:
+        yield provider
 
 
 @pytest.fixture
 async def uapi(tmp_path: Path, upload_provider: Any) -> AsyncIterator[Api]:
-    registry = upload_provider.engine.cfg.loras
-    db = f"sqlite:///{tmp_path / 'px.db'}"
-    async for harness in make_api(tmp_path, db, [upload_provider], loras=registry):
+    async for harness in api_with_its_loras(tmp_path, upload_provider):
         yield harness
 
 

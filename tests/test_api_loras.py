@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Api, make_api
+from conftest import Api, api_with_its_loras, demo_engine
 from engine.loras_helpers import make_adapter
 from helpers import tiny_png
 from pixelrouter.catalog import Price
@@ -24,12 +24,6 @@ OTHER_MODEL = "another/model"
 def lora_provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A demo engine with three adapters: 'ink', 'glass' (its own price) and one registered
     for another model."""
-    import torch
-
-    torch.set_num_threads(1)
-    from pixelrouter.engine.pipeline import EngineConfig
-    from pixelrouter.providers.local import LocalProvider
-
     root = tmp_path_factory.mktemp("api-loras")
     registry = LoraRegistry(
         [
@@ -43,17 +37,13 @@ def lora_provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
             LoraSpec("elsewhere", str(make_adapter(root / "elsewhere", 3)), models=(OTHER_MODEL,)),
         ]
     )
-    provider = LocalProvider(config=EngineConfig(demo=True, device="cpu", loras=registry))
-    assert provider.engine.wait_ready(180), provider.readiness()
-    yield provider
-    provider.engine.shutdown()
+    with demo_engine(loras=registry) as provider:
+        yield provider
 
 
 @pytest.fixture
 async def lora_api(tmp_path: Path, lora_provider: Any) -> AsyncIterator[Api]:
-    registry = lora_provider.engine.cfg.loras
-    db = f"sqlite:///{tmp_path / 'px.db'}"
-    async for harness in make_api(tmp_path, db, [lora_provider], loras=registry):
+    async for harness in api_with_its_loras(tmp_path, lora_provider):
         yield harness
 
 
@@ -293,9 +283,6 @@ async def test_a_bad_loras_field_on_an_edit_is_a_400(lora_api: Api, data: Any, s
 @pytest.fixture(scope="module")
 def fused_provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A demo engine that fused 'ink' at 0.7 (`[server] fuse_lora`); 'glass' registered too."""
-    from pixelrouter.engine.pipeline import EngineConfig
-    from pixelrouter.providers.local import LocalProvider
-
     root = tmp_path_factory.mktemp("api-fused")
     registry = LoraRegistry(
         [
@@ -303,19 +290,14 @@ def fused_provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
             LoraSpec("glass", str(make_adapter(root / "glass", 2))),
         ]
     )
-    config = EngineConfig(demo=True, device="cpu", loras=registry, fuse_lora="ink")
-    provider = LocalProvider(config=config)
-    assert provider.engine.wait_ready(180), provider.readiness()
-    yield provider
-    provider.engine.shutdown()
+    with demo_engine(loras=registry, fuse_lora="ink") as provider:
+        yield provider
 
 
 async def test_a_fused_server_says_so_and_serves_only_its_adapter(
     tmp_path: Path, fused_provider: Any
 ) -> None:
-    registry = fused_provider.engine.cfg.loras
-    db = f"sqlite:///{tmp_path / 'px.db'}"
-    async for api in make_api(tmp_path, db, [fused_provider], loras=registry):
+    async for api in api_with_its_loras(tmp_path, fused_provider):
         rows = {row["name"]: row for row in (await api.get("/api/v1/loras")).json()["data"]}
         assert rows["ink"]["fused"] is True and rows["ink"]["status"] == "ready"
         assert rows["glass"]["status"] == "refused" and "fused" in rows["glass"]["reason"]
