@@ -14,6 +14,7 @@ from fastapi.staticfiles import StaticFiles
 
 from pixelrouter import __version__
 from pixelrouter.api.auth import current_key, key_before_body
+from pixelrouter.api.batches.runner import BatchRunner
 from pixelrouter.api.errors import install_error_handlers
 from pixelrouter.api.handoff import ConnectionMiddleware
 from pixelrouter.api.lifecycle import CANCEL_GRACE_S, DrainMiddleware, Lifecycle
@@ -22,6 +23,7 @@ from pixelrouter.api.metrics import router as metrics_router
 from pixelrouter.api.middleware import EdgeMiddleware
 from pixelrouter.api.responses import OrjsonResponse
 from pixelrouter.api.routes import (
+    batches,
     catalog,
     chat,
     files,
@@ -115,7 +117,11 @@ def create_app(
         providers=providers_,
         router=router_,
         service=GenerationService(
-            store_, router_, catalog_, reservation_ttl_s=settings.reservation_ttl_s
+            store_,
+            router_,
+            catalog_,
+            reservation_ttl_s=settings.reservation_ttl_s,
+            batch_discount_ppm=settings.batch_discount_ppm,
         ),
         demo=settings.demo,
         lora_uploads=uploads,
@@ -146,6 +152,8 @@ def create_app(
             sweep_images_forever(px.images_in_use, settings.storage_retention_s)
         )
         checking = asyncio.create_task(check_unchecked_loras(px))
+        px.batches = BatchRunner(px)
+        batch_runner = asyncio.create_task(px.batches.run_forever())
         for provider in providers_:
             await provider.start()  # background upkeep, e.g. workers found by DNS
         try:
@@ -155,6 +163,8 @@ def create_app(
             # another server this is where generations in flight finish or are cancelled.
             px.accepting = False
             await lifecycle.drain()
+            batch_runner.cancel()
+            await px.batches.stop()  # unfinished items return to the queue
             await px.service.drain(CANCEL_GRACE_S)  # bookkeeping that outlives its response
             sweeper.cancel()
             image_sweeper.cancel()
@@ -186,6 +196,7 @@ def create_app(
     app.include_router(stats.router, prefix="/api/v1", dependencies=authed)
     app.include_router(records.router, prefix="/api/v1")
     app.include_router(files.router, prefix="/api/v1")
+    app.include_router(batches.router, prefix="/api/v1")
     app.include_router(keys.router, prefix="/api/v1")
     app.include_router(health.engine_router, prefix="/api/v1")
     app.include_router(health.router)

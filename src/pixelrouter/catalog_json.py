@@ -6,10 +6,12 @@ Pure shapes from the catalogue, the providers and their statistics; no HTTP here
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from pixelrouter.catalog import (
     ASPECT_RATIOS,
+    PPM,
     TIERS,
     ModelEntry,
     Price,
@@ -39,15 +41,20 @@ NO_FIGURES: dict[str, Any] = {
 }
 
 
-def token_pricing(price: Price) -> dict[str, str]:
-    """SPEC §1: USD per token at 4096 image tokens per megapixel."""
-    return {
+def token_pricing(price: Price, batch_discount_ppm: int = 0) -> dict[str, str]:
+    """SPEC §1: USD per token at 4096 image tokens per megapixel; with `batch_discount`, the
+    share a batch's images cost less (the price's own, else the server's default)."""
+    pricing = {
         "prompt": per_token_price_string(price.extra_mp),
         "completion": per_token_price_string(price.extra_mp),
         "image_output": per_token_price_string(price.first_mp),
         "request": "0",
         "image": per_token_price_string(price.input_mp) if price.input_mp else "0",
     }
+    ppm = batch_discount_ppm if price.batch_discount_ppm is None else price.batch_discount_ppm
+    if ppm:
+        pricing["batch_discount"] = str(Decimal(ppm) / Decimal(PPM))
+    return pricing
 
 
 def megapixel_pricing(price: Price) -> list[dict[str, Any]]:
@@ -78,7 +85,7 @@ def endpoints_url(entry: ModelEntry, images_api: bool = False) -> str:
     return f"{prefix}/{entry.base_id or entry.id}/endpoints"
 
 
-def model_json(entry: ModelEntry) -> dict[str, Any]:
+def model_json(entry: ModelEntry, batch_discount_ppm: int = 0) -> dict[str, Any]:
     return {
         "id": entry.id,
         "canonical_slug": entry.canonical_slug,
@@ -88,7 +95,7 @@ def model_json(entry: ModelEntry) -> dict[str, Any]:
         "description": entry.description,
         "context_length": entry.context_length,
         "architecture": architecture(entry),
-        "pricing": token_pricing(entry.price),
+        "pricing": token_pricing(entry.price, batch_discount_ppm),
         "top_provider": {
             "context_length": entry.context_length,
             "max_completion_tokens": None,
@@ -131,7 +138,11 @@ def live_status(router: Router, provider: Provider, stats: ProviderStats | None)
 
 
 def endpoint_json(
-    entry: ModelEntry, provider: Provider, stats: ProviderStats | None, status: int
+    entry: ModelEntry,
+    provider: Provider,
+    stats: ProviderStats | None,
+    status: int,
+    batch_discount_ppm: int = 0,
 ) -> dict[str, Any]:
     info = provider.info
     figures = stats.json() if stats is not None else NO_FIGURES
@@ -144,7 +155,7 @@ def endpoint_json(
         "context_length": entry.context_length,
         "max_completion_tokens": None,
         "max_prompt_tokens": None,
-        "pricing": token_pricing(info.price),
+        "pricing": token_pricing(info.price, batch_discount_ppm),
         "quantization": info.quantization,
         "service_tier": None,
         "status": status,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pixelrouter.catalog import KLEIN_4B
+from pixelrouter.catalog import KLEIN_4B, share_ppm
 from pixelrouter.errors import ConfigError
 from pixelrouter.loras import LoraRegistry, parse_lora_tables
 
@@ -124,6 +124,15 @@ class Settings:
     storage_retention_s: int = 7 * 24 * 3600
     storage_secret: str | None = field(default=None, repr=False)
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
+    # Batches ([batches]; docs/batches.md): the most requests one batch may hold, the items
+    # one process runs at once, how long a claim on an item lasts unrenewed (a crashed
+    # process's items return to the queue after it), the discount of a batch's images where a
+    # provider's price names none (parts per million), and the tries of a webhook.
+    batch_max_requests: int = 10_000
+    batch_concurrency: int = 8
+    batch_lease_s: int = 60
+    batch_discount_ppm: int = 0
+    batch_webhook_attempts: int = 6
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -161,6 +170,8 @@ class Settings:
             storage_url_ttl_s=_env_int("PIXELROUTER_STORAGE_URL_TTL_S", 3600),
             storage_retention_s=_env_int("PIXELROUTER_STORAGE_RETENTION_S", 7 * 24 * 3600),
             storage_secret=os.environ.get("PIXELROUTER_STORAGE_SECRET") or None,
+            batch_concurrency=_env_int("PIXELROUTER_BATCH_CONCURRENCY", 8),
+            batch_lease_s=_env_int("PIXELROUTER_BATCH_LEASE_S", 60),
         )
         for name, value in overrides.items():
             if value is not None:
@@ -264,6 +275,7 @@ def read_config_file(path: Path | None) -> dict[str, Any]:
             f"[server] fuse_lora in {path} must be the name of one [[loras]] adapter; got {fuse!r}."
         )
     server.update(_storage(data.get("storage"), path))
+    server.update(_batches(data.get("batches"), path))
     if providers:
         server["providers"] = providers
     if loras:
@@ -307,3 +319,32 @@ def _storage(table: Any, path: Path) -> dict[str, Any]:
     if "options" in table and not isinstance(table["options"], dict):
         raise ConfigError(f"[storage] options in {path} must be a table")
     return {STORAGE_KEYS[k]: v for k, v in table.items()}
+
+
+# The `[batches]` keys of pixelrouter.toml, as the settings they set.
+BATCH_KEYS = {
+    "max_requests": "batch_max_requests",
+    "concurrency": "batch_concurrency",
+    "lease_s": "batch_lease_s",
+    "discount": "batch_discount_ppm",
+    "webhook_attempts": "batch_webhook_attempts",
+}
+
+
+def _batches(table: Any, path: Path) -> dict[str, Any]:
+    """The `[batches]` table as settings."""
+    if table is None:
+        return {}
+    if not isinstance(table, dict):
+        raise ConfigError(f"[batches] in {path} must be a table")
+    unknown = set(table) - set(BATCH_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown [batches] settings in {path}: {', '.join(sorted(unknown))}")
+    for name in ("max_requests", "concurrency", "lease_s", "webhook_attempts"):
+        _at_least_one(table, name, f"[batches] {name} in {path}", "a whole number of at least 1")
+    settings = {BATCH_KEYS[k]: v for k, v in table.items()}
+    if "discount" in table:
+        settings["batch_discount_ppm"] = share_ppm(
+            table["discount"], f"[batches] discount in {path}"
+        )
+    return settings

@@ -14,7 +14,13 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from pixelrouter.billing.bookkeeping import Admission, Bookkeeping, attempts_json, shielded
+from pixelrouter.billing.bookkeeping import (
+    Admission,
+    Also,
+    Bookkeeping,
+    attempts_json,
+    shielded,
+)
 from pixelrouter.billing.costs import Costs, Delivery
 from pixelrouter.catalog import Catalog, billable_megapixels, estimate_prompt_tokens
 from pixelrouter.errors import InvalidRequest, PixelrouterError, RoutingFailed
@@ -40,12 +46,13 @@ class GenerationService:
         catalog: Catalog,
         *,
         reservation_ttl_s: float = 660.0,
+        batch_discount_ppm: int = 0,
     ) -> None:
         self.store = store
         self.router = router
         self.catalog = catalog
         self.observers: list[GenerationObserver] = []
-        self.costs = Costs(store, router, catalog)
+        self.costs = Costs(store, router, catalog, batch_discount_ppm=batch_discount_ppm)
         self.books = Bookkeeping(
             store, self.costs, reservation_ttl_s=reservation_ttl_s, notify=self._notify
         )
@@ -122,6 +129,24 @@ class GenerationService:
         on_progress: Callable[[ProgressEvent], None] | None = None,
     ) -> Delivery:
         """Route an admitted generation; it is closed as delivered, or released in full."""
+        delivery = await self.route(admission, on_progress)
+        # The images exist, so their record is closed whatever the client does now, once the
+        # edge said how many it handed over (`closed` and `drain` wait for that).
+        self.books.close_after_answer(admission, delivery)
+        return delivery
+
+    async def close_delivered(self, admission: Admission, delivery: Delivery, also: Also) -> None:
+        """Close a routed generation whose images need no edge (a batch item's, stored):
+        charged in full, with `also` in the same transaction (`Bookkeeping.close_delivered`)."""
+        await self.books.close_delivered(admission, delivery, also)
+
+    async def route(
+        self,
+        admission: Admission,
+        on_progress: Callable[[ProgressEvent], None] | None = None,
+    ) -> Delivery:
+        """Route an admitted generation and price what it delivered; a failure closes it
+        (released in full) and is raised. The caller closes a delivery (`run` does)."""
         request = admission.request
         if admission.ran:
             raise RuntimeError(f"generation {request.id} already ran")
@@ -181,9 +206,7 @@ class GenerationService:
                 books.close_failed(admission, error_status=500, error_message="internal error")
             )
             raise
-        # Observers (in-memory counters) hear of it now, with the answer; the images exist, so
-        # their record is closed whatever the client does now, once the edge said how many it
-        # handed over (`closed` and `drain` wait for that).
+        # Observers (in-memory counters) hear of it now, with the answer.
         served = delivery.result
         self._notify(
             GenerationEnd(
@@ -195,7 +218,6 @@ class GenerationService:
                 tuple(served.attempts),
             )
         )
-        books.close_after_answer(admission, delivery)
         return delivery
 
     def _notify(self, end: GenerationEnd) -> None:

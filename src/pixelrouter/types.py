@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pixelrouter.catalog import Price
 
 OutputFormat = Literal["png", "jpeg", "webp"]
+Priority = Literal["interactive", "batch"]
 MEDIA_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
@@ -61,7 +62,7 @@ class ProviderPrefs:
     max_price_request_micro: int | None = None
     data_collection: Literal["allow", "deny"] = "allow"
     # {provider or author slug: {"steps": .., "guidance": ..}} passthrough options
-    options: tuple[tuple[str, tuple[tuple[str, float | int | bool], ...]], ...] = ()
+    options: tuple[tuple[str, tuple[tuple[str, float | int | bool | str], ...]], ...] = ()
     quantizations: tuple[str, ...] = ()  # only providers that declare one of these
     zdr: bool = False  # only providers that declare zero data retention
     # Soft limits from the live statistics: providers beyond them are tried after the others.
@@ -108,6 +109,10 @@ class ImageRequest:
     adjustments: tuple[str, ...] = ()
     # LoRA adapters applied, in the order given (scale 0 already dropped: it is no adapter)
     loras: tuple[LoraChoice, ...] = ()
+    # "batch": the engine runs it only when no interactive request is waiting (docs/batches.md)
+    priority: Priority = "interactive"
+    # An item of a batch (`POST /api/v1/batches`): priced at the batch discount.
+    in_batch: bool = False
 
     @property
     def media_type(self) -> str:

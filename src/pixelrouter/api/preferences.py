@@ -15,7 +15,7 @@ from .schemas import MAX_GUIDANCE, MAX_STEPS, PercentileCutoffs, ProviderPrefere
 SortBy = Literal["price", "throughput", "latency"]
 SORTS = ("price", "throughput", "latency", "exacto")
 # `provider.options` values the providers act on; other keys are dropped, as OpenRouter does.
-PASSTHROUGH_OPTIONS = ("steps", "guidance", "batching")
+PASSTHROUGH_OPTIONS = ("steps", "guidance", "batching", "priority")
 
 
 def printable(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -77,6 +77,12 @@ def provider_prefs(p: ProviderPreferences | None) -> ProviderPrefs:
                 allowed[key] = check_guidance(_as_float(value, "guidance"))
             elif key == "batching":
                 allowed[key] = bool(value)
+            elif key == "priority":
+                if value not in ("interactive", "batch"):
+                    raise InvalidRequest(
+                        f"provider.options.{slug}.priority must be 'interactive' or 'batch'."
+                    )
+                allowed[key] = value
         options.append((slug, tuple(sorted(allowed.items()))))
     return ProviderPrefs(
         order=tuple(p.order or ()),

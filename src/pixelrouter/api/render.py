@@ -71,8 +71,10 @@ def openai_usage_of_image(delivery: Delivery, index: int) -> dict[str, Any]:
 # ------------------------------------------------------------------------------- chat
 
 
-def chat_completion(delivery: Delivery) -> dict[str, Any]:
+def chat_completion(delivery: Delivery, urls: list[str] | None = None) -> dict[str, Any]:
+    """The chat answer: each image as a `data:` URL, or as the `url` it is stored at."""
     result = delivery.result
+    links = urls if urls is not None else [data_url(im) for im in result.images]
     return {
         "id": delivery.request.id,
         "object": "chat.completion",
@@ -91,10 +93,7 @@ def chat_completion(delivery: Delivery) -> dict[str, Any]:
                     "content": "",
                     "refusal": None,
                     "reasoning": None,
-                    "images": [
-                        {"type": "image_url", "image_url": {"url": data_url(im)}}
-                        for im in result.images
-                    ],
+                    "images": [{"type": "image_url", "image_url": {"url": url}} for url in links],
                 },
             }
         ],
@@ -149,14 +148,16 @@ def chat_chunk(
 # --------------------------------------------------------------------- Image APIs
 
 
-def images_response(delivery: Delivery) -> dict[str, Any]:
-    return {
-        "created": int(time.time()),
-        "data": [
-            {"b64_json": b64(im), "media_type": im.media_type} for im in delivery.result.images
-        ],
-        "usage": usage(delivery),
-    }
+def images_response(delivery: Delivery, urls: list[str] | None = None) -> dict[str, Any]:
+    """The OpenRouter Image API answer: each image as `b64_json`, or as the `url` it is
+    stored at."""
+    images = delivery.result.images
+    data = (
+        [{"url": url, "media_type": im.media_type} for url, im in zip(urls, images, strict=True)]
+        if urls is not None
+        else [{"b64_json": b64(im), "media_type": im.media_type} for im in images]
+    )
+    return {"created": int(time.time()), "data": data, "usage": usage(delivery)}
 
 
 def openai_images_response(delivery: Delivery, urls: list[str] | None = None) -> dict[str, Any]:

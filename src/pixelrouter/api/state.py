@@ -6,6 +6,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from starlette.requests import Request
 
@@ -62,6 +63,17 @@ class AppState:
     recent_keys: RecentKeys = field(default_factory=RecentKeys)
     _images: ImageStore | None = None
 
+    _secret: bytes | None = None
+    # The batch runner of this process (api/batches/runner.py); None until the app starts.
+    batches: Any = None
+
+    @property
+    def signing_secret(self) -> bytes:
+        """The server's secret: it signs stored images' URLs and derives webhook secrets."""
+        if self._secret is None:
+            self._secret = load_secret(self.settings.storage_secret, self.settings.data_dir)
+        return self._secret
+
     @property
     def images(self) -> ImageStore:
         """The image store (docs/image-store.md), opened at first use: a server that never
@@ -70,7 +82,7 @@ class AppState:
             s = self.settings
             self._images = ImageStore.open(
                 s.resolved_storage_url,
-                load_secret(s.storage_secret, s.data_dir),
+                self.signing_secret,
                 url_ttl_s=s.storage_url_ttl_s,
                 retention_s=s.storage_retention_s,
                 options=s.storage_options,

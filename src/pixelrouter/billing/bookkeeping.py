@@ -273,8 +273,14 @@ class Bookkeeping:
                 len(late),
             )
 
+    async def close_delivered(self, admission: Admission, delivery: Delivery, also: Also) -> None:
+        """Charge every image of a delivery that needs no edge (a batch item, whose images are
+        stored), with `also` written in the same transaction: the item closed with its charge,
+        or neither (`also` raises `Superseded` to undo both)."""
+        await self._close_succeeded(admission, delivery, None, also)
+
     async def _close_succeeded(
-        self, admission: Admission, delivery: Delivery, delivered: int | None
+        self, admission: Admission, delivery: Delivery, delivered: int | None, also: Also = None
     ) -> None:
         """Charge the images handed to the client whole (`delivered`; None: all of them); the
         rest were made for a client that left: the operator's cost, recorded as undelivered."""
@@ -314,7 +320,7 @@ class Bookkeeping:
             images=len(result.images),
             image_tokens=delivery.completion_tokens,
         )
-        await self._close_soon(admission, record, charge if handed else None, outcomes)
+        await self._close_soon(admission, record, charge if handed else None, outcomes, also)
 
     # -- failed or cancelled: nothing charged ----------------------------------------------
 
@@ -341,6 +347,7 @@ class Bookkeeping:
         record: dict[str, Any],
         charge_micro: int | None,
         outcomes: list[ProviderOutcome],
+        also: Also = None,
     ) -> None:
         """`_close_now` in a worker thread, tried again while the database is out of reach (a
         restart): the record and the money of a delivered image are never given up on for
@@ -349,7 +356,9 @@ class Bookkeeping:
         pause = 0.25
         while True:
             try:
-                await asyncio.to_thread(self._close_now, admission, record, charge_micro, outcomes)
+                await asyncio.to_thread(
+                    self._close_now, admission, record, charge_micro, outcomes, also
+                )
                 return
             except Exception as exc:
                 if not is_unreachable(exc) or time.monotonic() + pause > deadline:
@@ -369,6 +378,7 @@ class Bookkeeping:
         record: dict[str, Any],
         charge_micro: int | None,
         outcomes: list[ProviderOutcome],
+        also: Also = None,
     ) -> None:
         """Runs in a worker thread: finalise the record, settle the reservation to
         `charge_micro` (None: release it all) or, for an unreserved admission, charge it in
@@ -383,7 +393,7 @@ class Bookkeeping:
             ledger = "release" if charge_micro is None else "settle"
         elif key_hash is not None and charge_micro:
             ledger = "charge"
-        if self.store.close_at_once(
+        if also is None and self.store.close_at_once(
             request.id,
             record,
             ledger=ledger,
@@ -395,6 +405,8 @@ class Bookkeeping:
 
         def write(with_outcomes: bool) -> None:
             with self.store.transaction() as tx:
+                if also is not None:
+                    also(tx)  # first: a `Superseded` undoes the whole close
                 self.store.finish_generation(request.id, **record, tx=tx)
                 if key_hash is not None and admission.reserved:
                     if charge_micro is None:
@@ -417,10 +429,18 @@ class Bookkeeping:
         try:
             write(with_outcomes=True)
         except Exception as exc:
-            if not outcomes or is_unreachable(exc):
+            if not outcomes or is_unreachable(exc) or isinstance(exc, Superseded):
                 raise
             log.exception("could not record the provider outcomes of %s", request.id)
             write(with_outcomes=False)
+
+
+# Written in the transaction that closes a generation (`close_delivered`).
+Also = Callable[[Any], None] | None
+
+
+class Superseded(Exception):
+    """Raised by an `also` whose work is no longer this close's to do: nothing is written."""
 
 
 class _LimitReached(Exception):

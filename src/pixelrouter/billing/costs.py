@@ -12,7 +12,14 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from pixelrouter.catalog import Catalog, Price, image_price, image_tokens, micro_to_usd
+from pixelrouter.catalog import (
+    Catalog,
+    Price,
+    batch_price,
+    image_price,
+    image_tokens,
+    micro_to_usd,
+)
 from pixelrouter.errors import PaymentRequired, PixelrouterError, UpstreamFailed
 from pixelrouter.routing.router import Router
 from pixelrouter.store import KeyRecord, Store
@@ -42,10 +49,14 @@ class Costs:
     """Prices as routing sees them: the providers a request may be served by, and their own
     prices (the catalogue's price for a model only where no provider names one)."""
 
-    def __init__(self, store: Store, router: Router, catalog: Catalog) -> None:
+    def __init__(
+        self, store: Store, router: Router, catalog: Catalog, *, batch_discount_ppm: int = 0
+    ) -> None:
         self.store = store
         self.router = router
         self.catalog = catalog
+        # The batch discount where a provider's price does not name its own ([batches]).
+        self.batch_discount_ppm = batch_discount_ppm
 
     def price_of(self, provider_slug: str | None, model: str) -> Price:
         """What one image costs: the serving provider's price, else the model's."""
@@ -54,14 +65,21 @@ class Costs:
                 return provider.info.price
         return self.catalog.get(model).price
 
-    @staticmethod
-    def image_cost(request: ImageRequest, price: Price, width: int, height: int) -> int:
+    def discount_ppm(self, price: Price) -> int:
+        """The batch discount of a price: its own, else the server's default."""
+        own = price.batch_discount_ppm
+        return self.batch_discount_ppm if own is None else own
+
+    def image_cost(self, request: ImageRequest, price: Price, width: int, height: int) -> int:
         """One image at `price`, unless the request's adapters override it: then at the
-        dearest of their prices (docs/loras.md, "Price")."""
+        dearest of their prices (docs/loras.md, "Price"); an item of a batch with the
+        serving price's batch discount taken off (docs/batches.md, "Pricing")."""
         overrides = [choice.price for choice in request.loras if choice.price is not None]
         if overrides:
-            return max(image_price(p, width, height) for p in overrides)
-        return image_price(price, width, height)
+            cost = max(image_price(p, width, height) for p in overrides)
+        else:
+            cost = image_price(price, width, height)
+        return batch_price(cost, self.discount_ppm(price)) if request.in_batch else cost
 
     def max_cost(self, request: ImageRequest) -> int:
         """Every requested image at the resolved size, at the dearest provider the request may

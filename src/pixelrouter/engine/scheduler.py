@@ -150,6 +150,9 @@ class Engine:
                 "state": self._state,
                 "queue_depth": len(self._queue),
                 "queued_images": queued_images,
+                "batch_queued_images": sum(
+                    job.images for job in self._queue if job.request.priority == "batch"
+                ),
                 "running_batch": len(self._running),
                 "running_images": running_images,
                 "max_batch_size": self.cfg.max_batch_size,
@@ -203,7 +206,11 @@ class Engine:
                 raise ProviderUnavailable("The local engine is not running.")
             if self._state == "ready":
                 self._check_loras(request)
-            queued = sum(queued_job.images for queued_job in self._queue)
+            # Interactive jobs wait ahead of batch jobs (docs/batches.md, "Priority"): batch
+            # work never fills the queue against them, nor is it merged into their batches.
+            interactive = request.priority == "interactive"
+            ahead = [j for j in self._queue if j.request.priority == "interactive"]
+            queued = sum(j.images for j in (ahead if interactive else self._queue))
             limit = self.cfg.max_queue_images
             if queued and queued + request.n > limit:
                 # 429, not 503: a busy engine is up, so this must not open its circuit.
@@ -212,7 +219,10 @@ class Engine:
                     f"{limit}); try again in a few seconds.",
                     status=429,
                 )
-            self._queue.append(job)
+            if interactive:
+                self._queue.insert(len(ahead), job)
+            else:
+                self._queue.append(job)
             self._recent[request.id] = job
             while len(self._recent) > RECENT_JOBS:
                 self._recent.popitem(last=False)
@@ -409,8 +419,13 @@ class Engine:
         return sum(
             job.images
             for job in self._queue
-            if job is first or (job.request.batching and self._key_for(job) == key)
+            if job is first or (self._joins(first, job) and self._key_for(job) == key)
         )
+
+    @staticmethod
+    def _joins(first: Job, job: Job) -> bool:
+        """Whether `job` may share `first`'s pipeline call: both batched, of one priority."""
+        return job.request.batching and job.request.priority == first.request.priority
 
     def _next_batch(self) -> list[Job] | Task | None:
         """Wait for work, give compatible requests `batch_window_ms` to arrive, take a batch;
@@ -453,7 +468,7 @@ class Engine:
                 if total >= self.cfg.max_batch_size:
                     break
                 if (
-                    job.request.batching
+                    self._joins(first, job)
                     and self._key_for(job) == key
                     and total + job.images <= self.cfg.max_batch_size
                 ):

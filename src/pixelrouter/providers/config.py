@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pixelrouter.catalog import KLEIN_4B, Catalog, Price
+from pixelrouter.catalog import KLEIN_4B, Catalog, Price, share_ppm
 from pixelrouter.errors import ConfigError, NotFound
 from pixelrouter.providers.base import ProviderInfo
 
@@ -378,11 +378,11 @@ def _price(value: Any, where: str) -> Price:
         raise ConfigError(
             f"{where}: 'price' must be a table such as {{ first_mp = 0.014, extra_mp = 0.001 }}."
         )
-    unknown = sorted(set(value) - {"first_mp", "extra_mp", "input_mp"})
+    unknown = sorted(set(value) - {"first_mp", "extra_mp", "input_mp", "batch_discount"})
     if unknown:
         raise ConfigError(
             f"{where}: unknown price key(s) {', '.join(unknown)}; use first_mp, extra_mp "
-            "and input_mp (USD per megapixel)."
+            "and input_mp (USD per megapixel) and batch_discount (a share, 0 to 1)."
         )
     if "first_mp" not in value:
         raise ConfigError(f"{where}: price needs first_mp (USD for an image's first megapixel).")
@@ -391,6 +391,7 @@ def _price(value: Any, where: str) -> Price:
         first_mp=first,
         extra_mp=_usd_to_micro(value.get("extra_mp", 0), "extra_mp", where),
         input_mp=_usd_to_micro(value.get("input_mp", 0), "input_mp", where),
+        batch_discount_ppm=share_ppm(value.get("batch_discount"), f"{where}: price.batch_discount"),
     )
 
 

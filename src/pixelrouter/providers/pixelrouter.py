@@ -98,8 +98,13 @@ class PixelrouterProvider(HTTPProvider):
             ]
         if request.loras:
             body["loras"] = [{"name": c.name, "scale": c.scale} for c in request.loras]
+        local: dict[str, Any] = {}
         if not request.batching:
-            body["provider"] = {"options": {"local": {"batching": False}}}
+            local["batching"] = False
+        if request.priority == "batch":  # the worker runs it only when it is otherwise idle
+            local["priority"] = "batch"
+        if local:
+            body["provider"] = {"options": {"local": local}}
         payload = await self.post_json(f"{self.url}/images", body, what="image request")
         data = payload.get("data")
         if not isinstance(data, list) or not data:

@@ -33,11 +33,12 @@ log = logging.getLogger("pixelrouter.routing.router")
 
 
 def apply_provider_options(request: ImageRequest, slug: str) -> ImageRequest:
-    """`provider.options` passthrough (steps, guidance, batching) for one provider: the options
-    under the model's author (`black-forest-labs`, which the SDKs let through) apply to every
-    provider of the model, and those under the provider's own slug win over them."""
+    """`provider.options` passthrough (steps, guidance, batching, priority) for one provider:
+    the options under the model's author (`black-forest-labs`, which the SDKs let through)
+    apply to every provider of the model, and those under the provider's own slug win over
+    them. A request can lower its own priority to "batch", never raise a batch item's."""
     author = request.model.split("/", 1)[0]
-    merged: dict[str, float | int | bool] = {}
+    merged: dict[str, float | int | bool | str] = {}
     for wanted in (author, slug):
         for option_slug, values in request.prefs.options:
             if option_slug == wanted:
@@ -49,6 +50,7 @@ def apply_provider_options(request: ImageRequest, slug: str) -> ImageRequest:
         steps=int(merged["steps"]) if "steps" in merged else request.steps,
         guidance=float(merged["guidance"]) if "guidance" in merged else request.guidance,
         batching=bool(merged.get("batching", request.batching)),
+        priority="batch" if merged.get("priority") == "batch" else request.priority,
     )
 
 

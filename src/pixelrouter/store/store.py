@@ -1,5 +1,5 @@
 """`Store`: one database (SQLite file or PostgreSQL) holding keys, generation records, the
-billing ledger, rate-limit counters and provider outcomes."""
+billing ledger, rate-limit counters, provider outcomes and batches."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from sqlalchemy import Connection, Engine
 from pixelrouter.store import migrate as migrations
 from pixelrouter.store.activity_records import ActivityRecords
 from pixelrouter.store.balance_records import BalanceRecords
+from pixelrouter.store.batch_records import BatchRecords
 from pixelrouter.store.db import (
     DEFAULT_DATABASE_URL,
     create_db_engine,
@@ -35,6 +36,7 @@ class Store(
     RateLimits,
     ActivityRecords,
     StatsRecords,
+    BatchRecords,
 ):
     """Sync, thread-safe access to the database; each method is one short transaction, or
     joins the one passed as `tx` (from `transaction()`) so several commit as one.

@@ -301,3 +301,61 @@ provider_outcome_minutes = Table(
     Column("errors", Integer, nullable=False),  # provider-caused failures
     Column("excluded", Integer, nullable=False),  # rate limits and client errors
 )
+
+# Batches (docs/batches.md): one row per batch, its items in `batch_items`. Counts and usage
+# are computed from the items, so they can never disagree with them.
+batches = Table(
+    "batches",
+    metadata,
+    Column("id", SafeString(64), primary_key=True),  # batch_...
+    Column("key_hash", SafeString(64), nullable=False),  # no foreign key: the record outlives it
+    Column("endpoint", SafeString(64), nullable=False),  # as the client wrote it
+    Column("model", SafeString(200), nullable=False),
+    Column("completion_window", SafeString(8), nullable=False),
+    # validating → in_progress → completed | failed | expired | cancelling → cancelled
+    Column("status", SafeString(16), nullable=False),
+    Column("on_payment_required", SafeString(8), nullable=False),  # "continue" or "stop"
+    Column("provider", SafeString(200), nullable=True),  # the first provider that served it
+    Column("callback_url", SafeText, nullable=True),
+    Column("error", SafeText, nullable=True),  # why it failed, when it did
+    Column("total", Integer, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),  # created_at + completion_window
+    Column("finalized_at", UTCDateTime, nullable=True),  # when it reached a terminal status
+    # The terminal webhook: pending → delivered | failed, tried again at `webhook_next_at`.
+    Column("webhook_state", SafeString(16), nullable=True),
+    Column("webhook_attempts", Integer, nullable=False, default=0),
+    Column("webhook_next_at", UTCDateTime, nullable=True),
+    Index("ix_batches_key_hash_created_at", "key_hash", "created_at"),
+    Index("ix_batches_status", "status"),
+)
+
+batch_items = Table(
+    "batch_items",
+    metadata,
+    Column(
+        "batch_id", SafeString(64), ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("idx", Integer, primary_key=True),  # its place in the submitted list
+    Column("custom_id", SafeString(200), nullable=False),
+    Column("body", SafeJSON(), nullable=False),  # the request body as submitted
+    # queued → running → succeeded | failed | cancelled | expired
+    Column("status", SafeString(16), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),  # the batch's: items are taken oldest first
+    # A claim: the process that runs it, until when (renewed while it runs), and the
+    # generation id of this run (a new one for every claim, so a run that lost its claim can
+    # never close the item).
+    Column("claimed_by", SafeString(64), nullable=True),
+    Column("lease_until", UTCDateTime, nullable=True),
+    Column("generation_id", SafeString(64), nullable=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("status_code", Integer, nullable=True),
+    Column("result", SafeJSON(none_as_null=True), nullable=True),  # the body, or the error
+    Column("image_keys", SafeJSON(none_as_null=True), nullable=True),  # in the image store
+    Column("cost_micro", BigInteger, nullable=False, default=0),
+    Column("prompt_tokens", Integer, nullable=False, default=0),
+    Column("completion_tokens", Integer, nullable=False, default=0),
+    Column("finished_at", UTCDateTime, nullable=True),
+    Index("ix_batch_items_status_created_at", "status", "created_at"),
+    Index("ix_batch_items_generation_id", "generation_id"),
+)

@@ -121,7 +121,7 @@ async def list_models(
     next_url = str(request.url.include_query_params(offset=end)) if end < len(models) else None
     return OrjsonResponse(
         {
-            "data": [model_json(m) for m in models[offset:end]],
+            "data": [model_json(m, px.settings.batch_discount_ppm) for m in models[offset:end]],
             "links": {"next": next_url},
             "total_count": len(models),
         }
@@ -153,8 +153,9 @@ async def count_models(
 @router.get("/model/{author}/{slug}", summary="Get a model", responses=ok(ModelResponse))
 async def get_model(author: str, slug: str, request: Request) -> OrjsonResponse:
     """One model by id, its Hugging Face id or its canonical slug (aliases resolve to it)."""
-    entry = _model(app_state(request), f"{author}/{slug}")
-    return OrjsonResponse({"data": model_json(entry)})
+    px = app_state(request)
+    entry = _model(px, f"{author}/{slug}")
+    return OrjsonResponse({"data": model_json(entry, px.settings.batch_discount_ppm)})
 
 
 @router.get(
@@ -165,8 +166,9 @@ async def get_model(author: str, slug: str, request: Request) -> OrjsonResponse:
 async def retrieve_model(author: str, slug: str, request: Request) -> OrjsonResponse:
     """The OpenAI SDK's `models.retrieve(id)`: the model object itself, not wrapped in `data`
     (the SDK sends the id's slash as %2F, which arrives decoded)."""
-    entry = _model(app_state(request), f"{author}/{slug}")
-    return OrjsonResponse(model_json(entry))
+    px = app_state(request)
+    entry = _model(px, f"{author}/{slug}")
+    return OrjsonResponse(model_json(entry, px.settings.batch_discount_ppm))
 
 
 @router.get("/loras", summary="List LoRA adapters", responses=ok(LorasList))
@@ -196,7 +198,13 @@ async def list_endpoints(author: str, slug: str, request: Request) -> OrjsonResp
     for provider in px.router.serves(entry.id):
         figures = stats.get(provider.info.slug)
         endpoints.append(
-            endpoint_json(entry, provider, figures, live_status(px.router, provider, figures))
+            endpoint_json(
+                entry,
+                provider,
+                figures,
+                live_status(px.router, provider, figures),
+                px.settings.batch_discount_ppm,
+            )
         )
     return OrjsonResponse({"data": model_endpoints_json(entry, endpoints)})
 

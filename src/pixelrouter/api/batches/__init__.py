@@ -1,0 +1,1 @@
+"""Batches (docs/batches.md): item bodies in and results out, the runner, webhooks."""
