@@ -343,8 +343,7 @@ class BatchRecords:
                     prompt_tokens=prompt_tokens,
                     completion_tokens=completion_tokens,
                     finished_at=now,
-                    claimed_by=None,
-                    lease_until=None,
+                    lease_until=None,  # `claimed_by` stays: the process that ran it
                 )
             ).rowcount
             if done and provider is not None:
