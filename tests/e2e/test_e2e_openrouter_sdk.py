@@ -7,9 +7,11 @@ means the server's shape satisfies the SDK's required fields.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import httpx
 import pytest
 
 from .support import (
@@ -20,6 +22,7 @@ from .support import (
     b64_size,
     checked_client,
     data_url_size,
+    image_size,
     sse_payloads,
 )
 
@@ -257,3 +260,57 @@ def test_errors_are_typed(server: Server, sdk: Clients) -> None:
     # Every one of those error responses carried the headers (checked by the client hook).
     assert [status for status, _ in sdk.seen.responses] == [400, 403, 403, 404, 401]
     json.dumps(sdk.seen.responses)  # nothing odd recorded
+
+
+def test_batch_calls(sdk: Clients) -> None:
+    """The SDK's `batch` module: submit, poll, list (paged), delete. Image work sent as chat
+    bodies validates as the SDK's chat-completion member of a result's `body` union, with the
+    images as URLs (Image API results have no member of that union: tests/test_batches.py)."""
+    bodies = [
+        {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": f"a lantern, take {i}"}],
+            "modalities": ["image"],
+            "image_config": IMAGE_CONFIG,
+            "seed": i,
+        }
+        for i in range(3)
+    ]
+    created = sdk.user.batch.create_batches(
+        endpoint="/v1/chat/completions",
+        model=MODEL,
+        requests=[{"custom_id": f"lantern-{i}", "body": body} for i, body in enumerate(bodies)],
+    )
+    assert isinstance(created, components.BatchObject)
+    assert created.status == "in_progress" and created.request_counts.total == 3
+    deadline = time.monotonic() + 120
+    batch = sdk.user.batch.get_batches(id=created.id)
+    while batch.status not in ("completed", "failed", "expired", "cancelled"):
+        assert time.monotonic() < deadline, batch
+        time.sleep(0.3)
+        batch = sdk.user.batch.get_batches(id=created.id)
+    assert isinstance(batch, components.BatchObject)
+    assert batch.status == "completed" and batch.finalized_at is not None
+    assert batch.request_counts.completed == 3 and batch.request_counts.failed == 0
+    assert batch.usage is not None and batch.usage.cost == pytest.approx(3 * 0.014)
+    results = sorted(batch.results or [], key=lambda r: r.custom_id)
+    assert [r.custom_id for r in results] == ["lantern-0", "lantern-1", "lantern-2"]
+    for result in results:
+        assert result.error is None and result.response is not None
+        assert result.response.status_code == 200
+        body = result.response.body
+        images = body.choices[0].message.images  # the chat-completion member of the union
+        url = images[0].image_url.url
+        assert url.startswith("http") and "/api/v1/files/" in url
+        assert image_size(httpx.get(url, timeout=30).content) == (672, 384)
+    page = sdk.user.batch.list(limit=1)
+    assert page is not None and page.result.object == "list"
+    assert page.result.data[0].id == created.id and page.result.data[0].results is None
+    done = sdk.user.batch.list(limit=10, status=["completed"])
+    assert created.id in [b.id for b in done.result.data]
+    deleted = sdk.user.batch.delete(id=created.id)
+    assert isinstance(deleted, components.BatchDeletedObject)
+    assert deleted.id == created.id and deleted.deletion.openrouter == "deleted"
+    with pytest.raises(errors.BatchErrorResponse) as missing:
+        sdk.user.batch.get_batches(id=created.id)
+    assert missing.value.status_code == 404 and "No batch" in missing.value.message
