@@ -65,6 +65,11 @@ class ClaimedItem:
     on_payment_required: str
 
 
+def _lost(now: datetime, worker: str | None) -> Any:
+    """Running items whose claim is over: past their lease, or all of a stopping `worker`."""
+    return _i.claimed_by == worker if worker is not None else _i.lease_until < now
+
+
 class BatchRecords:
     """Batch methods of `Store`."""
 
@@ -288,14 +293,32 @@ class BatchRecords:
                 .values(lease_until=until)
             )
 
-    def requeue_lost_items(self, now: datetime, tx: Connection | None = None) -> list[str]:
+    def has_queued_items(self) -> bool:
+        """Whether any item waits (a read: idle runners look before they take the write lock)."""
+        with self.engine.connect() as conn:
+            return (
+                conn.execute(select(_i.idx).where(_i.status == "queued").limit(1)).first()
+                is not None
+            )
+
+    def has_lost_items(self, now: datetime, *, worker: str | None = None) -> bool:
+        """Whether `requeue_lost_items` would find any (a read, before the write lock)."""
+        query = select(_i.idx).where(_i.status == "running", _lost(now, worker)).limit(1)
+        with self.engine.connect() as conn:
+            return conn.execute(query).first() is not None
+
+    def requeue_lost_items(
+        self, now: datetime, tx: Connection | None = None, *, worker: str | None = None
+    ) -> list[str]:
         """Put running items whose lease is over (their process died or lost the database)
-        back in the queue; the generation ids of those runs, whose reservations the caller
-        releases in the same transaction."""
+        back in the queue, or, given a `worker`, that worker's running items (it is stopping);
+        the generation ids of those runs, whose reservations the caller releases in the same
+        transaction."""
+        lost_now = _lost(now, worker)
         with write_transaction(self.engine, tx) as conn:
             lost = conn.execute(
                 select(_i.batch_id, _i.idx, _i.generation_id)
-                .where(_i.status == "running", _i.lease_until < now)
+                .where(_i.status == "running", lost_now)
                 .with_for_update(skip_locked=True)
             ).all()
             for batch_id, idx, _ in lost:
@@ -408,10 +431,14 @@ class BatchRecords:
         )
         expired_items = select(_i.idx).where(_i.batch_id == _b.id, _i.status == "expired").exists()
         done: list[str] = []
+        ending = _b.status.in_(("in_progress", "cancelling")) & ~open_items
+        with self.engine.connect() as conn:  # a read first: most rounds find none
+            if conn.execute(select(_b.id).where(ending).limit(1)).first() is None:
+                return done
         with write_transaction(self.engine) as conn:
             rows = conn.execute(
                 select(_b.id, _b.status, _b.error, _b.callback_url, expired_items.label("expired"))
-                .where(_b.status.in_(("in_progress", "cancelling")), ~open_items)
+                .where(ending)
                 .with_for_update(skip_locked=True)
             ).all()
             for batch_id, status, error, callback_url, expired in rows:

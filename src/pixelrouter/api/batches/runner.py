@@ -84,6 +84,8 @@ class BatchRunner:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=10)
+        with contextlib.suppress(Exception):  # else their leases run out
+            await asyncio.to_thread(self._requeue, utcnow(), self.worker)
 
     async def claim(self) -> bool:
         """Claim and start as many items as there is room for; whether any were."""
@@ -91,6 +93,8 @@ class BatchRunner:
         if free <= 0 or not self.px.accepting:
             return False
         store = self.px.store
+        if not await asyncio.to_thread(store.has_queued_items):
+            return False
         until = utcnow() + self.lease
         claimed = await asyncio.to_thread(
             store.claim_batch_items,
@@ -117,7 +121,7 @@ class BatchRunner:
             await asyncio.to_thread(
                 store.renew_batch_leases, self.worker, list(self.running), now + self.lease
             )
-        await asyncio.to_thread(self._requeue_lost, now)
+        await asyncio.to_thread(self._requeue, now)
         for batch_id in await asyncio.to_thread(store.expired_batch_ids, now):
             await asyncio.to_thread(
                 store.end_queued_items,
@@ -136,12 +140,15 @@ class BatchRunner:
             self._webhooks.add(task)
             task.add_done_callback(self._webhooks.discard)
 
-    def _requeue_lost(self, now: Any) -> None:
-        """Items whose claim ran out go back to the queue; their runs' generations are closed
-        and their reservations released in the same transaction."""
+    def _requeue(self, now: Any, worker: str | None = None) -> None:
+        """Items whose claim ran out (or this worker's, as it stops) go back to the queue;
+        their runs' generations are closed and their reservations released in the same
+        transaction."""
         store = self.px.store
+        if not store.has_lost_items(now, worker=worker):
+            return
         with store.transaction() as tx:
-            lost = store.requeue_lost_items(now, tx=tx)
+            lost = store.requeue_lost_items(now, tx=tx, worker=worker)
             for generation_id in lost:
                 store.finish_generation(
                     generation_id, state="failed", finish_reason="interrupted", tx=tx
