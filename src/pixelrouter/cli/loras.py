@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -10,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .common import ConfigOption, console, loras_app, settings_from
+from .common import ConfigOption, ServerOption, call_api, console, loras_app, settings_from
 
 if TYPE_CHECKING:
     import httpx
@@ -18,9 +17,6 @@ if TYPE_CHECKING:
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # in a directory diffusers saved
 UPLOAD_TIMEOUT_S = 600  # the upload, then the engine checking it between batches
 
-ServerOption = Annotated[
-    str, typer.Option(help="The running server, e.g. http://127.0.0.1:8000", show_default=False)
-]
 ManagementKeyOption = Annotated[
     str | None, typer.Option(help="A management key (env PIXELROUTER_API_KEY)")
 ]
@@ -147,30 +143,4 @@ def _print(rows: list[dict[str, Any]]) -> None:
 
 def _call(method: str, server: str, key: str | None, path: str, **kwargs: Any) -> httpx.Response:
     """One call to the server's API; its error (in the SPEC envelope) printed and exit 1."""
-    import httpx
-
-    key = key or os.environ.get("PIXELROUTER_API_KEY")
-    if not key:
-        raise typer.BadParameter("--server needs --api-key or PIXELROUTER_API_KEY")
-    url = server.rstrip("/")
-    if not url.endswith("/api/v1"):
-        url += "/api/v1"
-    try:
-        response = httpx.request(
-            method,
-            f"{url}/{path}",
-            headers={"Authorization": f"Bearer {key}"},
-            timeout=httpx.Timeout(UPLOAD_TIMEOUT_S, connect=10),
-            **kwargs,
-        )
-    except httpx.HTTPError as exc:
-        console.print(f"[red]error:[/] {server} could not be reached ({exc})")
-        raise typer.Exit(1) from None
-    if response.status_code >= 400:
-        try:
-            detail = response.json().get("error", {}).get("message", "")
-        except ValueError:
-            detail = response.text[:200]
-        console.print(f"[red]error {response.status_code}:[/] {detail}")
-        raise typer.Exit(1)
-    return response
+    return call_api(method, server, key, path, timeout_s=UPLOAD_TIMEOUT_S, **kwargs)

@@ -1,5 +1,6 @@
-"""`/`, `/models/{author}/{slug}` and `/playground`: server-rendered pages, public (no key
-needed to view them). The model page's figures are computed in `views` and embedded as JSON."""
+"""`/`, `/models/{author}/{slug}`, `/playground` and `/batches`: server-rendered pages, public
+(no key needed to view them; the playground and the batches page call the API with the key the
+visitor enters). The model page's figures are computed in `views` and embedded as JSON."""
 
 from __future__ import annotations
 
@@ -87,3 +88,9 @@ async def model_page(author: str, slug: str, request: Request) -> HTMLResponse:
 async def playground_page(request: Request) -> HTMLResponse:
     px = app_state(request)
     return _page(request, "playground.html", "playground", data=views.playground_view(px))
+
+
+@router.get("/batches")
+async def batches_page(request: Request) -> HTMLResponse:
+    """A key's batches: the page holds no data, its script lists them with the key."""
+    return _page(request, "batches.html", "batches")
