@@ -1,7 +1,8 @@
 """The engine: a queue of jobs, batching by `BatchKey`, one worker thread that owns the pipeline.
 
 A request becomes a `Job` (queued → running → done | cancelled | failed). The worker takes the
-oldest job and every queued job that shares its `BatchKey`, up to `max_batch_size` images, and
+first job of the queue (`queue.py`: interactive jobs ahead of batch ones) and every queued job
+that may share its call (its `BatchKey`, its priority), up to `max_batch_size` images, and
 gives the batch to the `Runner` (`runner.py`: prompt embeddings, denoising, decoding, encoding),
 which reports back through hooks; the scheduler moves the jobs' states and resolves the futures
 their callers await. A request for more images than one batch holds runs as several jobs.
@@ -23,6 +24,7 @@ from typing import Any
 from pixelrouter.engine.jobs import BatchKey, Job, JobState, Task
 from pixelrouter.engine.parts import generate_in_parts
 from pixelrouter.engine.pipeline import EngineConfig, LoadedPipeline, describe_error, load_pipeline
+from pixelrouter.engine.queue import JobQueue
 from pixelrouter.engine.runner import SHUT_DOWN_WHILE_RUNNING, Hooks, PromptCache, Runner
 from pixelrouter.errors import EngineLoadError, ProviderUnavailable
 from pixelrouter.loras import LoraCheck, LoraSpec
@@ -45,7 +47,7 @@ class Engine:
     def __init__(self, cfg: EngineConfig | None = None) -> None:
         self.cfg = cfg or EngineConfig()
         self._cond = threading.Condition()
-        self._queue: deque[Job] = deque()
+        self._queue = JobQueue(self.cfg.max_queue_images)
         self._tasks: deque[Task] = deque()
         self._running: list[Job] = []
         self._recent: OrderedDict[str, Job] = OrderedDict()
@@ -89,8 +91,7 @@ class Engine:
             if self._state == "stopped":
                 return
             self._stopping = True
-            queued = list(self._queue)
-            self._queue.clear()
+            queued = self._queue.clear()
             tasks = list(self._tasks)
             self._tasks.clear()
             self._cond.notify_all()
@@ -142,7 +143,7 @@ class Engine:
         runner = self._runner
         cache = runner.prompt_cache.stats() if runner is not None else PromptCache(0).stats()
         with self._cond:
-            queued_images = sum(job.images for job in self._queue)
+            queued_images = self._queue.images()
             running_images = sum(job.images for job in self._running)
             batches_ahead = math.ceil(queued_images / max(1, self.cfg.max_batch_size))
             batches_ahead += 1 if self._running else 0
@@ -150,9 +151,7 @@ class Engine:
                 "state": self._state,
                 "queue_depth": len(self._queue),
                 "queued_images": queued_images,
-                "batch_queued_images": sum(
-                    job.images for job in self._queue if job.request.priority == "batch"
-                ),
+                "batch_queued_images": self._queue.batch_images(),
                 "running_batch": len(self._running),
                 "running_images": running_images,
                 "max_batch_size": self.cfg.max_batch_size,
@@ -206,23 +205,7 @@ class Engine:
                 raise ProviderUnavailable("The local engine is not running.")
             if self._state == "ready":
                 self._check_loras(request)
-            # Interactive jobs wait ahead of batch jobs (docs/batches.md, "Priority"): batch
-            # work never fills the queue against them, nor is it merged into their batches.
-            interactive = request.priority == "interactive"
-            ahead = [j for j in self._queue if j.request.priority == "interactive"]
-            queued = sum(j.images for j in (ahead if interactive else self._queue))
-            limit = self.cfg.max_queue_images
-            if queued and queued + request.n > limit:
-                # 429, not 503: a busy engine is up, so this must not open its circuit.
-                raise ProviderUnavailable(
-                    f"The local engine's queue is full ({queued} images queued, at most "
-                    f"{limit}); try again in a few seconds.",
-                    status=429,
-                )
-            if interactive:
-                self._queue.insert(len(ahead), job)
-            else:
-                self._queue.append(job)
+            self._queue.add(job)  # interactive jobs ahead of batch ones; a 429 when full
             self._recent[request.id] = job
             while len(self._recent) > RECENT_JOBS:
                 self._recent.popitem(last=False)
@@ -285,8 +268,7 @@ class Engine:
     def _cancel(self, job: Job) -> None:
         with self._cond:
             if job.state is JobState.QUEUED:
-                with contextlib.suppress(ValueError):
-                    self._queue.remove(job)
+                self._queue.remove(job)
             elif job.state is not JobState.RUNNING:
                 return
             job.state = JobState.CANCELLED
@@ -388,8 +370,7 @@ class Engine:
             self._state = "failed"
             self._error = message
             # Queued jobs and a batch the stopped worker was running: nobody else will.
-            stranded = list(self._queue) + list(self._running)
-            self._queue.clear()
+            stranded = self._queue.clear() + list(self._running)
             self._running = []
         self._ready.set()
         for job in stranded:
@@ -414,19 +395,6 @@ class Engine:
             )
         return job.key
 
-    def _compatible_images(self, first: Job) -> int:
-        key = self._key_for(first)
-        return sum(
-            job.images
-            for job in self._queue
-            if job is first or (self._joins(first, job) and self._key_for(job) == key)
-        )
-
-    @staticmethod
-    def _joins(first: Job, job: Job) -> bool:
-        """Whether `job` may share `first`'s pipeline call: both batched, of one priority."""
-        return job.request.batching and job.request.priority == first.request.priority
-
     def _next_batch(self) -> list[Job] | Task | None:
         """Wait for work, give compatible requests `batch_window_ms` to arrive, take a batch;
         a task (registering an adapter) goes first, between two batches."""
@@ -440,14 +408,14 @@ class Engine:
                     return None
                 if self._tasks and (self._tasks[0].when is None or self._tasks[0].when()):
                     return self._tasks.popleft()
-                first = self._queue[0]
+                first = self._queue.first
                 if first.request.batching and window > 0:
                     deadline = time.monotonic() + window
                     while (
                         not self._stopping
                         and self._queue
-                        and self._queue[0] is first
-                        and self._compatible_images(first) < limit
+                        and self._queue.first is first
+                        and self._queue.compatible_images(first, self._key_for) < limit
                     ):
                         remaining = deadline - time.monotonic()
                         if remaining <= 0:
@@ -460,21 +428,8 @@ class Engine:
                 return self._take_batch()
 
     def _take_batch(self) -> list[Job]:
-        first = self._queue.popleft()
-        batch, total = [first], first.images
-        if first.request.batching:
-            key = self._key_for(first)
-            for job in list(self._queue):
-                if total >= self.cfg.max_batch_size:
-                    break
-                if (
-                    self._joins(first, job)
-                    and self._key_for(job) == key
-                    and total + job.images <= self.cfg.max_batch_size
-                ):
-                    self._queue.remove(job)
-                    batch.append(job)
-                    total += job.images
+        batch = self._queue.take(self.cfg.max_batch_size, self._key_for)
+        total = sum(job.images for job in batch)
         now = time.monotonic()
         for job in batch:
             self._key_for(job)
