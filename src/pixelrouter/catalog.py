@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from pixelrouter.errors import ConfigError, InvalidRequest, NotFound
+from pixelrouter.errors import InvalidRequest, NotFound
 
 MICRO_PER_USD = 1_000_000
 PIXELS_PER_MP = 1_048_576
@@ -186,16 +186,6 @@ def image_price(price: Price, width: int, height: int) -> int:
 def batch_price(micro: int, discount_ppm: int) -> int:
     """An image's price with the batch discount taken off, rounded up to a whole micro-dollar."""
     return micro - micro * discount_ppm // PPM
-
-
-def share_ppm(value: object, where: str) -> int | None:
-    """A share from a config file (`batch_discount = 0.5`) in parts per million; None stays
-    None; anything but a number from 0 to 1 is a `ConfigError` saying `where` it is."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-        raise ConfigError(f"{where} must be a number from 0 to 1 (0.5: half price); got {value!r}.")
-    return round(value * PPM)
 
 
 def image_tokens(width: int, height: int) -> int:

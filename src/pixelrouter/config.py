@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pixelrouter.catalog import KLEIN_4B, share_ppm
+from pixelrouter.catalog import KLEIN_4B
 from pixelrouter.errors import ConfigError
 from pixelrouter.loras import LoraRegistry, parse_lora_tables
+from pixelrouter.price_tables import share_ppm
 
 if TYPE_CHECKING:
     from pixelrouter.engine.pipeline import EngineConfig

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pixelrouter.catalog import KLEIN_4B, Catalog, ModelEntry, Price, micro_to_usd, usd_to_micro
+from pixelrouter.catalog import KLEIN_4B, Catalog, ModelEntry, Price, micro_to_usd
 from pixelrouter.errors import ConfigError, InvalidRequest, NotFound
+from pixelrouter.price_tables import price_table
 from pixelrouter.types import LoraChoice
 
 MAX_LORAS_PER_REQUEST = 4
@@ -434,33 +435,5 @@ def _models(value: Any, where: str, catalog: Catalog) -> tuple[str, ...]:
 
 
 def _price(value: Any, where: str) -> Price | None:
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise ConfigError(
-            f"{where}: 'price' must be a table such as {{ first_mp = 0.02, extra_mp = 0.001 }} "
-            "(USD per image: its first megapixel, each further one)."
-        )
-    unknown = sorted(set(value) - {"first_mp", "extra_mp"})
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown price key(s) {', '.join(unknown)}; use first_mp and extra_mp "
-            "(USD per megapixel)."
-        )
-    if "first_mp" not in value:
-        raise ConfigError(f"{where}: price needs first_mp (USD for an image's first megapixel).")
-    amounts = {}
-    for key in ("first_mp", "extra_mp"):
-        amount = value.get(key, 0)
-        if (
-            isinstance(amount, bool)
-            or not isinstance(amount, int | float)
-            or not math.isfinite(amount)
-            or amount < 0
-        ):
-            raise ConfigError(
-                f"{where}: price.{key} must be a non-negative number of USD (such as 0.02); "
-                f"got {amount!r}."
-            )
-        amounts[key] = usd_to_micro(amount)
-    return Price(first_mp=amounts["first_mp"], extra_mp=amounts["extra_mp"])
+    """An adapter's own price: USD for an image's first megapixel and each further one."""
+    return None if value is None else price_table(value, where, ("first_mp", "extra_mp"))

@@ -61,7 +61,31 @@ def test_prices_become_integer_micro_dollars() -> None:
         "price = { first_mp = 0.0155, extra_mp = 0.0011, input_mp = 0.003 }\n"
     )
     assert config.price == Price(first_mp=15_500, extra_mp=1_100, input_mp=3_000)
-    assert all(isinstance(v, int) for v in vars(config.price).values())
+    assert config.price.batch_discount_ppm is None  # the server's [batches] discount applies
+    amounts = [v for k, v in vars(config.price).items() if k != "batch_discount_ppm"]
+    assert all(isinstance(v, int) for v in amounts)
+    (discounted,) = load_providers(
+        '[[providers]]\nname = "p"\ntype = "bfl"\nurl = "https://api.bfl.ai/v1"\n'
+        "price = { first_mp = 0.014, batch_discount = 0.5 }\n"
+    )
+    assert discounted.price.batch_discount_ppm == 500_000
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "nan", "true", '"half"'])
+def test_a_batch_discount_is_a_share(value: str) -> None:
+    with pytest.raises(ConfigError, match="batch_discount must be a number from 0 to 1"):
+        load_providers(
+            '[[providers]]\nname = "p"\ntype = "bfl"\nurl = "https://api.bfl.ai/v1"\n'
+            f"price = {{ first_mp = 0.014, batch_discount = {value} }}\n"
+        )
+
+
+def test_an_infinite_price_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="price.first_mp must be a non-negative number"):
+        load_providers(
+            '[[providers]]\nname = "p"\ntype = "bfl"\nurl = "https://api.bfl.ai/v1"\n'
+            "price = { first_mp = inf }\n"
+        )
 
 
 def test_secret_from_a_file_relative_to_the_config(tmp_path: Path) -> None:

@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pixelrouter.catalog import KLEIN_4B, Catalog, Price, share_ppm
+from pixelrouter.catalog import KLEIN_4B, Catalog, Price
 from pixelrouter.errors import ConfigError, NotFound
+from pixelrouter.price_tables import price_table
 from pixelrouter.providers.base import ProviderInfo
 
 ProviderType = Literal["local", "pixelrouter", "openrouter", "openai-images", "bfl"]
@@ -362,37 +363,8 @@ def _models(value: Any, where: str) -> tuple[str, ...]:
     return tuple(models)
 
 
-def _usd_to_micro(value: Any, key: str, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ConfigError(
-            f"{where}: price.{key} must be a non-negative number of USD (such as 0.014); "
-            f"got {value!r}."
-        )
-    return round(value * 1_000_000)
-
-
 def _price(value: Any, where: str) -> Price:
-    if value is None:
-        return KLEIN_4B.price
-    if not isinstance(value, dict):
-        raise ConfigError(
-            f"{where}: 'price' must be a table such as {{ first_mp = 0.014, extra_mp = 0.001 }}."
-        )
-    unknown = sorted(set(value) - {"first_mp", "extra_mp", "input_mp", "batch_discount"})
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown price key(s) {', '.join(unknown)}; use first_mp, extra_mp "
-            "and input_mp (USD per megapixel) and batch_discount (a share, 0 to 1)."
-        )
-    if "first_mp" not in value:
-        raise ConfigError(f"{where}: price needs first_mp (USD for an image's first megapixel).")
-    first = _usd_to_micro(value["first_mp"], "first_mp", where)
-    return Price(
-        first_mp=first,
-        extra_mp=_usd_to_micro(value.get("extra_mp", 0), "extra_mp", where),
-        input_mp=_usd_to_micro(value.get("input_mp", 0), "input_mp", where),
-        batch_discount_ppm=share_ppm(value.get("batch_discount"), f"{where}: price.batch_discount"),
-    )
+    return KLEIN_4B.price if value is None else price_table(value, where)
 
 
 def _data_collection(value: Any, where: str) -> Literal["allow", "deny"]:

@@ -12,6 +12,7 @@ from sqlalchemy import Connection, Engine
 from pixelrouter.store import migrate as migrations
 from pixelrouter.store.activity_records import ActivityRecords
 from pixelrouter.store.balance_records import BalanceRecords
+from pixelrouter.store.batch_claims import BatchClaims
 from pixelrouter.store.batch_records import BatchRecords
 from pixelrouter.store.db import (
     DEFAULT_DATABASE_URL,
@@ -37,6 +38,7 @@ class Store(
     ActivityRecords,
     StatsRecords,
     BatchRecords,
+    BatchClaims,
 ):
     """Sync, thread-safe access to the database; each method is one short transaction, or
     joins the one passed as `tx` (from `transaction()`) so several commit as one.

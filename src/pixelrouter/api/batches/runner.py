@@ -25,7 +25,7 @@ from typing import Any
 from pixelrouter.billing.bookkeeping import Superseded
 from pixelrouter.errors import PaymentRequired, PixelrouterError
 from pixelrouter.store import utcnow
-from pixelrouter.store.batch_records import ClaimedItem
+from pixelrouter.store.batch_claims import ClaimedItem
 from pixelrouter.types import Attribution
 
 from .. import wire
@@ -39,6 +39,11 @@ log = logging.getLogger("pixelrouter.batches")
 
 POLL_S = 0.5  # how often an idle runner looks for queued items
 UPKEEP_S = 1.0  # how often it moves the batches along (expiry, terminal statuses, webhooks)
+# Failures that may pass (no provider ready, one busy or down): the item goes back to the
+# queue and this runner pauses, up to this many tries of an item; then the failure stands.
+TRANSIENT_STATUSES = frozenset({408, 429, 502, 503, 504})
+MAX_ATTEMPTS = 5
+PAUSE_S = (1.0, 30.0)  # the first pause after a transient failure, and the longest
 
 
 class BatchRunner:
@@ -52,6 +57,8 @@ class BatchRunner:
         self.wake = asyncio.Event()
         self._webhooks: set[asyncio.Task[None]] = set()
         self._renewed = 0.0
+        self._paused_until = 0.0  # after transient failures: no claims before this
+        self._pause_s = 0.0
 
     def poke(self) -> None:
         """Look for work now (a batch was just submitted here)."""
@@ -90,8 +97,10 @@ class BatchRunner:
     async def claim(self) -> bool:
         """Claim and start as many items as there is room for; whether any were."""
         free = self.concurrency - len(self.running)
-        if free <= 0 or not self.px.accepting:
+        if free <= 0 or not self.px.accepting or time.monotonic() < self._paused_until:
             return False
+        if not self.px.router.ready()[0]:
+            return False  # an engine still loading, every provider paused: wait, fail nothing
         store = self.px.store
         if not await asyncio.to_thread(store.has_queued_items):
             return False
@@ -211,13 +220,14 @@ class BatchRunner:
                 )
             return
         except PixelrouterError as exc:
-            await self._fail(item, exc.status, batch_items.error_result(exc))
+            await self._failed(item, exc)
             return
         try:
             delivery = await px.service.route(admission)  # a failure is closed and released
         except PixelrouterError as exc:
-            await self._fail(item, exc.status, batch_items.error_result(exc))
+            await self._failed(item, exc)
             return
+        self._pause_s = 0.0
         try:
             keys = [
                 (await px.images.put(image.data, image.media_type)).key
@@ -266,6 +276,26 @@ class BatchRunner:
                 item.batch_id,
                 item.idx,
             )
+
+    async def _failed(self, item: ClaimedItem, error: PixelrouterError) -> None:
+        """A failure that may pass goes back to the queue (at most `MAX_ATTEMPTS` tries) and
+        pauses this runner's claims; any other ends the item with the single endpoint's error."""
+        if error.status in TRANSIENT_STATUSES and item.attempts < MAX_ATTEMPTS:
+            self._pause_s = min(PAUSE_S[1], max(PAUSE_S[0], self._pause_s * 2))
+            self._paused_until = time.monotonic() + self._pause_s
+            log.info(
+                "batch %s item %d: %s (%d); queued again, claims paused %.0f s",
+                item.batch_id,
+                item.idx,
+                error.message,
+                error.status,
+                self._pause_s,
+            )
+            await asyncio.to_thread(
+                self.px.store.unclaim_batch_item, item.batch_id, item.idx, item.generation_id
+            )
+            return
+        await self._fail(item, error.status, batch_items.error_result(error))
 
     async def _fail(self, item: ClaimedItem, status: int, error: dict[str, Any]) -> None:
         await asyncio.to_thread(
