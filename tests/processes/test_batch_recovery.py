@@ -35,14 +35,6 @@ SHARED_ITEMS = 16
 DEADLINE_S = 180.0
 TIMEOUT = httpx.Timeout(60, connect=10)
 TERMINAL = ("completed", "failed", "expired", "cancelled")
-# A known bug (not fixed here): a restarted gateway's batch runner claims queued items at once,
-# before its engine has loaded the model, and ends each `failed` with the engine's 503 (and,
-# once the router pauses the engine after three such failures, "No provider can take this
-# request now") instead of leaving it queued; the whole queue fails within a second.
-ENGINE_LOADING_BUG = (
-    "the restarted gateway's batch runner claimed the queued items before its engine was "
-    "ready and failed them with 503 instead of leaving them queued"
-)
 
 
 def _body(i: int) -> dict[str, Any]:
@@ -183,18 +175,6 @@ def _check_books(
     return records
 
 
-def _failed_while_loading(item: dict[str, Any], server: ServerProcess) -> bool:
-    """Whether an item was failed by `server`'s runner with a 503 of a provider not ready (the
-    known bug: ENGINE_LOADING_BUG)."""
-    message = str((item["result"] or {}).get("message", ""))
-    return (
-        item["status"] == "failed"
-        and item["status_code"] == 503
-        and _pid(item["claimed_by"]) == server.process.pid
-        and ("loading the model" in message or "No provider can take this request" in message)
-    )
-
-
 def _check_key_usage(server: ServerProcess, key: str, count: int) -> None:
     view = httpx.get(f"{server.api}/key", headers={"Authorization": f"Bearer {key}"}, timeout=30)
     assert view.status_code == 200, view.text
@@ -269,10 +249,9 @@ def test_kill_9_mid_batch_and_restart_runs_every_item_once(db_url: str, launcher
             assert any(item["attempts"] >= 2 for item in items), items
     _check_key_usage(second, key, len(delivered))
 
+    # Every item delivered: the restarted runner claimed nothing before its engine was ready.
     failed = [item for item in items if item["status"] != "succeeded"]
-    if failed and all(_failed_while_loading(item, second) for item in failed):
-        pytest.xfail(ENGINE_LOADING_BUG)
-    assert not failed, failed  # every item delivered
+    assert not failed, failed
 
 
 def test_two_gateways_share_one_batch(
