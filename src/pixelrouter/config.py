@@ -303,16 +303,8 @@ STORAGE_KEYS = {
 
 def _storage(table: Any, path: Path) -> dict[str, Any]:
     """The `[storage]` table as settings (its secret comes from the environment only)."""
-    if table is None:
-        return {}
-    if not isinstance(table, dict):
-        raise ConfigError(f"[storage] in {path} must be a table")
-    unknown = set(table) - set(STORAGE_KEYS)
-    if unknown:
-        raise ConfigError(
-            f"unknown [storage] settings in {path}: {', '.join(sorted(unknown))} (the signing "
-            "secret is read from PIXELROUTER_STORAGE_SECRET only)"
-        )
+    table = _section(table, "storage", STORAGE_KEYS, path, "(the signing secret is read from "
+                     "PIXELROUTER_STORAGE_SECRET only)")  # fmt: skip
     for name in ("url_ttl_s", "retention_s"):
         _at_least_one(table, name, f"[storage] {name} in {path}", "a whole number of seconds >= 1")
     if "url" in table and not isinstance(table["url"], str):
@@ -320,6 +312,22 @@ def _storage(table: Any, path: Path) -> dict[str, Any]:
     if "options" in table and not isinstance(table["options"], dict):
         raise ConfigError(f"[storage] options in {path} must be a table")
     return {STORAGE_KEYS[k]: v for k, v in table.items()}
+
+
+def _section(
+    table: Any, name: str, keys: dict[str, str], path: Path, note: str = ""
+) -> dict[str, Any]:
+    """A `[name]` table of the file ({} when absent) holding only `keys`, or a `ConfigError`."""
+    if table is None:
+        return {}
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{name}] in {path} must be a table")
+    unknown = set(table) - set(keys)
+    if unknown:
+        raise ConfigError(
+            f"unknown [{name}] settings in {path}: {', '.join(sorted(unknown))} {note}".rstrip()
+        )
+    return table
 
 
 # The `[batches]` keys of pixelrouter.toml, as the settings they set.
@@ -334,13 +342,7 @@ BATCH_KEYS = {
 
 def _batches(table: Any, path: Path) -> dict[str, Any]:
     """The `[batches]` table as settings."""
-    if table is None:
-        return {}
-    if not isinstance(table, dict):
-        raise ConfigError(f"[batches] in {path} must be a table")
-    unknown = set(table) - set(BATCH_KEYS)
-    if unknown:
-        raise ConfigError(f"unknown [batches] settings in {path}: {', '.join(sorted(unknown))}")
+    table = _section(table, "batches", BATCH_KEYS, path)
     for name in ("max_requests", "concurrency", "lease_s", "webhook_attempts"):
         _at_least_one(table, name, f"[batches] {name} in {path}", "a whole number of at least 1")
     settings = {BATCH_KEYS[k]: v for k, v in table.items()}

@@ -30,6 +30,8 @@ from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 
+from .helpers import started_engine  # noqa: E402
+
 
 @pytest.fixture(scope="session")
 def demo_pipe() -> Any:
@@ -39,28 +41,16 @@ def demo_pipe() -> Any:
     return build_demo_pipeline()
 
 
-def _started_engine(**overrides: Any) -> Any:
-    from pixelrouter.engine.pipeline import EngineConfig
-    from pixelrouter.engine.scheduler import Engine
-
-    engine = Engine(EngineConfig(demo=True, device="cpu", **overrides))
-    engine.start()
-    assert engine.wait_ready(120), engine.readiness()
-    return engine
-
-
 @pytest.fixture(scope="session")
 def engine() -> Iterator[Any]:
     """A demo engine with a short batch window, as served."""
-    engine = _started_engine(batch_window_ms=2.0)
-    yield engine
-    engine.shutdown()
+    with started_engine(batch_window_ms=2.0) as engine:
+        yield engine
 
 
 @pytest.fixture(scope="session")
 def batch_engine() -> Iterator[Any]:
     """A demo engine that waits (up to 5 s) until 4 compatible images are queued, so tests that
     submit exactly 4 images get one batch without racing the worker."""
-    engine = _started_engine(batch_window_ms=5000.0, max_batch_size=4)
-    yield engine
-    engine.shutdown()
+    with started_engine(batch_window_ms=5000.0, max_batch_size=4) as engine:
+        yield engine

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -69,3 +71,18 @@ def reference(seed: int = 7, width: int = 96, height: int = 80) -> ReferenceImag
     return ReferenceImage(
         rgb=rgb.tobytes(), width=width, height=height, source_width=width, source_height=height
     )
+
+
+@contextlib.contextmanager
+def started_engine(**overrides: Any) -> Iterator[Any]:
+    """A demo engine with `overrides` over its configuration, ready; shut down at the end."""
+    from pixelrouter.engine.pipeline import EngineConfig
+    from pixelrouter.engine.scheduler import Engine
+
+    engine = Engine(EngineConfig(demo=True, device="cpu", **overrides))
+    engine.start()
+    try:
+        assert engine.wait_ready(120), engine.readiness()
+        yield engine
+    finally:
+        engine.shutdown()

@@ -10,24 +10,14 @@ from typing import Any
 
 import pytest
 
-from .helpers import make_request
+from .helpers import make_request, started_engine
 
 
 @pytest.fixture(scope="module")
 def one_at_a_time() -> Iterator[Any]:
     """A demo engine with batches of 2 and a queue of 4 images."""
-    from pixelrouter.engine.pipeline import EngineConfig
-    from pixelrouter.engine.scheduler import Engine
-
-    engine = Engine(
-        EngineConfig(
-            demo=True, device="cpu", max_batch_size=2, batch_window_ms=0.0, max_queue_images=4
-        )
-    )
-    engine.start()
-    assert engine.wait_ready(120), engine.readiness()
-    yield engine
-    engine.shutdown()
+    with started_engine(max_batch_size=2, batch_window_ms=0.0, max_queue_images=4) as engine:
+        yield engine
 
 
 async def test_an_interactive_job_runs_next_and_alone(one_at_a_time: Any) -> None:

@@ -11,23 +11,13 @@ import pytest
 
 from pixelrouter.errors import ProviderUnavailable
 
-from .helpers import make_request
+from .helpers import make_request, started_engine
 
 
 @pytest.fixture(scope="module")
 def small_queue_engine() -> Iterator[Any]:
-    from pixelrouter.engine.pipeline import EngineConfig
-    from pixelrouter.engine.scheduler import Engine
-
-    engine = Engine(
-        EngineConfig(
-            demo=True, device="cpu", max_batch_size=1, batch_window_ms=0.0, max_queue_images=2
-        )
-    )
-    engine.start()
-    assert engine.wait_ready(120), engine.readiness()
-    yield engine
-    engine.shutdown()
+    with started_engine(max_batch_size=1, batch_window_ms=0.0, max_queue_images=2) as engine:
+        yield engine
 
 
 async def test_a_full_queue_is_reported_and_refused(small_queue_engine: Any) -> None:

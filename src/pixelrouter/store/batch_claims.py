@@ -43,6 +43,16 @@ def _lost(now: datetime, worker: str | None) -> Any:
     return _i.claimed_by == worker if worker is not None else _i.lease_until < now
 
 
+def _held(batch_id: str, idx: int, generation_id: str) -> Any:
+    """The item, while the run `generation_id` still holds its claim."""
+    return and_(
+        _i.batch_id == batch_id,
+        _i.idx == idx,
+        _i.status == "running",
+        _i.generation_id == generation_id,
+    )
+
+
 class BatchClaims:
     """Batch-item claim methods of `Store`."""
 
@@ -172,12 +182,7 @@ class BatchClaims:
         with write_transaction(self.engine) as conn:
             done = conn.execute(
                 update(batch_items)
-                .where(
-                    _i.batch_id == batch_id,
-                    _i.idx == idx,
-                    _i.status == "running",
-                    _i.generation_id == generation_id,
-                )
+                .where(_held(batch_id, idx, generation_id))
                 .values(status="queued", claimed_by=None, lease_until=None, generation_id=None)
             ).rowcount
         return bool(done)
@@ -204,12 +209,7 @@ class BatchClaims:
         with write_transaction(self.engine, tx) as conn:
             done = conn.execute(
                 update(batch_items)
-                .where(
-                    _i.batch_id == batch_id,
-                    _i.idx == idx,
-                    _i.status == "running",
-                    _i.generation_id == generation_id,
-                )
+                .where(_held(batch_id, idx, generation_id))
                 .values(
                     status=status,
                     status_code=status_code,
