@@ -204,8 +204,7 @@ class BatchRunner:
         api, _ = batch_items.ENDPOINTS[item.endpoint]
         try:
             request = await batch_items.translate(item.endpoint, item.body, edge)
-            await px.service.check_prompt(request)
-            admission = await px.service.admit(request, api=api, key=key)
+            admission = await px.service.admit(request, api=api, key=key)  # checks the prompt
         except PaymentRequired as exc:
             await self._fail(item, exc.status, batch_items.error_result(exc))
             if item.on_payment_required == "stop":
