@@ -263,3 +263,9 @@ def provider_down(status: int) -> bool:
     """A provider-caused failure that says the provider is down, so it counts against its
     uptime and its circuit. A rate limit (429) is provider-caused but says it is up."""
     return provider_caused(status) and status != RATE_LIMITED
+
+
+class Superseded(Exception):
+    """Not an answer to a client: raised inside a close's transaction by work that is no longer
+    this close's to do (a batch item whose claim another run took over), so nothing of the
+    close is written (`Bookkeeping.close_delivered`)."""

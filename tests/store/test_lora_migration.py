@@ -15,7 +15,7 @@ def test_generations_from_before_the_column_have_no_adapters(db_url: str) -> Non
         store.start_generation(NewGeneration(id="gen-old", model="m", api="images"))
         store.finish_generation("gen-old", state="succeeded", total_cost_micro=14_000)
 
-        store.migrate()
+        upgrade(store.engine, "0005")
         assert current_revision(store.engine) == "0005"
         column = {c["name"]: c for c in inspect(store.engine).get_columns("generations")}["loras"]
         assert column["nullable"]

@@ -22,7 +22,7 @@ from datetime import timedelta
 from typing import Any
 
 from pixelrouter.billing.costs import Costs, Delivery
-from pixelrouter.errors import ServiceUnavailable
+from pixelrouter.errors import ServiceUnavailable, Superseded
 from pixelrouter.stats.outcomes import outcomes_of
 from pixelrouter.store import (
     GenerationApi,
@@ -437,10 +437,6 @@ class Bookkeeping:
 
 # Written in the transaction that closes a generation (`close_delivered`).
 Also = Callable[[Any], None] | None
-
-
-class Superseded(Exception):
-    """Raised by an `also` whose work is no longer this close's to do: nothing is written."""
 
 
 class _LimitReached(Exception):

@@ -27,7 +27,7 @@ InferenceKeyOption = Annotated[
 BatchId = Annotated[str, typer.Argument(help="The batch's id (batch_...)")]
 
 
-class BadLine(Exception):
+class _BadLine(Exception):
     """A line of the batch file that is not a request."""
 
 
@@ -43,14 +43,14 @@ def read_batch_file(
     """(endpoint, model, requests) of a JSONL file: each line a request in the batch-file form
     `{"custom_id", "method", "url", "body"}`, or a bare request body (its custom_id then
     `line-<n>`). The endpoint is --endpoint, else the lines' `url`, else chat completions;
-    the model is --model, else the first body's. `BadLine` names the line that is wrong."""
+    the model is --model, else the first body's. `_BadLine` names the line that is wrong."""
     requests: list[dict[str, Any]] = []
     urls: dict[str, int] = {}  # each line's endpoint, with the first line naming it
     seen: dict[str, int] = {}
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise BadLine(f"{path} cannot be read: {exc}") from None
+        raise _BadLine(f"{path} cannot be read: {exc}") from None
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -58,51 +58,53 @@ def read_batch_file(
         try:
             item = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise BadLine(f"{where}: not JSON ({exc.msg} at column {exc.colno})") from None
+            raise _BadLine(f"{where}: not JSON ({exc.msg} at column {exc.colno})") from None
         if not isinstance(item, dict):
-            raise BadLine(f"{where}: a line must be a JSON object, not {type(item).__name__}")
+            raise _BadLine(f"{where}: a line must be a JSON object, not {type(item).__name__}")
         if "body" in item or "custom_id" in item:
             unknown = sorted(set(item) - LINE_FIELDS)
             if unknown:
-                raise BadLine(f"{where}: unknown field(s) {', '.join(unknown)}")
+                raise _BadLine(f"{where}: unknown field(s) {', '.join(unknown)}")
             body = item.get("body")
             if not isinstance(body, dict):
-                raise BadLine(f"{where}: body must be a JSON object (the request)")
+                raise _BadLine(f"{where}: body must be a JSON object (the request)")
             custom_id = item.get("custom_id", f"line-{number}")
             if not isinstance(custom_id, str) or not custom_id or len(custom_id) > 200:
-                raise BadLine(f"{where}: custom_id must be a string of 1 to 200 characters")
+                raise _BadLine(f"{where}: custom_id must be a string of 1 to 200 characters")
             method = item.get("method", "POST")
             if not isinstance(method, str) or method.upper() != "POST":
-                raise BadLine(f"{where}: method must be POST")
+                raise _BadLine(f"{where}: method must be POST")
             url = item.get("url")
             if url is not None:
                 if not isinstance(url, str):
-                    raise BadLine(f"{where}: url must be a string such as {DEFAULT_ENDPOINT}")
+                    raise _BadLine(f"{where}: url must be a string such as {DEFAULT_ENDPOINT}")
                 urls.setdefault(_canonical(url), number)
         else:
             body, custom_id = item, f"line-{number}"
         if custom_id in seen:
-            raise BadLine(f"{where}: custom_id {custom_id!r} is also on line {seen[custom_id]}")
+            raise _BadLine(f"{where}: custom_id {custom_id!r} is also on line {seen[custom_id]}")
         seen[custom_id] = number
         requests.append({"custom_id": custom_id, "body": body})
     if not requests:
-        raise BadLine(f"{path} holds no request (one JSON object a line)")
+        raise _BadLine(f"{path} holds no request (one JSON object a line)")
     if endpoint is None:
         if len(urls) > 1:
             named = ", ".join(f"{url} (line {number})" for url, number in urls.items())
-            raise BadLine(f"the lines name several endpoints: {named}; a batch has one")
+            raise _BadLine(f"the lines name several endpoints: {named}; a batch has one")
         endpoint = next(iter(urls), DEFAULT_ENDPOINT)
     else:
         for url, number in urls.items():
             if url != _canonical(endpoint):
-                raise BadLine(f"{path.name}, line {number}: url {url} is not --endpoint {endpoint}")
+                raise _BadLine(
+                    f"{path.name}, line {number}: url {url} is not --endpoint {endpoint}"
+                )
     if model is None:
         model = next(
             (r["body"]["model"] for r in requests if isinstance(r["body"].get("model"), str)),
             None,
         )
         if model is None:
-            raise BadLine("no body names a model: give --model")
+            raise _BadLine("no body names a model: give --model")
     return endpoint, model, requests
 
 
@@ -134,7 +136,7 @@ def batch_submit(
     """Submit a JSONL file as one batch (POST /api/v1/batches); prints its id."""
     try:
         endpoint, model, requests = read_batch_file(file, endpoint, model)
-    except BadLine as exc:
+    except _BadLine as exc:
         console.print(f"[red]error:[/] {exc}", markup=False, highlight=False)
         raise typer.Exit(2) from None
     body: dict[str, Any] = {

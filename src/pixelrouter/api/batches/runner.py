@@ -22,8 +22,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from pixelrouter.billing.bookkeeping import Superseded
-from pixelrouter.errors import PaymentRequired, PixelrouterError
+from pixelrouter.errors import PaymentRequired, PixelrouterError, Superseded
 from pixelrouter.store import utcnow
 from pixelrouter.store.batch_claims import ClaimedItem
 from pixelrouter.types import Attribution
