@@ -15,6 +15,9 @@ import pytest
 from PIL import Image
 
 from conftest import Api, make_api
+from pixelrouter.catalog import KLEIN_4B
+from pixelrouter.errors import ProviderError
+from pixelrouter.providers.base import ProviderBase, ProviderInfo, ProviderStatus
 
 MODEL = "black-forest-labs/flux.2-klein-4b"
 PRICE = 14_000  # µ$ for an image of up to 1 MP
@@ -282,3 +285,54 @@ async def test_image_api_results_carry_urls(sqlite_api: Api) -> None:
         data = done["results"][0]["response"]["body"]["data"]
         png = await fetch(api, data[0]["url"])
         assert Image.open(io.BytesIO(png)).size == (256, 256)
+
+
+class FlakyUpstream(ProviderBase):
+    """A provider that answers 5xx `failures` times, then makes images on the demo engine."""
+
+    def __init__(self, engine: Any, failures: int) -> None:
+        self.engine = engine
+        self.failures = failures
+        self.calls = 0
+        self.info = ProviderInfo(
+            slug="flaky",
+            display_name="Flaky",
+            models=(KLEIN_4B.id,),
+            price=KLEIN_4B.price,
+            kind="openrouter",
+        )
+
+    async def generate(self, request: Any, on_progress: Any = None) -> Any:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise ProviderError("upstream answered HTTP 500")
+        return await self.engine.generate(request, on_progress)
+
+    def readiness(self) -> tuple[bool, str]:
+        return True, "ready"
+
+    def status(self) -> ProviderStatus:
+        return ProviderStatus(queue_depth=0)
+
+    def count_prompt_tokens(self, prompt: str) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_a_failure_that_may_pass_sends_the_item_back_to_the_queue(
+    tmp_path: Path, demo_provider: Any
+) -> None:
+    flaky = FlakyUpstream(demo_provider, failures=2)
+    db = f"sqlite:///{tmp_path / 'px.db'}"
+    async for api in make_api(tmp_path, db, [flaky]):
+        batch = await submit(api, [{"custom_id": "x", "body": chat_body("a kite")}])
+        done = await wait_done(api, batch["id"])
+        assert done["status"] == "completed" and done["request_counts"]["completed"] == 1
+        assert flaky.calls == 3  # two 502s, each sent it back to the queue; the third made it
+        store = api.app.state.px.store  # type: ignore[attr-defined]
+        (item,) = store.batch_item_rows(batch["id"])
+        assert item["status"] == "succeeded"
+        usage = (await api.get("/api/v1/key")).json()["data"]["usage"]
+        assert usage == pytest.approx(PRICE / 1e6)  # the failed tries cost nothing

@@ -54,3 +54,15 @@ async def test_batch_jobs_still_batch_together(one_at_a_time: Any) -> None:
     pair = [make_request(f"pair {i}", seed=i, size=128, priority="batch") for i in range(2)]
     await asyncio.gather(blocking, *(engine.generate(r) for r in pair))
     assert engine.batch_sizes[2] == sizes_before.get(2, 0) + 1  # the two shared one call
+
+
+async def test_batch_jobs_wait_a_moment_for_company(one_at_a_time: Any) -> None:
+    """With no batch window, interactive jobs run as they come; batch jobs arriving a few
+    milliseconds apart still share a call (no one waits on their latency)."""
+    engine = one_at_a_time
+    before = engine.batch_sizes[2]
+    first = asyncio.create_task(engine.generate(make_request("a", seed=1, priority="batch")))
+    await asyncio.sleep(0.01)
+    second = asyncio.create_task(engine.generate(make_request("b", seed=2, priority="batch")))
+    await asyncio.gather(first, second)
+    assert engine.batch_sizes[2] == before + 1

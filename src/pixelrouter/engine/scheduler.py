@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 RECENT_JOBS = 1024  # finished jobs kept for `job()` look-ups
 EMA_WEIGHT = 0.3  # weight of the newest batch duration in the wait estimate
+BATCH_GATHER_S = 0.05  # how long a batch job waits for compatible ones before it runs
 
 
 class Engine:
@@ -409,8 +410,11 @@ class Engine:
                 if self._tasks and (self._tasks[0].when is None or self._tasks[0].when()):
                     return self._tasks.popleft()
                 first = self._queue.first
-                if first.request.batching and window > 0:
-                    deadline = time.monotonic() + window
+                # Batch work waits a little longer for company (no one waits on its latency; an
+                # interactive job that arrives meanwhile ends the wait, being first now).
+                wait = max(window, BATCH_GATHER_S) if first.request.priority == "batch" else window
+                if first.request.batching and wait > 0:
+                    deadline = time.monotonic() + wait
                     while (
                         not self._stopping
                         and self._queue
