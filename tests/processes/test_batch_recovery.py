@@ -30,8 +30,8 @@ PRICE = 14_000  # µ$ for one image of at most 1 MP
 # A short lease, so the killed process's claims run out soon after the restart, and two items
 # at a time, so the batch is still running when it is killed.
 BATCH_ENV = {"PIXELROUTER_BATCH_LEASE_S": "3", "PIXELROUTER_BATCH_CONCURRENCY": "2"}
-KILLED_ITEMS = 20
-SHARED_ITEMS = 16
+KILLED_ITEMS = 14
+SHARED_ITEMS = 12
 DEADLINE_S = 180.0
 TIMEOUT = httpx.Timeout(60, connect=10)
 TERMINAL = ("completed", "failed", "expired", "cancelled")
