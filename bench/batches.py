@@ -21,7 +21,6 @@ import math  # noqa: E402
 import platform  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
-import socket  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -35,6 +34,7 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import httpx  # noqa: E402
+from gateway import free_port, git_state, log_tail  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,19 +88,6 @@ def batch_requests(tag: str, n: int) -> list[dict[str, Any]]:
     ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _tail(path: Path, n: int = 3000) -> str:
-    try:
-        return path.read_text(errors="replace")[-n:]
-    except OSError:
-        return ""
-
-
 def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -151,12 +138,14 @@ def server(args: argparse.Namespace) -> Iterator[Server]:
         deadline = time.monotonic() + args.startup_timeout
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"pixelrouter serve exited ({proc.returncode}):\n{_tail(log)}")
+                raise RuntimeError(
+                    f"pixelrouter serve exited ({proc.returncode}):\n{log_tail(log, 3000)}"
+                )
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{base}/ready", timeout=5).status_code == 200:
                     break
             if time.monotonic() > deadline:
-                raise RuntimeError(f"pixelrouter serve not ready in time:\n{_tail(log)}")
+                raise RuntimeError(f"pixelrouter serve not ready in time:\n{log_tail(log, 3000)}")
             time.sleep(0.3)
         made = httpx.post(
             f"{base}/api/v1/keys",
@@ -673,7 +662,7 @@ def main() -> int:
             "omp_num_threads": os.environ["OMP_NUM_THREADS"],
             "load_average_at_start": loadavg(),
         },
-        "source": _git_state(),
+        "source": git_state(),
         "settings": {
             "items": args.items,
             "interactive": args.interactive,
@@ -693,21 +682,6 @@ def main() -> int:
     print()
     print(table(report))
     return 0
-
-
-def _git_state() -> dict[str, Any]:
-    """The commit measured and whether src/ had uncommitted changes (read-only git calls)."""
-
-    def git(*argv: str) -> str | None:
-        try:
-            done = subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True)
-        except OSError:
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    commit = git("rev-parse", "--verify", "HEAD")
-    status = git("status", "--porcelain", "--", "src") if commit else None
-    return {"commit": commit, "src_dirty": None if status is None else bool(status)}
 
 
 if __name__ == "__main__":

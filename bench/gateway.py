@@ -501,14 +501,14 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, log: Path
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited ({proc.returncode}); see {log}:\n{_tail(log)}")
+            raise RuntimeError(f"{what} exited ({proc.returncode}); see {log}:\n{log_tail(log)}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
             return
         time.sleep(0.1)
-    raise RuntimeError(f"{what} did not listen on {port} within 60 s; see {log}:\n{_tail(log)}")
+    raise RuntimeError(f"{what} did not listen on {port} within 60 s; see {log}:\n{log_tail(log)}")
 
 
-def _tail(path: Path, n: int = 2000) -> str:
+def log_tail(path: Path, n: int = 2000) -> str:
     try:
         return path.read_text(errors="replace")[-n:]
     except OSError:
@@ -979,7 +979,7 @@ def main() -> int:
                 "node": _node_version(),
                 "load_average_at_start": os.getloadavg(),
             },
-            "source": _git_state(),
+            "source": git_state(),
             "image": {
                 "png_bytes": len(st.png),
                 "upstream_body_bytes": body_len,
@@ -1046,7 +1046,7 @@ def main() -> int:
     return 1 if failed else 0
 
 
-def _git_state() -> dict[str, Any]:
+def git_state() -> dict[str, Any]:
     """The commit measured and whether src/ had uncommitted changes (read-only git calls)."""
 
     def git(*argv: str) -> str | None:
