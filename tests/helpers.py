@@ -67,3 +67,20 @@ def run_bench(script: str, *args: str, out: Path, timeout: float) -> dict[str, A
     report: dict[str, Any] = json.loads(out.read_text())
     assert done.returncode == 0, (done.stdout[-2000:] + done.stderr[-3000:], report)
     return report
+
+
+def chat_image_body(
+    prompt: str, *, ratio: str = "1:1", seed: int | None = None, **extra: Any
+) -> dict[str, Any]:
+    """A chat completions body asking klein for one image at the 0.5K tier (the batch tests'
+    request)."""
+    config: dict[str, Any] = {"aspect_ratio": ratio, "image_size": "0.5K"}
+    if seed is not None:
+        config["seed"] = seed
+    return {
+        "model": "black-forest-labs/flux.2-klein-4b",
+        "messages": [{"role": "user", "content": prompt}],
+        "modalities": ["image"],
+        "image_config": config,
+        **extra,
+    }

@@ -18,6 +18,7 @@ import openai
 import pytest
 
 from conftest import make_api
+from helpers import chat_image_body
 from pixelrouter.api.batches import webhooks
 
 MODEL = "black-forest-labs/flux.2-klein-4b"
@@ -64,13 +65,7 @@ def receiver() -> Iterator[Receiver]:
 
 
 def one_item() -> list[dict[str, Any]]:
-    body = {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": "a lighthouse"}],
-        "modalities": ["image"],
-        "image_config": {"aspect_ratio": "1:1", "image_size": "0.5K"},
-    }
-    return [{"custom_id": "only", "body": body}]
+    return [{"custom_id": "only", "body": chat_image_body("a lighthouse")}]
 
 
 async def test_the_webhook_arrives_signed_and_is_retried_while_the_receiver_fails(

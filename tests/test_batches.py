@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from conftest import Api, make_api
+from helpers import chat_image_body
 from pixelrouter.catalog import KLEIN_4B
 from pixelrouter.errors import ProviderError
 from pixelrouter.providers.base import ProviderBase, ProviderInfo, ProviderStatus
@@ -25,13 +26,7 @@ PRICE = 14_000  # µ$ for an image of up to 1 MP
 
 def chat_body(prompt: str, size: str = "256x256", seed: int = 1, **extra: Any) -> dict[str, Any]:
     ratio = {"256x256": "1:1", "384x256": "3:2"}[size]
-    return {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": prompt}],
-        "modalities": ["image"],
-        "image_config": {"aspect_ratio": ratio, "image_size": "0.5K", "seed": seed},
-        **extra,
-    }
+    return chat_image_body(prompt, ratio=ratio, seed=seed, **extra)
 
 
 async def wait_done(api: Api, batch_id: str, key: str | None = None, timeout: float = 120) -> dict:

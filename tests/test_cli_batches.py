@@ -14,19 +14,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from helpers import chat_image_body
 from pixelrouter.cli import app
 from processes.servers import Launcher, ServerProcess
 
 MODEL = "black-forest-labs/flux.2-klein-4b"
-
-
-def chat_body(prompt: str, ratio: str, seed: int) -> dict[str, object]:
-    return {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": prompt}],
-        "modalities": ["image"],
-        "image_config": {"aspect_ratio": ratio, "image_size": "0.5K", "seed": seed},
-    }
 
 
 def openai_line(custom_id: str, body: dict[str, object]) -> str:
@@ -62,9 +54,11 @@ def test_submit_follow_and_download_a_batch(
     reach = ("--server", gateway.url, "--api-key", key)
     jsonl = tmp_path / "requests.jsonl"
     lines = [
-        openai_line("fox", chat_body("a red fox", "1:1", 1)),
-        openai_line("bird/<wide>", chat_body("a blue bird", "3:2", 2)),
-        json.dumps(chat_body("a green tree", "1:1", 3)),  # a bare body: custom_id line-3
+        openai_line("fox", chat_image_body("a red fox", ratio="1:1", seed=1)),
+        openai_line("bird/<wide>", chat_image_body("a blue bird", ratio="3:2", seed=2)),
+        json.dumps(
+            chat_image_body("a green tree", ratio="1:1", seed=3)
+        ),  # a bare body: custom_id line-3
         openai_line("bad", {"model": MODEL, "messages": []}),  # refused by the server
         "",
     ]
@@ -109,7 +103,7 @@ def test_submit_follow_and_download_a_batch(
 
 def test_a_malformed_line_is_named_and_nothing_is_sent(tmp_path: Path) -> None:
     jsonl = tmp_path / "broken.jsonl"
-    good = openai_line("one", chat_body("x", "1:1", 1))
+    good = openai_line("one", chat_image_body("x", ratio="1:1", seed=1))
     jsonl.write_text(f'{good}\n{{"custom_id": "two", "body": \n')
     # Nothing listens on port 9: the file is refused before any request is made.
     reach = ("--server", "http://127.0.0.1:9", "--api-key", "sk-none")

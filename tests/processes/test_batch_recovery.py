@@ -17,6 +17,7 @@ from PIL import Image
 from sqlalchemy import select
 
 from e2e.support import poll
+from helpers import chat_image_body
 from pixelrouter.keys import generate_key
 from pixelrouter.store import GenerationRecord, Store
 from pixelrouter.store.tables import batch_items
@@ -37,22 +38,16 @@ TIMEOUT = httpx.Timeout(60, connect=10)
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 
 
-def _body(i: int) -> dict[str, Any]:
-    return {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": f"a fox, number {i}"}],
-        "modalities": ["image"],
-        "image_config": {"aspect_ratio": "1:1", "image_size": "0.5K", "seed": i},
-    }
-
-
 def _submit(server: ServerProcess, key: str, count: int) -> str:
     created = httpx.post(
         f"{server.api}/batches",
         json={
             "endpoint": "/v1/chat/completions",
             "model": MODEL,
-            "requests": [{"custom_id": f"item-{i}", "body": _body(i)} for i in range(count)],
+            "requests": [
+                {"custom_id": f"item-{i}", "body": chat_image_body(f"a fox, number {i}", seed=i)}
+                for i in range(count)
+            ],
         },
         headers={"Authorization": f"Bearer {key}"},
         timeout=TIMEOUT,

@@ -9,6 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
+from helpers import chat_image_body
+
 from .support import MODEL, TIMEOUT, Site, save_screenshot
 
 pytestmark = pytest.mark.browser
@@ -16,19 +18,10 @@ pytestmark = pytest.mark.browser
 HOSTILE = '<img src=x onerror="window.__pwned = 1">'
 
 
-def chat_body(prompt: str, seed: int) -> dict[str, Any]:
-    return {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": prompt}],
-        "modalities": ["image"],
-        "image_config": {"aspect_ratio": "1:1", "image_size": "0.5K", "seed": seed},
-    }
-
-
 def submit(site: Site) -> str:
     requests = [
-        {"custom_id": HOSTILE, "body": chat_body("a red fox", 1)},
-        {"custom_id": "bird", "body": chat_body("a blue bird", 2)},
+        {"custom_id": HOSTILE, "body": chat_image_body("a red fox", seed=1)},
+        {"custom_id": "bird", "body": chat_image_body("a blue bird", seed=2)},
         {"custom_id": "bad", "body": {"model": MODEL, "messages": []}},
     ]
     created = httpx.post(
