@@ -111,7 +111,8 @@ async def create_batch(
     await asyncio.to_thread(px.store.create_batch, batch, new_items)
     if px.batches is not None:
         px.batches.poke()
-    return OrjsonResponse(await _batch_json(px, batch.id, with_results=False), status_code=202)
+    row = await _owned(px, batch.id, key)
+    return OrjsonResponse(await _batch_json(px, row, with_results=False), status_code=202)
 
 
 def _item(
@@ -199,8 +200,8 @@ async def get_batch(
     batch_id: str, request: Request, key: KeyRecord = Depends(current_key)
 ) -> OrjsonResponse:
     px = app_state(request)
-    await _owned(px, batch_id, key)
-    return OrjsonResponse(await _batch_json(px, batch_id, with_results=True, request=request))
+    row = await _owned(px, batch_id, key)
+    return OrjsonResponse(await _batch_json(px, row, with_results=True, request=request))
 
 
 @router.post(
@@ -220,7 +221,8 @@ async def cancel_batch(
         )
     await asyncio.to_thread(px.store.cancel_batch, batch_id)
     await asyncio.to_thread(px.store.finalize_batches, utcnow())
-    return OrjsonResponse(await _batch_json(px, batch_id, with_results=False))
+    row = await _owned(px, batch_id, key)  # its status changed
+    return OrjsonResponse(await _batch_json(px, row, with_results=False))
 
 
 @router.delete(
@@ -266,12 +268,11 @@ async def _owned(px: AppState, batch_id: str, key: KeyRecord) -> dict[str, Any]:
 
 
 async def _batch_json(
-    px: AppState, batch_id: str, *, with_results: bool, request: Request | None = None
+    px: AppState, row: dict[str, Any], *, with_results: bool, request: Request | None = None
 ) -> dict[str, Any]:
+    """The batch of `row` (as just read) with its counts, usage and, asked for, results."""
     store = px.store
-    row = await asyncio.to_thread(store.batch_row, batch_id)
-    if row is None:
-        raise NotFound(f"No batch {batch_id[:80]!r}.")
+    batch_id = row["id"]
     counts = (await asyncio.to_thread(store.batch_item_counts, [batch_id])).get(batch_id, {})
     usage = await asyncio.to_thread(store.batch_usage, batch_id)
     results = None
